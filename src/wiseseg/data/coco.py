@@ -1,0 +1,164 @@
+"""COCO instances JSON reader (polygons, RLE and uncompressed RLE; crowd → ignore region).
+
+Accepted layouts:
+- a COCO root with ``annotations/instances_<split>.json`` and images in ``<split>/``,
+  ``images/<split>/`` or ``images/`` (COCO 2017 style); split names are ``<split>``;
+- a single ``*.json`` file; images are looked up relative to its folder, then ``images/``
+  beside it; the split is named after the file stem, and also ``train`` when that is unique.
+
+Categories keep COCO's order by id and are renumbered 0..K-1; the COCO ids are kept in
+``Dataset.coco_category_ids`` so predictions can be written with the original ids.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pycocotools import mask as mask_utils
+
+from wiseseg import rle
+from wiseseg.data.dataset import (
+    BadItems,
+    Dataset,
+    GroundTruth,
+    ImageRecord,
+    Instance,
+    safe_join,
+)
+from wiseseg.data.images import check_image
+from wiseseg.errors import DataError, WisesegError
+
+
+def coco_annotation_files(path: Path) -> dict[str, Path]:
+    """Split name → instances JSON for a COCO root or a single JSON file."""
+    if path.is_file() and path.suffix == ".json":
+        return {path.stem.removeprefix("instances_"): path}
+    ann = path / "annotations"
+    if ann.is_dir():
+        files = sorted(ann.glob("instances_*.json"))
+        return {f.stem[len("instances_"):]: f for f in files}
+    return {}
+
+
+def _image_dirs(json_path: Path, split: str) -> list[Path]:
+    base = json_path.parent
+    if base.name == "annotations":
+        root = base.parent
+        return [root / split, root / "images" / split, root / "images", root]
+    return [base, base / "images"]
+
+
+def _segmentation_to_rle(seg, h: int, w: int, source: Path, ann_id) -> dict:
+    try:
+        if isinstance(seg, list):
+            if not seg or any(len(p) < 6 or len(p) % 2 for p in seg):
+                raise ValueError("polygon needs at least 3 (x, y) points")
+            return rle.normalize(mask_utils.merge(mask_utils.frPyObjects(seg, h, w)))
+        if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+            if [int(s) for s in seg["size"]] != [h, w]:
+                raise ValueError(f"RLE size {seg['size']} differs from the image's [{h}, {w}]")
+            return rle.normalize(seg)
+        raise ValueError("segmentation is neither a polygon list nor an RLE")
+    except (ValueError, TypeError, KeyError) as e:
+        raise DataError(source, f"annotation {ann_id}: bad segmentation ({e})") from None
+
+
+def read_coco(path: Path, skip_bad: bool = False) -> Dataset:
+    files = coco_annotation_files(path)
+    if not files:
+        raise WisesegError(f"{path}: not a COCO layout (needs annotations/instances_*.json "
+                           "or a .json file)")
+    bad = BadItems(skip_bad)
+    classes: tuple[str, ...] | None = None
+    cat_ids: list[int] = []
+    root = path if path.is_dir() else path.parent
+    ds: Dataset | None = None
+    seen_ids: dict[int, str] = {}
+    for split, jf in files.items():
+        try:
+            data = json.loads(jf.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(jf, f"cannot read COCO JSON ({e})") from None
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(data.get(key), list):
+                raise DataError(jf, f"COCO JSON has no {key!r} list")
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        names = tuple(str(c["name"]) for c in cats)
+        if classes is None:
+            classes, cat_ids = names, [int(c["id"]) for c in cats]
+            ds = Dataset(name=root.name, root=root, classes=classes, layout="coco")
+            ds.coco_category_ids = cat_ids  # type: ignore[attr-defined]
+        elif names != classes:
+            raise DataError(jf, "categories differ from the other splits' categories")
+        if not classes:
+            raise DataError(jf, "COCO JSON has no categories")
+        cat_index = {cid: i for i, cid in enumerate(cat_ids)}
+        anns_by_image: dict[int, list[dict]] = {}
+        for a in data["annotations"]:
+            anns_by_image.setdefault(a.get("image_id"), []).append(a)
+        known_images = {im.get("id") for im in data["images"]}
+        for img_id in anns_by_image:
+            if img_id not in known_images:
+                bad.handle(DataError(jf, f"annotation refers to unknown image id {img_id}"))
+        dirs = _image_dirs(jf, split)
+        records, gts = [], {}
+        for im in data["images"]:
+            try:
+                rec, gt = _read_image(im, anns_by_image.get(im.get("id"), []), dirs, cat_index,
+                                      classes, jf)
+            except DataError as e:
+                bad.handle(e)
+                continue
+            if rec.id in seen_ids and seen_ids[rec.id] != rec.name:
+                bad.handle(DataError(jf, f"image id {rec.id} is used by two different files"))
+                continue
+            seen_ids[rec.id] = rec.name
+            records.append(rec)
+            gts[rec.id] = gt
+        if not records:
+            raise DataError(jf, f"split {split!r} has no usable images")
+        ds._records[split] = tuple(records)
+        ds._gt[split] = gts
+    assert ds is not None
+    if len(files) == 1 and "train" not in ds._records:
+        only = next(iter(ds._records))
+        ds._records["train"] = ds._records[only]
+        ds._gt["train"] = ds._gt[only]
+    ds.skipped = bad.items
+    return ds
+
+
+def _read_image(im: dict, anns: list[dict], dirs: list[Path], cat_index: dict[int, int],
+                classes: tuple[str, ...], jf: Path) -> tuple[ImageRecord, GroundTruth]:
+    if "id" not in im or "file_name" not in im:
+        raise DataError(jf, f"image entry without id/file_name: {str(im)[:80]}")
+    fname = str(im["file_name"])
+    path = None
+    for d in dirs:
+        cand = safe_join(d, fname, jf)
+        if cand.exists():
+            path = cand
+            break
+    if path is None:
+        raise DataError(safe_join(dirs[0], fname, jf), f"image not found (listed in {jf})")
+    h, w = check_image(path)
+    if ("height" in im and "width" in im) and (int(im["height"]), int(im["width"])) != (h, w):
+        raise DataError(path, f"image is {w}×{h} (upright) but {jf.name} says "
+                        f"{im['width']}×{im['height']}")
+    instances, crowd, labels = [], [], set()
+    for a in anns:
+        cid = a.get("category_id")
+        if cid not in cat_index:
+            raise DataError(jf, f"annotation {a.get('id')}: category id {cid} is not in the "
+                            f"category list ({', '.join(map(str, sorted(cat_index)))})")
+        seg = _segmentation_to_rle(a.get("segmentation"), h, w, jf, a.get("id"))
+        labels.add(cat_index[cid])
+        if a.get("iscrowd", 0):
+            crowd.append(seg)
+        else:
+            instances.append(Instance(category=cat_index[cid], segmentation=seg))
+    ignore = rle.merge(crowd, (h, w)) if crowd else None
+    rec = ImageRecord(id=int(im["id"]), name=fname, path=path, height=h, width=w,
+                      labels=frozenset(labels))
+    return rec, GroundTruth(image_id=rec.id, instances=tuple(instances), ignore=ignore)

@@ -1,0 +1,199 @@
+"""The one dataset representation every stage uses.
+
+A :class:`Dataset` knows its class names and, per split, a list of :class:`ImageRecord` (id,
+path, upright size, image-level label set). Ground truth (:class:`GroundTruth`: instances with
+COCO-RLE masks plus an ignore region) is kept apart and handed out only by
+:meth:`Dataset.ground_truth`, for evaluation and for the fully supervised reference.
+
+Weakly supervised stages receive a :class:`WeakSplit`: records and class names only. It holds
+no reference to the dataset or its ground truth, so a training stage cannot reach masks even by
+accident.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wiseseg.errors import DataError, WisesegError
+from wiseseg.rle import RLE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image as the weakly supervised stages see it.
+
+    Attributes:
+        id: integer image id, unique within the dataset (the COCO ``image_id``).
+        name: the dataset's own name for the image (VOC id, file stem, COCO file name).
+        path: absolute path of the image file, inside the dataset root.
+        height, width: size of the upright (EXIF-applied) image in pixels.
+        labels: 0-based indices of the classes present (the image-level label); empty for a
+            negative image.
+    """
+
+    id: int
+    name: str
+    path: Path
+    height: int
+    width: int
+    labels: frozenset[int]
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A ground-truth object: 0-based class index and its mask as COCO RLE (upright image)."""
+
+    category: int
+    segmentation: RLE
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """All ground truth of one image.
+
+    Attributes:
+        image_id: the record's id.
+        instances: the objects, in the dataset's order.
+        ignore: pixels excluded from evaluation (VOC void 255, COCO crowd), or None.
+    """
+
+    image_id: int
+    instances: tuple[Instance, ...]
+    ignore: RLE | None = None
+
+
+@dataclass(frozen=True)
+class WeakSplit(Sequence[ImageRecord]):
+    """Images and image-level labels of one split: all that weak supervision may use."""
+
+    split: str
+    classes: tuple[str, ...]
+    records: tuple[ImageRecord, ...]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.records[i]
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        return iter(self.records)
+
+    def by_id(self) -> dict[int, ImageRecord]:
+        return {r.id: r for r in self.records}
+
+
+@dataclass
+class Skipped:
+    """A bad item that ``skip_bad`` dropped, kept so summaries can report it."""
+
+    path: str
+    problem: str
+
+
+@dataclass
+class Dataset:
+    """A dataset with class names, splits of records and (optional) ground truth.
+
+    Build one with :func:`wiseseg.data.open_dataset`; readers fill the fields.
+    """
+
+    name: str
+    root: Path
+    classes: tuple[str, ...]
+    layout: str
+    _records: dict[str, tuple[ImageRecord, ...]] = field(default_factory=dict, repr=False)
+    _gt: dict[str, dict[int, GroundTruth] | None] = field(default_factory=dict, repr=False)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self._records)
+
+    def _check_split(self, split: str) -> None:
+        if split not in self._records:
+            raise WisesegError(
+                f"{self.root}: no split {split!r} in this {self.layout} dataset "
+                f"(available: {', '.join(self.splits) or 'none'})"
+            )
+
+    def records(self, split: str) -> tuple[ImageRecord, ...]:
+        self._check_split(split)
+        return self._records[split]
+
+    def weak(self, split: str) -> WeakSplit:
+        """The mask-free view that weakly supervised training uses."""
+        return WeakSplit(split=split, classes=self.classes, records=self.records(split))
+
+    def has_ground_truth(self, split: str) -> bool:
+        self._check_split(split)
+        return self._gt.get(split) is not None
+
+    def ground_truth(self, split: str) -> dict[int, GroundTruth]:
+        """Ground truth by image id. Raises a clear error when the split has none."""
+        self._check_split(split)
+        gt = self._gt.get(split)
+        if gt is None:
+            raise WisesegError(
+                f"{self.root}: split {split!r} has image-level labels only, no ground-truth "
+                f"masks ({self.layout} layout); evaluation needs masks"
+            )
+        return gt
+
+
+class BadItems:
+    """Collects bad items: raises at once, or (``skip_bad``) warns, records and goes on."""
+
+    def __init__(self, skip_bad: bool):
+        self.skip_bad = skip_bad
+        self.items: list[Skipped] = []
+
+    def handle(self, err: DataError) -> None:
+        if not self.skip_bad:
+            raise err
+        log.warning("skipping %s", err)
+        self.items.append(Skipped(err.path, err.problem))
+
+
+_NUMERIC_NAME = re.compile(r"^\d+(_\d+)?$")
+
+
+def assign_ids(names: Sequence[str]) -> dict[str, int]:
+    """Stable integer ids for image names.
+
+    Names made of digits with at most one underscore (VOC ``2007_000032``, shapes ``000123``)
+    become that number with the underscore removed, so ids survive a change of split lists.
+    Otherwise ids are 1-based positions in the sorted list of all names.
+    """
+    unique = sorted(set(names))
+    if unique and all(_NUMERIC_NAME.match(n) for n in unique):
+        ids = {n: int(n.replace("_", "")) for n in unique}
+        if len(set(ids.values())) == len(ids) and max(ids.values()) < 2**31:
+            return ids
+    return {n: i + 1 for i, n in enumerate(unique)}
+
+
+def safe_join(root: Path, relative: str, source: str | Path) -> Path:
+    """``root / relative``, refusing absolute paths and paths that escape ``root``.
+
+    Args:
+        root: the dataset root.
+        relative: a path read from a data file (list, CSV, JSON).
+        source: the data file it came from, named in the error.
+    """
+    if not relative or relative.strip() != relative:
+        raise DataError(source, f"bad path entry {relative!r}")
+    rel = Path(relative)
+    if rel.is_absolute():
+        raise DataError(source, f"path {relative!r} is absolute; paths must be inside {root}")
+    root_resolved = root.resolve()
+    full = (root_resolved / rel).resolve()
+    if full != root_resolved and root_resolved not in full.parents:
+        raise DataError(source, f"path {relative!r} escapes the dataset root {root}")
+    return full

@@ -1,0 +1,1 @@
+"""The training engine shared by both trained stages: loop, hooks, checkpoints, DDP."""

@@ -1,0 +1,1 @@
+"""Mask IoU, VOC-style AP, ABO and breakdowns."""

@@ -1,0 +1,1 @@
+"""Prediction, refinement with proposals, and the PRM baseline."""

@@ -1,0 +1,1 @@
+"""Backbones (registry), PeakCAM classifier, Mask R-CNN builders. No I/O here."""

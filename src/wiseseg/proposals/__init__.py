@@ -1,0 +1,1 @@
+"""Object proposals: sources (built-in, MCG, COB, JSON), cache, quality metrics."""

@@ -1,0 +1,1 @@
+"""Pseudo masks: peak → candidate proposals, Eq. 1 sampling, COCO export."""

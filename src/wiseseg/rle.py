@@ -1,0 +1,124 @@
+"""COCO run-length encoding: the one way masks travel between stages.
+
+All helpers wrap ``pycocotools.mask`` so that every RLE in the project has ``counts`` as ``str``
+(JSON-serialisable) and ``size`` as ``[height, width]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+RLE = dict  # {"size": [h, w], "counts": str}
+
+
+def encode(mask: np.ndarray) -> RLE:
+    """Encode one binary mask.
+
+    Args:
+        mask: H×W array, any dtype; non-zero is foreground.
+
+    Returns:
+        COCO RLE with ``counts`` decoded to ``str``.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"encode expects an H×W mask, got shape {mask.shape}")
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def encode_many(masks: np.ndarray) -> list[RLE]:
+    """Encode an N×H×W stack of binary masks into N RLEs (one C call)."""
+    if masks.ndim != 3:
+        raise ValueError(f"encode_many expects N×H×W masks, got shape {masks.shape}")
+    if masks.shape[0] == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    for r in rles:
+        r["counts"] = r["counts"].decode("ascii")
+    return rles
+
+
+def _as_bytes(rle: RLE) -> dict:
+    counts = rle["counts"]
+    if isinstance(counts, list):  # uncompressed RLE, as COCO's crowd annotations use
+        return mask_utils.frPyObjects(rle, *rle["size"])
+    if isinstance(counts, str):
+        return {"size": list(rle["size"]), "counts": counts.encode("ascii")}
+    return rle
+
+
+def decode(rle: RLE) -> np.ndarray:
+    """Decode one RLE to an H×W ``bool`` array."""
+    return mask_utils.decode(_as_bytes(rle)).astype(bool)
+
+
+def decode_many(rles: Sequence[RLE], size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode RLEs to an N×H×W ``bool`` array (N may be 0 when ``size`` is given)."""
+    if not rles:
+        if size is None:
+            raise ValueError("decode_many of an empty list needs size=(h, w)")
+        return np.zeros((0, *size), dtype=bool)
+    out = mask_utils.decode([_as_bytes(r) for r in rles])
+    return out.transpose(2, 0, 1).astype(bool)
+
+
+def area(rles: Sequence[RLE]) -> np.ndarray:
+    """Pixel counts, float64 array of length N."""
+    if not rles:
+        return np.zeros(0)
+    return np.asarray(mask_utils.area([_as_bytes(r) for r in rles]), dtype=np.float64)
+
+
+def to_bbox(rles: Sequence[RLE]) -> np.ndarray:
+    """Tight boxes as N×4 float64 ``xywh`` (COCO convention)."""
+    if not rles:
+        return np.zeros((0, 4))
+    return np.asarray(mask_utils.toBbox([_as_bytes(r) for r in rles]), dtype=np.float64).reshape(
+        -1, 4
+    )
+
+
+def iou(a: Sequence[RLE], b: Sequence[RLE]) -> np.ndarray:
+    """Mask IoU matrix |a|×|b| (float64) through pycocotools' C code."""
+    if not a or not b:
+        return np.zeros((len(a), len(b)))
+    return np.asarray(
+        mask_utils.iou([_as_bytes(r) for r in a], [_as_bytes(r) for r in b], [0] * len(b)),
+        dtype=np.float64,
+    ).reshape(len(a), len(b))
+
+
+def intersection_over_first(a: Sequence[RLE], b: Sequence[RLE]) -> np.ndarray:
+    """|a_i ∩ b_j| / |a_i| for every pair (float64 |a|×|b|); 0 where a_i is empty.
+
+    pycocotools' "crowd" IoU divides by the area of the detection (the first argument), which is
+    exactly the share of ``a_i`` covered by ``b_j``.
+    """
+    if not a or not b:
+        return np.zeros((len(a), len(b)))
+    return np.asarray(
+        mask_utils.iou([_as_bytes(r) for r in a], [_as_bytes(r) for r in b], [1] * len(b)),
+        dtype=np.float64,
+    ).reshape(len(a), len(b))
+
+
+def merge(rles: Sequence[RLE], size: tuple[int, int]) -> RLE:
+    """Union of RLEs; an empty mask of ``size`` when there are none."""
+    if not rles:
+        return encode(np.zeros(size, dtype=np.uint8))
+    out = mask_utils.merge([_as_bytes(r) for r in rles], intersect=False)
+    out["counts"] = out["counts"].decode("ascii")
+    return out
+
+
+def normalize(rle: RLE) -> RLE:
+    """Any COCO RLE (compressed, bytes or uncompressed) → compressed with str counts."""
+    out = dict(_as_bytes(rle))
+    if isinstance(out["counts"], bytes):
+        out["counts"] = out["counts"].decode("ascii")
+    out["size"] = [int(s) for s in out["size"]]
+    return out
