@@ -8,31 +8,51 @@ tracebacks.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from wiseseg.errors import WisesegError
 
 log = logging.getLogger("wiseseg")
 
-_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
+_COMMANDS: dict[str, tuple[str, Callable, Callable[[argparse.ArgumentParser], None]]] = {}
 
 
-def command(name: str, help: str):
-    """Register ``fn(args) -> int`` as a subcommand; ``fn.configure(parser)`` adds options."""
+#: Subcommands live in ``wiseseg.<package>.commands`` modules; this fixes their order in --help.
+_COMMAND_ORDER = (
+    "run", "make-shapes", "data-stats", "train-classifier", "peaks", "show-peaks", "proposals",
+    "pseudo-masks", "pseudo-quality", "train-segmenter", "predict", "evaluate", "prm-baseline",
+    "report",
+)
+
+
+def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]):
+    """Register ``fn(args) -> int`` as subcommand ``name``; ``configure(parser)`` adds options."""
 
     def deco(fn):
-        _COMMANDS[name] = (help, fn)
+        _COMMANDS[name] = (help, fn, configure)
         return fn
 
     return deco
 
 
-def _add_data_args(p: argparse.ArgumentParser, split: bool = False) -> None:
+def _discover_commands() -> None:
+    import importlib
+    import importlib.util
+    import pkgutil
+
+    import wiseseg
+
+    for mod in pkgutil.iter_modules(wiseseg.__path__):
+        if mod.ispkg and importlib.util.find_spec(f"wiseseg.{mod.name}.commands") is not None:
+            importlib.import_module(f"wiseseg.{mod.name}.commands")
+    if importlib.util.find_spec("wiseseg.commands") is not None:
+        importlib.import_module("wiseseg.commands")
+
+
+def add_data_args(p: argparse.ArgumentParser, split: bool = False) -> None:
     p.add_argument("--data", default="shapes", help="dataset spec: 'shapes[:key=val,...]' or a "
                    "VOC / COCO / folder-per-class path (default: shapes)")
     p.add_argument("--skip-bad", action="store_true",
@@ -41,7 +61,8 @@ def _add_data_args(p: argparse.ArgumentParser, split: bool = False) -> None:
         p.add_argument("--split", default="val", help="split to use (default: val)")
 
 
-def _open(args) -> object:
+def open_dataset_from_args(args):
+    """The dataset named by ``--data`` (with ``--skip-bad``), reporting what was skipped."""
     from wiseseg.data import open_dataset
 
     ds = open_dataset(args.data, skip_bad=args.skip_bad, progress=not args.quiet)
@@ -50,58 +71,6 @@ def _open(args) -> object:
         for s in ds.skipped:
             print(f"  {s.path}: {s.problem}", file=sys.stderr)
     return ds
-
-
-# --------------------------------------------------------------------------- data commands
-
-@command("make-shapes", "generate the built-in synthetic shapes dataset (VOC layout)")
-def cmd_make_shapes(args) -> int:
-    from wiseseg.data.shapes import ShapesConfig, write_shapes
-
-    cfg = ShapesConfig(train=args.train, val=args.val, size=args.size, seed=args.seed,
-                       num_classes=args.classes)
-    out = write_shapes(Path(args.out), cfg, progress=not args.quiet)
-    print(f"wrote {cfg.train} train + {cfg.val} val images ({cfg.size}×{cfg.size}, "
-          f"{cfg.num_classes} classes) to {out}")
-    return 0
-
-
-def _cfg_make_shapes(p: argparse.ArgumentParser) -> None:
-    from wiseseg.data.shapes import ShapesConfig
-
-    d = ShapesConfig()
-    p.add_argument("out", help="output directory (must not exist or be empty)")
-    p.add_argument("--train", type=int, default=d.train, help=f"train images ({d.train})")
-    p.add_argument("--val", type=int, default=d.val, help=f"val images ({d.val})")
-    p.add_argument("--size", type=int, default=d.size, help=f"image side in px ({d.size})")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--classes", type=int, default=d.num_classes, help="number of shape classes")
-
-
-cmd_make_shapes.configure = _cfg_make_shapes
-
-
-@command("data-stats", "print per-split statistics of a dataset")
-def cmd_data_stats(args) -> int:
-    from wiseseg.data.stats import format_stats, split_stats
-
-    ds = _open(args)
-    splits = [args.split] if args.split else ds.splits
-    stats = {s: split_stats(ds, s) for s in splits}
-    if args.json:
-        print(json.dumps(stats, indent=2))
-    else:
-        print(format_stats(ds, stats))
-    return 0
-
-
-def _cfg_data_stats(p: argparse.ArgumentParser) -> None:
-    _add_data_args(p)
-    p.add_argument("--split", default=None, help="only this split (default: all)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-
-
-cmd_data_stats.configure = _cfg_data_stats
 
 
 # --------------------------------------------------------------------------- entry point
@@ -116,12 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wiseseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, (help_text, fn) in _COMMANDS.items():
+    _discover_commands()
+    rank = {n: i for i, n in enumerate(_COMMAND_ORDER)}
+    for name in sorted(_COMMANDS, key=lambda n: (rank.get(n, len(rank)), n)):
+        help_text, fn, configure = _COMMANDS[name]
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-        getattr(fn, "configure", lambda _p: None)(p)
+        configure(p)
         p.set_defaults(func=fn)
     return parser
 

@@ -131,6 +131,50 @@ class Dataset:
         """The mask-free view that weakly supervised training uses."""
         return WeakSplit(split=split, classes=self.classes, records=self.records(split))
 
+    @property
+    def category_ids(self) -> list[int]:
+        """COCO ``category_id`` of each class index: COCO's own ids, else ``index + 1``."""
+        ids = getattr(self, "coco_category_ids", None)
+        return list(ids) if ids is not None else list(range(1, len(self.classes) + 1))
+
+    def class_index(self, category_id: int) -> int | None:
+        """0-based class index of a COCO ``category_id``, or None if unknown."""
+        try:
+            return self.category_ids.index(category_id)
+        except ValueError:
+            return None
+
+    def coco_categories(self) -> list[dict]:
+        return [{"id": cid, "name": n} for cid, n in zip(self.category_ids, self.classes)]
+
+    def coco_images(self, split: str) -> list[dict]:
+        return [
+            {"id": r.id, "file_name": r.name if "." in r.name else r.path.name,
+             "height": r.height, "width": r.width}
+            for r in self.records(split)
+        ]
+
+    def to_coco(self, split: str) -> dict:
+        """Ground truth of ``split`` as a COCO instances dict (ignore regions as crowd).
+
+        Usable by pycocotools' ``COCO`` and by other frameworks.
+        """
+        from wiseseg import rle
+
+        gts = self.ground_truth(split)
+        anns = []
+        cids = self.category_ids
+        for r in self.records(split):
+            g = gts[r.id]
+            segs = [i.segmentation for i in g.instances]
+            boxes, areas = rle.to_bbox(segs), rle.area(segs)
+            for inst, box, a in zip(g.instances, boxes, areas):
+                anns.append({"id": len(anns) + 1, "image_id": r.id,
+                             "category_id": cids[inst.category], "segmentation": inst.segmentation,
+                             "area": float(a), "bbox": [float(v) for v in box], "iscrowd": 0})
+        return {"images": self.coco_images(split), "annotations": anns,
+                "categories": self.coco_categories()}
+
     def has_ground_truth(self, split: str) -> bool:
         self._check_split(split)
         return self._gt.get(split) is not None
