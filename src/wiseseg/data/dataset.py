@@ -155,7 +155,8 @@ class Dataset:
         ]
 
     def to_coco(self, split: str) -> dict:
-        """Ground truth of ``split`` as a COCO instances dict (ignore regions as crowd).
+        """Ground truth of ``split`` as a COCO instances dict (instances only; ignore regions
+        such as VOC void have no category and are not exported).
 
         Usable by pycocotools' ``COCO`` and by other frameworks.
         """
