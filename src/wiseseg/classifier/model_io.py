@@ -1,0 +1,85 @@
+"""Build a PeakCAM from settings, and save/load the trained classifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wiseseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from wiseseg.errors import WisesegError
+from wiseseg.models.backbones import build_backbone
+from wiseseg.models.peakcam import PeakCAM
+
+KIND = "wiseseg.peakcam"
+
+
+def build_peakcam(cfg: dict[str, Any], num_classes: int, pretrained: bool = True) -> PeakCAM:
+    """A PeakCAM from the ``classifier`` settings (``pretrained=False`` skips weight loading,
+    used when a trained state dict follows)."""
+    backbone = build_backbone(
+        cfg["backbone"],
+        pretrained=cfg["pretrained"] if pretrained else "none",
+        weights=cfg.get("backbone_weights") if pretrained else None,
+        output_stride=int(cfg["output_stride"]),
+    )
+    model = PeakCAM(backbone, num_classes, feature=cfg["feature"], upsample=cfg["upsample"],
+                    peak_window=cfg["peak_window"], median_filter=cfg["median_filter"])
+    if cfg.get("freeze_bn", False):
+        freeze_batchnorm(model.backbone)
+    return model
+
+
+def freeze_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace every BatchNorm2d by torchvision's FrozenBatchNorm2d (statistics and affine
+    fixed), as detection models do with small batches."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, torch.nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+def save_classifier(path: str | Path, model: PeakCAM, cfg: dict, classes: tuple[str, ...],
+                    extra: dict | None = None) -> Path:
+    state = {"kind": KIND, "model": model.state_dict(), "config": dict(cfg),
+             "classes": list(classes), **(extra or {})}
+    return save_checkpoint(path, state)
+
+
+def load_classifier(path: str | Path, device: torch.device | str = "cpu"
+                    ) -> tuple[PeakCAM, dict, list[str]]:
+    """``(model in eval mode, classifier settings, class names)`` from a saved classifier."""
+    ck = load_checkpoint(path, "classifier checkpoint")
+    if ck.get("kind") != KIND:
+        raise WisesegError(f"{path}: not a wiseseg classifier checkpoint "
+                           f"(kind={ck.get('kind')!r})")
+    cfg, classes = ck["config"], list(ck["classes"])
+    model = build_peakcam(cfg, len(classes), pretrained=False)
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise WisesegError(f"{path}: weights do not fit the model ({str(e).splitlines()[0]})"
+                           ) from None
+    return model.to(device).eval(), cfg, classes
+
+
+def check_classes(path: str | Path, ckpt_classes: list[str], data_classes: tuple[str, ...]
+                  ) -> None:
+    """The classifier must have been trained on the dataset's classes, in the same order."""
+    if list(ckpt_classes) != list(data_classes):
+        raise WisesegError(
+            f"{path}: classifier has {len(ckpt_classes)} classes "
+            f"({', '.join(ckpt_classes[:6])}{'…' if len(ckpt_classes) > 6 else ''}) but the "
+            f"dataset has {len(data_classes)} ({', '.join(data_classes[:6])}"
+            f"{'…' if len(data_classes) > 6 else ''})"
+        )

@@ -1,0 +1,91 @@
+"""Peaks of a trained classifier over a split → ``peaks.json``.
+
+``peaks.json``: ``{"classes": [...], "source": {...}, "images": [{"image_id", "file_name",
+"height", "width", "labels": [class indices], "peaks": [{"class", "category_id", "y", "x",
+"score"}]}]}`` with ``y``/``x`` in original-image pixels (integers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wiseseg.data.dataset import ImageRecord, WeakSplit
+from wiseseg.data.images import load_image
+from wiseseg.data.transforms import resize_image, to_tensor
+from wiseseg.io import atomic_write_json, read_json
+from wiseseg.models.peak_ops import Peak, extract_peaks
+from wiseseg.models.peakcam import PeakCAM
+
+
+def image_cams(model: PeakCAM, images: list, input_size: int, device) -> torch.Tensor:
+    """CAMs ``B×C×h×w`` (float, CPU) of RGB uint8 images resized to the classifier input."""
+    x = torch.stack([to_tensor(resize_image(im, (input_size, input_size))) for im in images])
+    with torch.no_grad():
+        return model.cams(x.to(device)).float().cpu()
+
+
+def peaks_for_image(model: PeakCAM, cam: torch.Tensor, record: ImageRecord, cfg: dict,
+                    use_labels: bool, score: torch.Tensor | None = None) -> list[Peak]:
+    """Peaks of the labelled classes (``use_labels``) or of the classes the classifier
+    predicts (class score ≥ ``cfg['class_threshold']``)."""
+    if use_labels:
+        classes = sorted(record.labels)
+    else:
+        assert score is not None
+        classes = [int(c) for c in torch.nonzero(score >= cfg["class_threshold"]).flatten()]
+    return extract_peaks(cam, classes, (record.height, record.width),
+                         window=model.peak_window, median_filter=model.median_filter,
+                         min_score=cfg["min_score"], relative=cfg["relative"],
+                         max_per_class=cfg.get("max_per_class"))
+
+
+def compute_peaks(model: PeakCAM, split: WeakSplit, input_size: int, cfg: dict[str, Any],
+                  use_labels: bool = True, device: str | torch.device = "cpu",
+                  batch_size: int = 16, progress: bool = True,
+                  category_ids: list[int] | None = None) -> dict:
+    """Peaks for every image of ``split`` (see module docstring for the format)."""
+    from tqdm import tqdm
+
+    from wiseseg.models.peak_ops import peak_stimulation
+
+    model.eval()
+    cids = category_ids or list(range(1, len(split.classes) + 1))
+    images_out = []
+    recs = list(split.records)
+    bar = tqdm(total=len(recs), desc="peaks", unit="img", disable=not progress)
+    for start in range(0, len(recs), batch_size):
+        chunk = recs[start:start + batch_size]
+        cams = image_cams(model, [load_image(r.path) for r in chunk], input_size, device)
+        scores, _ = peak_stimulation(cams, model.peak_window, model.median_filter)
+        probs = torch.sigmoid(scores)
+        for r, cam, prob in zip(chunk, cams, probs):
+            peaks = peaks_for_image(model, cam, r, cfg, use_labels, prob)
+            images_out.append({
+                "image_id": r.id, "file_name": r.name, "height": r.height, "width": r.width,
+                "labels": sorted(r.labels),
+                "class_scores": [round(float(p), 5) for p in prob],
+                "peaks": [{"class": p.category, "category_id": cids[p.category], "y": p.y,
+                           "x": p.x, "score": round(p.score, 5)} for p in peaks],
+            })
+        bar.update(len(chunk))
+    bar.close()
+    return {"classes": list(split.classes), "split": split.split,
+            "use_labels": use_labels, "settings": dict(cfg), "images": images_out}
+
+
+def write_peaks(path: str | Path, peaks: dict) -> Path:
+    return atomic_write_json(path, peaks)
+
+
+def read_peaks(path: str | Path) -> dict:
+    """Load ``peaks.json``; returns the dict with ``by_id`` added (image id → peak dicts)."""
+    from wiseseg.errors import DataError
+
+    data = read_json(path, "peaks")
+    if not isinstance(data, dict) or "images" not in data or "classes" not in data:
+        raise DataError(path, "not a wiseseg peaks file (needs 'classes' and 'images')")
+    data["by_id"] = {int(im["image_id"]): im["peaks"] for im in data["images"]}
+    return data

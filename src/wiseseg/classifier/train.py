@@ -1,0 +1,185 @@
+"""Training the PeakCAM classifier from image-level labels (Algorithm 1, line 1)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wiseseg.classifier.model_io import build_peakcam, save_classifier
+from wiseseg.data.dataset import WeakSplit
+from wiseseg.data.images import load_image
+from wiseseg.data.transforms import color_jitter, resize_image, scale_into_canvas, to_tensor
+from wiseseg.engine.distributed import DistInfo, cleanup, init_distributed
+from wiseseg.engine.hooks import CheckpointHook, EvalHook, MetricsLogHook, ProgressHook
+from wiseseg.engine.reproducibility import resolve_device, seed_everything, set_deterministic
+from wiseseg.engine.trainer import Trainer, TrainerConfig, warmup_schedule
+from wiseseg.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class ClassifierData:
+    """Images resized to a square input with their multi-hot image-level labels.
+
+    Decoded, resized images are kept in memory (``cache=True``) because the same images are
+    read every epoch and decoding dominates on small inputs.
+    """
+
+    def __init__(self, split: WeakSplit, input_size: int, hflip: bool = True,
+                 scale: tuple[float, float] = (1.0, 1.0), jitter: float = 0.0,
+                 cache: bool = True):
+        self.records = list(split.records)
+        self.num_classes = len(split.classes)
+        self.size = int(input_size)
+        self.hflip, self.scale, self.jitter = hflip, tuple(scale), float(jitter)
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def base_image(self, index: int) -> np.ndarray:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        img = resize_image(load_image(self.records[index].path), (self.size, self.size))
+        if self._cache is not None:
+            self._cache[index] = img
+        return img
+
+    def labels(self, index: int) -> torch.Tensor:
+        y = torch.zeros(self.num_classes)
+        for c in self.records[index].labels:
+            y[c] = 1.0
+        return y
+
+    def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        img = self.base_image(index)
+        lo, hi = self.scale
+        if hi > lo or lo < 1.0:
+            img = scale_into_canvas(img, float(rng.uniform(lo, hi)), rng)
+        if self.hflip and rng.random() < 0.5:
+            img = img[:, ::-1]
+        img = color_jitter(img, self.jitter, rng)
+        return to_tensor(img), self.labels(index)
+
+    def collate(self, samples):
+        images, labels = zip(*samples)
+        return torch.stack(images), torch.stack(labels)
+
+
+def classifier_step(model, batch, device):
+    images, labels = batch
+    out = model(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+    return {"loss": out["loss"]}
+
+
+def build_optimizer(model, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """SGD with the pretrained backbone at ``lr × backbone_lr_mult`` (PRM: 0.01)."""
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    head = [p for n, p in model.named_parameters()
+            if p.requires_grad and not n.startswith("backbone.")]
+    lr = float(cfg["lr"])
+    groups = [{"params": head, "lr": lr},
+              {"params": backbone, "lr": lr * float(cfg["backbone_lr_mult"])}]
+    return torch.optim.SGD(groups, lr=lr, momentum=float(cfg["momentum"]),
+                           weight_decay=float(cfg["weight_decay"]))
+
+
+def steps_for(cfg: dict[str, Any], n_images: int, world_size: int = 1) -> int:
+    """``steps`` when set (> 0), else ``epochs × steps per epoch``."""
+    if int(cfg.get("steps") or 0) > 0:
+        return int(cfg["steps"])
+    per_epoch = max(1, n_images // (int(cfg["batch_size"]) * world_size))
+    return max(1, round(float(cfg["epochs"]) * per_epoch))
+
+
+def classification_map(model, data: ClassifierData, device, batch_size: int = 32) -> float:
+    """Image-level classification mAP (mean over classes with a positive image)."""
+    from wiseseg.classifier.metrics import average_precision
+
+    scores, labels = [], []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            idx = range(start, min(len(data), start + batch_size))
+            x = torch.stack([to_tensor(data.base_image(i)) for i in idx]).to(device)
+            scores.append(model(x)["scores"].float().cpu())
+            labels.append(torch.stack([data.labels(i) for i in idx]))
+    s, y = torch.cat(scores).numpy(), torch.cat(labels).numpy()
+    aps = [average_precision(s[:, c], y[:, c]) for c in range(y.shape[1]) if y[:, c].any()]
+    return float(np.mean(aps)) if aps else 0.0
+
+
+def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
+                     val: WeakSplit | None = None, seed: int = 0, deterministic: bool = False,
+                     device: str = "auto", resume: bool = True, progress: bool = True,
+                     full_config: dict | None = None) -> Path:
+    """Train PeakCAM on image-level labels; returns the path of ``model.pt``.
+
+    Args:
+        train: the weak view of the training split (no masks).
+        cfg: the ``classifier`` settings of a preset (see ``configs/cpu.yaml``).
+        out_dir: run directory: ``checkpoints/last.pt``, ``metrics.jsonl``, ``tensorboard/``,
+            ``model.pt``.
+        val: optional split for the image-level mAP logged at the end (and every
+            ``eval_every`` steps when > 0).
+        resume: continue from ``checkpoints/last.pt`` when present.
+    """
+    out_dir = Path(out_dir)
+    dev = resolve_device(device)
+    dist = init_distributed(dev)
+    if dist.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", dist.local_rank)
+    seed_everything(seed)
+    set_deterministic(deterministic)
+    if len(train) == 0:
+        raise ConfigError("the training split is empty")
+    model = build_peakcam(cfg, len(train.classes)).to(dev)
+    data = ClassifierData(train, cfg["input_size"], hflip=cfg["hflip"],
+                          scale=tuple(cfg["scale"]), jitter=cfg["color_jitter"])
+    max_steps = steps_for(cfg, len(data), dist.world_size)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_schedule(max_steps, int(cfg["warmup_steps"]), cfg["schedule"]))
+    wrapped = _wrap_ddp(model, dist, dev)
+    logger = MetricsLogHook(every=int(cfg.get("log_every", 10)))
+    hooks = [ProgressHook("classifier", enabled=progress), logger,
+             CheckpointHook(int(cfg["checkpoint_every"]))]
+    if val is not None and len(val):
+        val_data = ClassifierData(val, cfg["input_size"])
+        every = int(cfg.get("eval_every") or 0) or max_steps
+        hooks.append(EvalHook(lambda m: {"val_cls_mAP": classification_map(m, val_data, dev)},
+                              every, logger))
+    trainer = Trainer(
+        model=wrapped, optimizer=optimizer, scheduler=scheduler, data=data,
+        step_fn=classifier_step,
+        cfg=TrainerConfig(max_steps=max_steps, batch_size=int(cfg["batch_size"]), seed=seed,
+                          checkpoint_every=int(cfg["checkpoint_every"]),
+                          log_every=int(cfg.get("log_every", 10)), amp=bool(cfg.get("amp", True)),
+                          num_workers=int(cfg.get("num_workers", 0))),
+        out_dir=out_dir, device=dev, hooks=hooks,
+        config={"classifier": dict(cfg), "seed": seed, **({"run": full_config}
+                                                              if full_config else {})},
+        dist=dist,
+    )
+    t0 = time.time()
+    trainer.fit(resume=resume)
+    final = out_dir / "model.pt"
+    if dist.is_main:
+        save_classifier(final, trainer.unwrapped(), cfg, train.classes,
+                        extra={"steps": trainer.step, "seed": seed,
+                               "train_seconds": round(time.time() - t0, 1)})
+    cleanup(dist)
+    return final
+
+
+def _wrap_ddp(model, dist: DistInfo, dev: torch.device):
+    if not dist.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)

@@ -1,0 +1,62 @@
+"""Checkpoints: written atomically, loadable with ``torch.load(..., weights_only=True)``.
+
+A training checkpoint holds model, optimizer, scheduler and AMP scaler states, the step, the
+RNG states (torch CPU/CUDA, numpy, Python) and the merged config — everything an exact resume
+needs. Only tensors and plain Python containers are stored, so the safe loader accepts them.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wiseseg.errors import WisesegError
+from wiseseg.io import atomic_write
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """``torch.save`` into a temp file, then ``os.replace``: never a half-written checkpoint."""
+    return atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """Load with ``weights_only=True``; a missing or unreadable file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise WisesegError(f"{path}: {what} not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WisesegError(f"{path}: cannot load {what} ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(obj, dict):
+        raise WisesegError(f"{path}: not a wiseseg {what} (expected a dict)")
+    return obj
+
+
+def rng_state() -> dict[str, Any]:
+    """All global RNG states as tensors / plain lists (safe for ``weights_only`` loading)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1])},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), None))

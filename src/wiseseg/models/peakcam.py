@@ -1,0 +1,69 @@
+"""PeakCAM: the stage-1 classifier of WISE (PRM's FCN + class-aware 1×1 conv + peak stimulation).
+
+No I/O: the module maps an image batch to class activation maps and class scores.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wiseseg.models.backbones import Backbone
+from wiseseg.models.peak_ops import multilabel_loss, peak_stimulation
+
+
+class PeakCAM(nn.Module):
+    """Backbone features → class-aware 1×1 convolution → CAM → peak stimulation.
+
+    Args:
+        backbone: a :class:`~wiseseg.models.backbones.Backbone`.
+        num_classes: number of foreground classes ``C``.
+        feature: pyramid level the CAM is computed from (``"c5"``).
+        upsample: PRM's sub-pixel locating factor; the CAM is bilinearly upsampled by it
+            before peaks are located (1 = off).
+        peak_window: odd window ``r`` of the local-maximum search.
+        median_filter: keep only peaks ≥ the map's median.
+
+    Forward input: float ``B×3×H×W`` RGB in [0, 1] (normalized inside). Output dict:
+        ``cams`` float ``B×C×h×w`` (h = ceil(H / stride) × upsample), ``scores`` float ``B×C``
+        (mean of peaks), ``peaks`` bool ``B×C×h×w``; with ``labels`` (float ``B×C`` in {0, 1})
+        also ``loss`` (multi-label soft margin).
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, feature: str = "c5",
+                 upsample: int = 1, peak_window: int = 3, median_filter: bool = True):
+        super().__init__()
+        if feature not in backbone.out_channels:
+            raise ValueError(f"feature {feature!r} not in {list(backbone.out_channels)}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be ≥ 1, got {num_classes}")
+        self.backbone = backbone
+        self.feature = feature
+        self.num_classes = num_classes
+        self.upsample = int(upsample)
+        self.peak_window = int(peak_window)
+        self.median_filter = bool(median_filter)
+        self.classifier = nn.Conv2d(backbone.out_channels[feature], num_classes, kernel_size=1)
+        nn.init.normal_(self.classifier.weight, std=0.01)
+        nn.init.zeros_(self.classifier.bias)
+
+    @property
+    def stride(self) -> float:
+        return self.backbone.strides[self.feature] / self.upsample
+
+    def cams(self, images: Tensor) -> Tensor:
+        """Class activation maps ``B×C×h×w`` for images ``B×3×H×W`` in [0, 1]."""
+        feats = self.backbone(self.backbone.normalize(images), upto=self.feature)[self.feature]
+        cam = self.classifier(feats)
+        if self.upsample > 1:
+            cam = F.interpolate(cam, scale_factor=self.upsample, mode="bilinear",
+                                align_corners=False)
+        return cam
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
+        cam = self.cams(images)
+        scores, peaks = peak_stimulation(cam, self.peak_window, self.median_filter)
+        out = {"cams": cam, "scores": scores, "peaks": peaks}
+        if labels is not None:
+            out["loss"] = multilabel_loss(scores, labels)
+        return out
