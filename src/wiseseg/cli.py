@@ -61,6 +61,60 @@ def add_data_args(p: argparse.ArgumentParser, split: bool = False) -> None:
         p.add_argument("--split", default="val", help="split to use (default: val)")
 
 
+def add_run_args(p: argparse.ArgumentParser, preset: bool = True) -> None:
+    """``--preset``, ``--seed``, ``--deterministic``, ``--device``, ``--no-resume`` and
+    trailing ``key=value`` overrides of the preset."""
+    p.add_argument("--preset", default="auto",
+                   help="settings preset: cpu, paper or a .yaml path (default: auto = cpu "
+                        "without a GPU or on the shapes data, else paper)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: preset)")
+    if preset:
+        p.add_argument("--seed", type=int, default=None, help="random seed (default: preset)")
+        p.add_argument("--deterministic", action="store_true",
+                       help="deterministic kernels (reproducible runs)")
+        p.add_argument("--no-resume", action="store_true",
+                       help="start over instead of resuming from the output's checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override preset settings, e.g. classifier.lr=0.02")
+
+
+def resolve_preset_name(name: str, data: str = "shapes") -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    on_shapes = str(data).startswith("shapes")
+    return "paper" if torch.cuda.is_available() and not on_shapes else "cpu"
+
+
+def run_config(args, section: str | None = None, preset_name: str | None = None) -> dict:
+    """The preset named by ``--preset`` with the command line's overrides applied.
+
+    An override key not found at the top level is looked up in ``section`` too, so
+    ``lr=0.02`` works for ``train-classifier``.
+    """
+    from wiseseg.config import apply_overrides, load_preset
+
+    name = resolve_preset_name(preset_name or args.preset, getattr(args, "data", "shapes"))
+    cfg = load_preset(name)
+    items = []
+    for item in getattr(args, "overrides", []) or []:
+        key = item.partition("=")[0]
+        top = key.split(".")[0]
+        if section and top not in cfg and isinstance(cfg.get(section), dict) \
+                and top in cfg[section]:
+            item = f"{section}.{item}"
+        items.append(item)
+    cfg = apply_overrides(cfg, items)
+    if getattr(args, "seed", None) is not None:
+        cfg["seed"] = args.seed
+    if getattr(args, "deterministic", False):
+        cfg["deterministic"] = True
+    if getattr(args, "device", None):
+        cfg["device"] = args.device
+    return cfg
+
+
 def open_dataset_from_args(args):
     """The dataset named by ``--data`` (with ``--skip-bad``), reporting what was skipped."""
     from wiseseg.data import open_dataset

@@ -112,8 +112,9 @@ class Trainer:
             self.scheduler.load_state_dict(ck["scheduler"])
             self.scaler.load_state_dict(ck["scaler"])
         except (KeyError, RuntimeError, ValueError) as e:
-            raise WisesegError(f"{self.checkpoint_path}: does not fit this model/config "
-                               f"({str(e).splitlines()[0]}); use a new --out or delete it") from None
+            raise WisesegError(
+                f"{self.checkpoint_path}: does not fit this model/config "
+                f"({str(e).splitlines()[0]}); use a new --out or delete it") from None
         set_rng_state(ck["rng"])
         self.step = self.start_step = int(ck["step"])
         return True
@@ -126,9 +127,11 @@ class Trainer:
         for h in self.hooks:
             h.before_train(self)
         batches = StepBatches(self.data, self.schedule, self.step, self.cfg.max_steps)
+        # A private generator: creating the loader's iterator would otherwise draw from the
+        # global RNG, shifting dropout / RPN sampling after a resume.
         loader = torch.utils.data.DataLoader(
             batches, batch_size=None, shuffle=False, num_workers=self.cfg.num_workers,
-            persistent_workers=False,
+            persistent_workers=False, generator=torch.Generator().manual_seed(self.cfg.seed),
         )
         self.model.train()
         for batch in loader:

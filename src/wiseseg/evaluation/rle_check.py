@@ -21,11 +21,13 @@ import numpy as np
 #: Longest accepted run encoding: 6 groups hold 30 bits (runs up to 2**29 pixels, far beyond
 #: any image the readers accept) and keep pycocotools' ``int`` shifts free of overflow.
 MAX_GROUPS_PER_RUN = 6
-#: Characters per batch: bounds the temporary arrays (a few bytes each per character).
-_BATCH_CHARS = 1 << 21
+#: Characters per batch: small enough that the temporary arrays stay in the CPU cache (measured
+#: fastest among 2**13 .. 2**21).
+_BATCH_CHARS = 1 << 15
 
 
-def rle_counts_problems(counts: Sequence[str], sizes: Sequence[tuple[int, int]]) -> list[str | None]:
+def rle_counts_problems(counts: Sequence[str],
+                        sizes: Sequence[tuple[int, int]]) -> list[str | None]:
     """Check compressed RLE count strings against their mask sizes.
 
     Args:
@@ -95,23 +97,26 @@ def _check_batch(counts: Sequence[str], sizes: Sequence[tuple[int, int]]) -> lis
             break
         group = (buf[run_end[multi] - j].astype(np.int64) - 48) & 0x1F
         value[multi] = (value[multi] << 5) | group
-    negative = (last & 0x10) != 0
-    value[negative] -= np.int64(1) << (5 * np.minimum(run_len[negative], MAX_GROUPS_PER_RUN))
+    sign = (last >> 4) & 1
+    value -= sign << (5 * np.minimum(run_len, MAX_GROUPS_PER_RUN))
 
-    # Undo the delta coding: runs 1, 3, 5, ... and runs 2, 4, 6, ... are running sums.
-    m = np.arange(run_end.size) - first_run[run_owner]
-    odd = (m & 1) == 1
-    runs = value.copy()
-    for chain in (odd, ~odd & (m > 0)):
-        part = np.where(chain, value, 0)
-        total = np.cumsum(part)
-        before_string = (total - part)[first_run[runs_per_string > 0]]
-        base = np.zeros(n, dtype=np.int64)
-        base[runs_per_string > 0] = before_string
-        runs[chain] = (total - base[run_owner])[chain]
+    # Undo the delta coding: runs 1, 3, 5, ... and runs 2, 4, 6, ... of a string are running
+    # sums. Stride-2 sums over the whole batch, minus their value just before the string.
+    starts = first_run[runs_per_string > 0]
+    chained = value.copy()
+    chained[starts] = 0
+    total = np.empty_like(chained)
+    total[0::2] = np.cumsum(chained[0::2])
+    total[1::2] = np.cumsum(chained[1::2])
+    before = first_run[run_owner] - 1
+    before -= (np.arange(run_end.size) - before) & 1  # same parity as the run itself
+    runs = total - np.concatenate(([0, 0], total))[before + 2]
+    runs[starts] = value[starts]
+    is_first = np.zeros(run_end.size, dtype=bool)
+    is_first[starts] = True
 
     flag(run_owner[runs < 0], "counts decodes to a negative run length")
-    flag(run_owner[(runs == 0) & (m > 0)],
+    flag(run_owner[(runs == 0) & ~is_first],
          "counts has an empty run after the first (not a canonical COCO RLE)")
     pixels = np.zeros(n, dtype=np.int64)
     has_runs = runs_per_string > 0

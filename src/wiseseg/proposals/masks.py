@@ -1,9 +1,12 @@
-"""Turning region memberships into full-resolution COCO RLEs.
+"""Turning regions (sets of atoms of a label map) into full-resolution COCO RLEs.
 
-The built-in generator works on a downscaled copy of large images. Its masks are label-map
-lookups, upsampled by nearest neighbour; :func:`upsampled_rle` writes the run-length code of
-the upsampled mask straight from the small one, so a mask of a 12-megapixel image costs the
-size of the small mask plus the number of runs, never H×W.
+The built-in generator works on a downscaled copy of large images, and its masks are unions of
+label-map pieces ("atoms") upsampled by nearest neighbour. COCO RLE is the run-length code of
+the mask read column by column, so it can be written from the small map directly: inside a
+small column a mask is constant along each stretch of one atom, and every full-size column is
+a copy of the small column it samples. :func:`encode_regions` does that for all masks at once;
+the cost grows with the number of atom stretches and of runs, never with H×W, so a mask of a
+12-megapixel image costs about as much as one of the small map.
 """
 
 from __future__ import annotations
@@ -13,9 +16,6 @@ import numpy as np
 from wiseseg import rle
 from wiseseg.rle import RLE
 
-#: Bytes of mask pixels decoded at once when encoding at full size.
-_CHUNK_BYTES = 32 * 1024 * 1024
-
 
 def nearest_index(out_len: int, in_len: int) -> np.ndarray:
     """For each of ``out_len`` output positions, the input position nearest its centre."""
@@ -23,45 +23,10 @@ def nearest_index(out_len: int, in_len: int) -> np.ndarray:
     return np.minimum(idx, in_len - 1)
 
 
-def upsampled_rle(mask: np.ndarray, size: tuple[int, int]) -> RLE:
-    """COCO RLE of ``mask`` upsampled to ``size`` by nearest neighbour.
-
-    Args:
-        mask: h×w bool.
-        size: (H, W) with H ≥ h and W ≥ w.
-
-    Returns:
-        The RLE equal to ``rle.encode(mask[nearest rows][:, nearest cols])``, computed without
-        building the H×W array.
-    """
-    h, w = mask.shape
-    big_h, big_w = size
-    if big_h < h or big_w < w:
-        raise ValueError(f"upsampled_rle: target {size} is smaller than the mask {mask.shape}")
-    rows_per = np.bincount(nearest_index(big_h, h), minlength=h)
-    cols = nearest_index(big_w, w)
-
-    # Runs inside each small column (COCO RLE is column-major), lengths in full-size rows.
-    vals = np.ascontiguousarray(mask.T).ravel()
-    start = np.ones(len(vals), bool)
-    start[1:] = vals[1:] != vals[:-1]
-    start[::h] = True
-    run_val = vals[start]
-    run_len = np.add.reduceat(np.tile(rows_per, w), np.flatnonzero(start))
-    col_first = np.cumsum(start)[::h] - 1
-    col_runs = np.diff(np.append(col_first, len(run_val)))
-
-    # Every full-size column repeats the runs of its small column.
-    per = col_runs[cols]
-    offsets = np.repeat(np.cumsum(per) - per, per)
-    idx = np.repeat(col_first[cols], per) + (np.arange(per.sum()) - offsets)
-    seq_val, seq_len = run_val[idx], run_len[idx]
-    joined = np.ones(len(seq_val), bool)
-    joined[1:] = seq_val[1:] != seq_val[:-1]
-    counts = np.add.reduceat(seq_len, np.flatnonzero(joined))
-    if seq_val[0]:
-        counts = np.concatenate([[0], counts])
-    return rle.normalize({"size": [big_h, big_w], "counts": [int(c) for c in counts]})
+def _expand(first: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Concatenation of the ranges ``first[i] .. first[i] + count[i] - 1``."""
+    offsets = np.repeat(np.cumsum(count) - count, count)
+    return np.repeat(first, count) + (np.arange(int(count.sum())) - offsets)
 
 
 def encode_regions(atoms: np.ndarray, member: np.ndarray, size: tuple[int, int]) -> list[RLE]:
@@ -70,16 +35,66 @@ def encode_regions(atoms: np.ndarray, member: np.ndarray, size: tuple[int, int])
     Args:
         atoms: h×w int label map (ids 0..A-1) at working resolution.
         member: K×A bool; region k is the union of the atoms marked in row k.
-        size: (H, W) of the output masks, ≥ (h, w); the atom map is upsampled by nearest
-            neighbour when larger.
+        size: (H, W) ≥ (h, w) of the output masks; the atom map is upsampled to it by nearest
+            neighbour (pixel centres aligned).
 
     Returns:
-        K RLEs of size (H, W).
+        K RLEs of size (H, W), equal to ``rle.encode(member[k][upsampled atoms])``.
     """
-    if tuple(atoms.shape) != tuple(size):
-        return [upsampled_rle(m[atoms], size) for m in member]
-    out: list[RLE] = []
-    step = max(1, _CHUNK_BYTES // max(atoms.size, 1))
-    for i in range(0, len(member), step):
-        out += rle.encode_many(member[i:i + step][:, atoms])
+    h, w = atoms.shape
+    big_h, big_w = size
+    if big_h < h or big_w < w:
+        raise ValueError(f"encode_regions: output {size} is smaller than the map {atoms.shape}")
+    k = len(member)
+    if k == 0:
+        return []
+    rows_per = np.bincount(nearest_index(big_h, h), minlength=h)
+    cols = nearest_index(big_w, w)
+
+    # Stretches of one atom inside a small column, with their length in full-size rows.
+    seq = np.ascontiguousarray(atoms.T).ravel()
+    start = np.ones(len(seq), bool)
+    start[1:] = seq[1:] != seq[:-1]
+    start[::h] = True
+    where = np.flatnonzero(start)
+    s_atom = seq[where]
+    s_col_start = where % h == 0
+    s_len = np.add.reduceat(np.tile(rows_per, w), where)
+    n_s = len(where)
+
+    # Per mask, join neighbouring stretches of equal value within a column.
+    val = member[:, s_atom]
+    brk = np.empty_like(val)
+    brk[:, 0] = True
+    np.not_equal(val[:, 1:], val[:, :-1], out=brk[:, 1:])
+    brk |= s_col_start
+    flat_brk = np.flatnonzero(brk.ravel())
+    r_val = val.ravel()[flat_brk]
+    r_len = np.add.reduceat(np.tile(s_len, k), flat_brk)
+    # Runs are numbered mask by mask, column by column: the first run of each (mask, column).
+    col_of_run = np.cumsum(s_col_start)[flat_brk % n_s] - 1 + (flat_brk // n_s) * w
+    col_first = np.searchsorted(col_of_run, np.arange(k * w))
+    col_runs = np.diff(np.append(col_first, len(r_val)))
+
+    # Every full-size column repeats the runs of the small column it samples.
+    which = (np.arange(k)[:, None] * w + cols[None, :]).ravel()
+    idx = _expand(col_first[which], col_runs[which])
+    seq_val, seq_len = r_val[idx], r_len[idx]
+    per_mask = col_runs[which].reshape(k, big_w).sum(axis=1)
+    mask_start = np.zeros(len(idx), bool)
+    mask_start[np.cumsum(per_mask) - per_mask] = True
+    joined = mask_start.copy()
+    joined[1:] |= seq_val[1:] != seq_val[:-1]
+    pos = np.flatnonzero(joined)
+    counts = np.add.reduceat(seq_len, pos)
+    values = seq_val[pos]
+    owner = np.cumsum(mask_start)[pos] - 1
+    bounds = np.searchsorted(owner, np.arange(k + 1))
+
+    out = []
+    for i in range(k):
+        c = counts[bounds[i]:bounds[i + 1]].tolist()
+        if values[bounds[i]]:  # COCO RLE starts with a (possibly empty) run of zeros
+            c.insert(0, 0)
+        out.append(rle.normalize({"size": [big_h, big_w], "counts": c}))
     return out

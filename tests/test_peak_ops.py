@@ -1,0 +1,112 @@
+"""Peak stimulation on hand-made maps, the loss against torch's, negatives, extraction, PRM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wiseseg.models.peak_ops import (
+    Peak,
+    extract_peaks,
+    local_peaks,
+    multilabel_loss,
+    peak_stimulation,
+)
+
+
+def _bowl(size: int = 7, centre: tuple[int, int] = (5, 5)) -> torch.Tensor:
+    """−0.01·d² around ``centre``: a single local maximum, no plateaus."""
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    d2 = (ys - centre[0]) ** 2 + (xs - centre[1]) ** 2
+    return (-0.01 * d2.float()).view(1, 1, size, size)
+
+
+def _map(points: dict[tuple[int, int], float]) -> torch.Tensor:
+    m = _bowl()
+    for (y, x), v in points.items():
+        m[0, 0, y, x] = v
+    return m
+
+
+def test_peaks_found_and_score_is_their_mean():
+    m = _map({(1, 1): 3.0, (5, 5): 1.0})
+    scores, peaks = peak_stimulation(m, window=3, median_filter=True)
+    assert peaks[0, 0].nonzero().tolist() == [[1, 1], [5, 5]]
+    assert scores.item() == pytest.approx(2.0)
+
+
+def test_median_filter_drops_low_local_maxima():
+    m = _bowl()
+    m[0, 0, 0, 0] = -0.30  # above its neighbours (−0.41, −0.32) but far below the median
+    without = local_peaks(m, 3, median_filter=False)[0, 0]
+    with_filter = local_peaks(m, 3, median_filter=True)[0, 0]
+    assert without.nonzero().tolist() == [[0, 0], [5, 5]]
+    assert with_filter.nonzero().tolist() == [[5, 5]]
+
+
+def test_window_size_matters():
+    m = _map({(2, 2): 2.0, (2, 4): 1.5})
+    assert local_peaks(m, 3, False)[0, 0, 2, 4]  # 2 apart: separate peaks with r=3
+    assert not local_peaks(m, 5, False)[0, 0, 2, 4]  # inside the 5×5 window of the stronger
+    with pytest.raises(ValueError, match="odd"):
+        local_peaks(m, 4)
+
+
+def test_gradient_flows_only_through_peaks():
+    m = _map({(1, 1): 3.0, (5, 5): 1.0})
+    m.requires_grad_(True)
+    scores, _ = peak_stimulation(m)
+    scores.sum().backward()
+    g = m.grad[0, 0]
+    assert g[1, 1] == pytest.approx(0.5) and g[5, 5] == pytest.approx(0.5)
+    g[1, 1] = g[5, 5] = 0
+    assert torch.count_nonzero(g) == 0
+
+
+def test_constant_map_has_peaks_everywhere():
+    m = torch.zeros(2, 3, 4, 4)
+    scores, peaks = peak_stimulation(m)
+    assert peaks.all() and torch.all(scores == 0)
+
+
+def test_loss_matches_torch_and_negatives_push_scores_down():
+    scores = torch.tensor([[2.0, -1.0, 0.5], [0.3, 0.3, 0.3]], requires_grad=True)
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])  # second image is a negative
+    loss = multilabel_loss(scores, labels)
+    assert loss.item() == pytest.approx(F.multilabel_soft_margin_loss(scores, labels).item())
+    loss.backward()
+    assert torch.all(scores.grad[1] > 0)  # gradient descent lowers every score of a negative
+
+
+def test_extract_peaks_coordinates_and_classes():
+    cam = torch.full((3, 4, 4), -1.0)
+    cam[0, 1, 2] = 2.0
+    cam[0, 3, 0] = 0.5
+    cam[2, 0, 0] = 1.0
+    peaks = extract_peaks(cam, [0], (40, 80), median_filter=False, min_score=0.0)
+    # cell (1, 2) of a 4×4 map over a 40×80 image: centre y=(1.5)*10=15, x=(2.5)*20=50
+    assert peaks[0] == Peak(category=0, y=15, x=50, score=2.0)
+    assert [p.category for p in peaks] == [0, 0]
+    rel = extract_peaks(cam, [0], (40, 80), median_filter=False, relative=0.5)
+    assert len(rel) == 1
+    assert extract_peaks(cam, [], (40, 80)) == []
+    assert {p.category for p in extract_peaks(cam, None, (40, 80), median_filter=False,
+                                              min_score=0.9)} == {0, 2}
+
+
+def test_peak_response_maps_localise_each_peak():
+    from wiseseg.models.backbones import build_backbone
+    from wiseseg.models.peak_response import peak_response_maps
+    from wiseseg.models.peakcam import PeakCAM
+
+    torch.manual_seed(0)
+    model = PeakCAM(build_backbone("resnet18", "none"), num_classes=2, feature="c3").eval()
+    image = torch.rand(3, 64, 64)
+    peaks = [Peak(0, 8, 8, 1.0), Peak(1, 56, 48, 1.0)]
+    maps = peak_response_maps(model, image, peaks)
+    assert maps.shape == (2, 64, 64) and (maps >= 0).all()
+    for m, p in zip(maps, peaks):
+        ys, xs = torch.nonzero(m > 0.2 * m.max(), as_tuple=True)
+        assert abs(ys.float().mean() - p.y) < 16 and abs(xs.float().mean() - p.x) < 16
+    assert peak_response_maps(model, image, []).shape == (0, 64, 64)
