@@ -115,6 +115,29 @@ def merge(rles: Sequence[RLE], size: tuple[int, int]) -> RLE:
     return out
 
 
+def problem(rle: RLE) -> str | None:
+    """Why an RLE read from a file is unsafe for pycocotools (see :mod:`wiseseg.rle_check`),
+    or None. Uncompressed (list) counts are checked for their sum."""
+    from wiseseg.rle_check import rle_counts_problems
+
+    try:
+        h, w = (int(v) for v in rle["size"])
+        counts = rle["counts"]
+    except (KeyError, TypeError, ValueError):
+        return "RLE needs 'size' [h, w] and 'counts'"
+    if h < 0 or w < 0:
+        return f"negative RLE size {[h, w]}"
+    if isinstance(counts, list):
+        if any((not isinstance(c, int)) or c < 0 for c in counts) or sum(counts) != h * w:
+            return f"uncompressed RLE counts do not sum to {h}×{w}"
+        return None
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii", "replace")
+    if not isinstance(counts, str):
+        return "RLE counts must be a string or a list"
+    return rle_counts_problems([counts], [(h, w)])[0]
+
+
 def normalize(rle: RLE) -> RLE:
     """Any COCO RLE (compressed, bytes or uncompressed) → compressed with str counts."""
     out = dict(_as_bytes(rle))

@@ -78,15 +78,21 @@ def classifier_step(model, batch, device):
 
 
 def build_optimizer(model, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """SGD with the pretrained backbone at ``lr × backbone_lr_mult`` (PRM: 0.01)."""
+    """SGD (PRM) or AdamW, with the pretrained backbone at ``lr × backbone_lr_mult``
+    (PRM: 0.01)."""
     backbone = [p for p in model.backbone.parameters() if p.requires_grad]
     head = [p for n, p in model.named_parameters()
             if p.requires_grad and not n.startswith("backbone.")]
     lr = float(cfg["lr"])
     groups = [{"params": head, "lr": lr},
               {"params": backbone, "lr": lr * float(cfg["backbone_lr_mult"])}]
-    return torch.optim.SGD(groups, lr=lr, momentum=float(cfg["momentum"]),
-                           weight_decay=float(cfg["weight_decay"]))
+    kind = cfg.get("optimizer", "sgd")
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=float(cfg["momentum"]),
+                               weight_decay=float(cfg["weight_decay"]))
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=float(cfg["weight_decay"]))
+    raise ConfigError(f"unknown optimizer {kind!r} (sgd, adamw)")
 
 
 def steps_for(cfg: dict[str, Any], n_images: int, world_size: int = 1) -> int:

@@ -58,6 +58,9 @@ def _segmentation_to_rle(seg, h: int, w: int, source: Path, ann_id) -> dict:
         if isinstance(seg, dict) and "counts" in seg and "size" in seg:
             if [int(s) for s in seg["size"]] != [h, w]:
                 raise ValueError(f"RLE size {seg['size']} differs from the image's [{h}, {w}]")
+            bad = rle.problem(seg)
+            if bad:
+                raise ValueError(bad)
             return rle.normalize(seg)
         raise ValueError("segmentation is neither a polygon list nor an RLE")
     except (ValueError, TypeError, KeyError) as e:

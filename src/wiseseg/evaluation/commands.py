@@ -28,13 +28,14 @@ def _cfg_evaluate(p: argparse.ArgumentParser) -> None:
 def cmd_evaluate(args) -> int:
     import json
     import math
+    import sys
 
     from wiseseg.errors import WisesegError
     from wiseseg.evaluation.api import evaluate_dataset
-    from wiseseg.evaluation.atomic import write_json
     from wiseseg.evaluation.plots import plot_breakdowns
     from wiseseg.evaluation.predictions import load_predictions
     from wiseseg.evaluation.table import format_metrics
+    from wiseseg.io import atomic_write_json
 
     if not math.isfinite(args.min_score):
         raise WisesegError(f"--min-score {args.min_score} is not a finite number")
@@ -44,9 +45,10 @@ def cmd_evaluate(args) -> int:
     metrics = evaluate_dataset(preds, ds, args.split, min_score=args.min_score, coco=args.coco)
     metrics["predictions_file"] = str(Path(args.pred).resolve())
     print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
+    info = sys.stderr if args.json else sys.stdout  # keep --json output parseable
     if args.out:
-        write_json(args.out, metrics)
-        print(f"wrote {args.out}")
+        atomic_write_json(args.out, metrics, indent=2)
+        print(f"wrote {args.out}", file=info)
     plot_dir, prefix = None, ""
     if args.plots:
         plot_dir = Path(args.plots)
@@ -54,5 +56,5 @@ def cmd_evaluate(args) -> int:
         plot_dir, prefix = Path(args.out).parent, Path(args.out).stem + "_"
     if plot_dir is not None and not args.no_plots:
         for path in plot_breakdowns({ds.name: metrics}, plot_dir, prefix=prefix):
-            print(f"wrote {path}")
+            print(f"wrote {path}", file=info)
     return 0

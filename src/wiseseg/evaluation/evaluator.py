@@ -204,7 +204,8 @@ def evaluate(preds_by_image: Mapping[int, Sequence[Prediction]],
     }
     out["protocol"] = {
         "iou": "mask IoU with the ignore region (VOC void, COCO crowd) removed from both masks",
-        "matching": "greedy by score; highest IoU >= t among the class's unmatched instances",
+        "matching": "greedy by score (ties: input order); highest IoU >= t among the class's "
+                    "unmatched instances of the image",
         "ap": "area under the monotone precision envelope, all points (VOC 2010+)",
         "mean_over": "classes with ground truth in the split",
         "ignore_share": IGNORE_SHARE,

@@ -3,8 +3,8 @@
 Matching (per image and class, which is the same as per class over the dataset because an
 instance can only be matched within its image): predictions are taken in rank order (score
 descending, ties by input position); each is matched to the still unmatched ground-truth
-instance of its class with the highest IoU ≥ t (true positive); otherwise it is a false
-positive. This is the COCO rule. PASCAL VOC's devkit and chainercv's
+instance of its class with the highest IoU ≥ t (true positive; equal IoUs: the instance listed
+first); otherwise it is a false positive. This is the COCO rule. PASCAL VOC's devkit and chainercv's
 ``eval_instance_segmentation_voc`` instead take the instance of highest IoU among *all* of the
 class's instances and count the prediction as a false positive if that one is taken; the two
 rules agree whenever no prediction reaches IoU ≥ t with two instances of its class, which is
@@ -46,17 +46,30 @@ def match_image(ov: ImageOverlaps, threshold: float, gt_ignored: np.ndarray | No
     if n_pred == 0 or n_gt == 0:
         return status
     candidate = (ov.iou >= threshold) & (ov.pred_class[:, None] == ov.gt_class[None, :])
-    ignored = np.zeros(n_gt, dtype=bool) if gt_ignored is None else gt_ignored
-    taken = np.zeros(n_gt, dtype=bool)
-    for p in np.flatnonzero(candidate.any(axis=1)).tolist():
-        free = candidate[p] & ~taken
-        if not free.any():
-            continue
-        regular = free & ~ignored
-        pool = regular if regular.any() else free
-        j = int(np.argmax(np.where(pool, ov.iou[p], -1.0)))
-        taken[j] = True
-        status[p] = IGNORED if ignored[j] else TP
+    rows = np.flatnonzero(candidate.any(axis=1))
+    if rows.size == 0:
+        return status
+    # Per row, candidate instances by IoU descending (ties: lower index first); the loop below
+    # then runs on short Python lists, which beats numpy calls on arrays of a few elements.
+    ranked = np.argsort(-np.where(candidate[rows], ov.iou[rows], -1.0), axis=1, kind="stable")
+    n_cand = candidate[rows].sum(axis=1)
+    ignored = [False] * n_gt if gt_ignored is None else gt_ignored.tolist()
+    taken = [False] * n_gt
+    for p, order, k in zip(rows.tolist(), ranked.tolist(), n_cand.tolist()):
+        chosen = fallback = -1
+        for j in order[:k]:
+            if taken[j]:
+                continue
+            if not ignored[j]:
+                chosen = j
+                break
+            if fallback < 0:
+                fallback = j
+        if chosen < 0:
+            chosen = fallback
+        if chosen >= 0:
+            taken[chosen] = True
+            status[p] = IGNORED if ignored[chosen] else TP
     return status
 
 

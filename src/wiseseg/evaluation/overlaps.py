@@ -86,15 +86,16 @@ def image_overlaps(preds: Sequence[Prediction], gt: GroundTruth, height: int,
 
     a = rle.area(pred_masks)
     gt_area = rle.area(gt_masks)
-    if gt.ignore is not None and pred_masks:
-        in_ignore = np.rint(rle.intersection_over_first(pred_masks, [gt.ignore])[:, 0] * a)
-    else:
-        in_ignore = np.zeros(len(pred_masks))
-    cleaned = _without_ignore(gt_masks, gt.ignore) if gt.ignore is not None and gt_masks \
-        else gt_masks
+    cleaned = gt_masks
+    if gt.ignore is not None and gt_masks:
+        cleaned = _without_ignore(gt_masks, gt.ignore)
     b = rle.area(cleaned) if cleaned is not gt_masks else gt_area
-    # pycocotools returns I / A; times A (an exact integer) and rounded, it is I exactly.
-    inter = np.rint(rle.intersection_over_first(pred_masks, cleaned) * a[:, None])
+    # One C call for P × G' and P × ignore. pycocotools returns I / A; times A (an exact
+    # integer) and rounded, that is I exactly.
+    others = cleaned + ([gt.ignore] if gt.ignore is not None else [])
+    inter = np.rint(rle.intersection_over_first(pred_masks, others) * a[:, None])
+    in_ignore = inter[:, len(cleaned)] if gt.ignore is not None else np.zeros(len(pred_masks))
+    inter = inter[:, :len(cleaned)]
     union = (a - in_ignore)[:, None] + b[None, :] - inter
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     share = np.divide(in_ignore, a, out=np.zeros_like(a), where=a > 0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from wiseseg.evaluation.atomic import atomic_path
+from wiseseg.io import atomic_write
 
 #: Output file names (after the optional prefix).
 SIZE_PLOT, COUNT_PLOT = "ap50_by_size.png", "ap50_by_count.png"
@@ -44,9 +44,7 @@ def _bars(results: Mapping[str, Mapping], key: str, title: str, xlabel: str, lab
     ax.set_title(title, fontsize=10)
     if len(results) > 1:
         ax.legend(fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
 
 
 def plot_breakdowns(results: Mapping[str, Mapping], out_dir: str | Path,

@@ -19,20 +19,24 @@ the offending value; nothing is skipped.
 
 from __future__ import annotations
 
-import json
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from wiseseg.data.dataset import Dataset, ImageRecord
 from wiseseg.errors import DataError
-from wiseseg.evaluation.rle_check import rle_counts_problems
+from wiseseg.io import read_json
 from wiseseg.rle import RLE
+from wiseseg.rle_check import rle_counts_problems
 
 #: What an entry must hold.
 REQUIRED_KEYS = ("image_id", "category_id", "segmentation", "score")
+_REQUIRED = frozenset(REQUIRED_KEYS)
 
 
 @dataclass(frozen=True)
@@ -64,16 +68,7 @@ def load_predictions(path: str | Path, dataset: Dataset, split: str) -> dict[int
         DataError: the file is missing or not JSON, or an entry is malformed (see the module
             docstring); the message names the file and the entry.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "predictions file not found")
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})"
-                        ) from None
-    except UnicodeDecodeError:
-        raise DataError(path, "not a UTF-8 text file (expected a JSON list)") from None
+    entries = read_json(path, "predictions JSON")
     return parse_predictions(entries, dataset.records(split), dataset.category_ids,
                              source=path, split=split)
 
@@ -116,12 +111,18 @@ def parse_predictions(
     return out
 
 
+# numbers.* rather than int/float: in-memory results often carry numpy scalars (np.float32).
+# The exact-type tests first are a fast path (tens of thousands of entries).
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return type(v) is int or (isinstance(v, numbers.Integral)
+                              and not isinstance(v, (bool, np.bool_)))
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if type(v) is float:
+        return math.isfinite(v)
+    return type(v) is int or (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+                              and math.isfinite(v))
 
 
 def _known_ids(ids: Sequence[int]) -> str:
@@ -144,8 +145,8 @@ def _parse_entry(i: int, e: Any, by_id: dict[int, ImageRecord], class_of: dict[i
 
     if not isinstance(e, dict):
         raise bad(f"expected an object with {', '.join(REQUIRED_KEYS)}, got {_short(e)}")
-    missing = [k for k in REQUIRED_KEYS if k not in e]
-    if missing:
+    if not _REQUIRED.issubset(e.keys()):
+        missing = [k for k in REQUIRED_KEYS if k not in e]
         raise bad(f"missing {', '.join(repr(k) for k in missing)}")
     image_id = e["image_id"]
     if not _is_int(image_id) or image_id not in by_id:
@@ -170,7 +171,7 @@ def _parse_entry(i: int, e: Any, by_id: dict[int, ImageRecord], class_of: dict[i
     size, counts = seg["size"], seg["counts"]
     if (not isinstance(size, (list, tuple)) or len(size) != 2 or not all(map(_is_int, size))):
         raise bad(f"RLE size {_short(size)} is not [height, width]")
-    if [size[0], size[1]] != [rec.height, rec.width]:
+    if (size[0], size[1]) != (rec.height, rec.width):
         raise bad(f"mask size {size[0]}×{size[1]} (h×w) differs from image {rec.name} "
                   f"({rec.height}×{rec.width})")
     if isinstance(counts, bytes):
@@ -181,7 +182,7 @@ def _parse_entry(i: int, e: Any, by_id: dict[int, ImageRecord], class_of: dict[i
     if not isinstance(counts, str):
         kind = "a list (uncompressed RLE)" if isinstance(counts, list) else _short(counts)
         raise bad(f"RLE counts must be a compressed string, got {kind}")
-    pred = Prediction(category=class_of[cid],
+    pred = Prediction(category=class_of[int(cid)],
                       segmentation={"size": [rec.height, rec.width], "counts": counts},
                       score=float(score), index=i)
-    return image_id, pred
+    return int(image_id), pred

@@ -169,7 +169,7 @@ def generate(rgb01: np.ndarray, cfg: BuiltinSettings) -> tuple[np.ndarray, np.nd
         c_merge = np.concatenate([merge_contrast(hh, sp.sizes, hists["lab"]) for hh in hs])
         # A region formed in several hierarchies is one candidate with its best C_merge.
         first, inverse = _unique_rows(member)
-        best = np.zeros(len(first), np.float32)
+        best = np.zeros(len(first))
         np.maximum.at(best, inverse, c_merge)
         unique = member[first]
         regions.append(unique)

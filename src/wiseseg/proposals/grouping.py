@@ -115,12 +115,15 @@ def group(problems: Sequence[Problem]) -> list[Hierarchy]:
                 + w[:, 3] * (1.0 - (box_area - joint) / img))
 
     sim = similarity(ea, eb)
+    span = 2.0 * (float(np.abs(weights).sum(axis=1).max()) + 1.0)
     count = total
     while len(ea):
-        # Each region's most similar neighbour; ties go to the lower id, so runs repeat.
+        # Each region's most similar neighbour: sort by region, then by falling similarity
+        # (|similarity| < span / 2, so one float key does both; the stable sort makes ties
+        # deterministic).
         src = np.concatenate([ea, eb])
         dst = np.concatenate([eb, ea])
-        order = np.lexsort((dst, -np.concatenate([sim, sim]), src))
+        order = np.argsort(src * span - np.concatenate([sim, sim]), kind="stable")
         src_o = src[order]
         head = np.empty(len(order), bool)
         head[0] = True

@@ -48,29 +48,31 @@ def region_histograms(member: np.ndarray, sizes: np.ndarray, hist: np.ndarray) -
         hist: n×D superpixel histograms, rows sum to 1.
 
     Returns:
-        R×D float32, rows sum to 1 (0 for an empty region).
+        R×D float64, rows sum to 1 (0 for an empty region).
     """
-    weighted = (member.astype(np.float32) * sizes.astype(np.float32)) @ hist
+    # float64: BLAS sums in a thread-count-dependent order, and float32 rounding of that
+    # would make scores differ between a worker process and the main one.
+    weighted = (member * sizes.astype(np.float64)) @ hist.astype(np.float64)
     total = weighted.sum(axis=1, keepdims=True)
     return weighted / np.where(total > 0, total, 1.0)
 
 
 def merge_contrast(hier: Hierarchy, sizes: np.ndarray, hist: np.ndarray) -> np.ndarray:
-    """``C_merge`` of every region of one hierarchy (R float32, in [0, 1])."""
+    """``C_merge`` of every region of one hierarchy (R float64, in [0, 1])."""
     h = region_histograms(hier.member, sizes, hist)
     kids = hier.children
     merged = np.flatnonzero(kids[:, 0] >= 0)
     sibling = np.full(len(h), -1, np.int64)
     sibling[kids[merged, 0]] = kids[merged, 1]
     sibling[kids[merged, 1]] = kids[merged, 0]
-    out = np.ones(len(h), np.float32)
+    out = np.ones(len(h))
     has = sibling >= 0
     out[has] = 1.0 - np.minimum(h[has], h[sibling[has]]).sum(axis=1)
     return np.clip(out, 0.0, 1.0)
 
 
 def ring_contrast(member: np.ndarray, sp: Superpixels, hist: np.ndarray) -> np.ndarray:
-    """``C_ring`` of regions (R float32 in [0, 1]; 0 for a region without neighbours)."""
+    """``C_ring`` of regions (R float64 in [0, 1]; 0 for a region without neighbours)."""
     adj = np.zeros((sp.n, sp.n), np.float32)
     adj[sp.pairs[:, 0], sp.pairs[:, 1]] = 1.0
     adj[sp.pairs[:, 1], sp.pairs[:, 0]] = 1.0

@@ -1,0 +1,160 @@
+"""Peak → candidate proposals, and the paper's Eq. 1 sampling (pure functions).
+
+For a peak (i, j) of class c, the candidates are the proposals whose mask contains (i, j)
+(after the size filter below); the pseudo mask is one of them, picked with probability
+
+    P(G_k) = b_k / Σ_j b_j                                   (paper, Eq. 1)
+
+where b_k ≥ 0 is the proposal's objectness (uniform when all are 0). Modes:
+
+- ``sample``: re-drawn every time the image is used in training (Algorithm 1; default);
+- ``argmax``: always the highest-objectness candidate (what the official WISE code did);
+- ``fixed``: one Eq. 1 draw made before training and kept.
+
+Duplicate rule: peaks are visited from the highest CAM value down; a drawn mask whose IoU with
+a mask already kept for the image is ≥ ``dup_iou`` (default 0.8) is dropped for this draw —
+two peaks on one object yield one instance, whatever their classes, and the stronger peak
+decides the class.
+
+Size filter: candidates must cover at least ``max(min_area_px, min_area_frac × H·W)`` pixels
+and at most ``max_area_frac × H·W`` (a proposal covering nearly the whole image is background,
+not an object).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from wiseseg import rle
+
+
+@dataclass(frozen=True)
+class Candidate:
+    segmentation: dict
+    score: float
+
+
+@dataclass
+class PseudoInstance:
+    """One peak with its candidate proposals, sorted by decreasing objectness."""
+
+    category: int
+    peak: tuple[int, int, float]  # y, x, CAM value
+    candidates: list[Candidate]
+    fixed: int = 0  # the candidate kept in mode "fixed"
+
+
+@dataclass
+class PseudoImage:
+    image_id: int
+    height: int
+    width: int
+    instances: list[PseudoInstance] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Drawn:
+    instance: int  # index into PseudoImage.instances
+    category: int
+    segmentation: dict
+    candidate: int
+    peak_score: float
+
+
+@dataclass
+class CandidateStats:
+    peaks: int = 0
+    absent_class: int = 0
+    without_candidate: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"peaks": self.peaks, "dropped_absent_class": self.absent_class,
+                "without_candidate": len(self.without_candidate)}
+
+
+def eq1_probabilities(scores: np.ndarray) -> np.ndarray:
+    """P(G_k) = b_k / Σ b_j; uniform when Σ b_j = 0. ``scores`` must be ≥ 0."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.size == 0:
+        return s
+    if np.any(s < 0) or not np.all(np.isfinite(s)):
+        raise ValueError(f"objectness must be finite and ≥ 0, got min {s.min()}")
+    total = s.sum()
+    return s / total if total > 0 else np.full(s.size, 1.0 / s.size)
+
+
+def build_candidates(image_id: int, size: tuple[int, int], peaks: Iterable[dict],
+                     labels: Iterable[int], proposal_masks: list[dict],
+                     proposal_scores: np.ndarray, min_area_px: int = 16,
+                     min_area_frac: float = 0.0005, max_area_frac: float = 0.9,
+                     max_candidates: int = 100,
+                     stats: CandidateStats | None = None) -> PseudoImage:
+    """Candidates of every peak of a labelled class (see the module docstring).
+
+    Args:
+        peaks: dicts with ``class`` (0-based), ``y``, ``x`` (pixels) and ``score``.
+        labels: the image-level label; peaks of other classes are dropped and counted.
+        proposal_masks: RLEs (at ``size``); proposal_scores: their objectness (≥ 0).
+        stats: counters updated in place (peaks, dropped, peaks without any candidate).
+    """
+    stats = stats if stats is not None else CandidateStats()
+    h, w = size
+    labels = set(labels)
+    out = PseudoImage(image_id=image_id, height=h, width=w)
+    peaks = sorted(peaks, key=lambda p: -float(p["score"]))
+    if not peaks:
+        return out
+    areas = rle.area(proposal_masks)
+    lo = max(min_area_px, min_area_frac * h * w)
+    ok = (areas >= lo) & (areas <= max_area_frac * h * w) if len(areas) else np.zeros(0, bool)
+    keep = np.nonzero(ok)[0]
+    masks = rle.decode_many([proposal_masks[i] for i in keep], size)
+    scores = np.asarray(proposal_scores, dtype=np.float64)[keep]
+    for p in peaks:
+        stats.peaks += 1
+        if int(p["class"]) not in labels:
+            stats.absent_class += 1
+            continue
+        y, x = int(p["y"]), int(p["x"])
+        inside = np.nonzero(masks[:, y, x])[0] if len(masks) else np.zeros(0, int)
+        if inside.size == 0:
+            stats.without_candidate.append({"image_id": image_id, "class": int(p["class"]),
+                                            "y": y, "x": x, "score": float(p["score"])})
+            continue
+        order = inside[np.argsort(-scores[inside], kind="stable")][:max_candidates]
+        cands = [Candidate(proposal_masks[keep[i]], float(scores[i])) for i in order]
+        out.instances.append(PseudoInstance(int(p["class"]), (y, x, float(p["score"])), cands))
+    return out
+
+
+def fix_draws(images: Iterable[PseudoImage], seed: int) -> None:
+    """Mode ``fixed``: one Eq. 1 draw per instance, made once with ``seed``."""
+    for img in images:
+        rng = np.random.default_rng([seed, img.image_id])
+        for inst in img.instances:
+            p = eq1_probabilities(np.array([c.score for c in inst.candidates]))
+            inst.fixed = int(rng.choice(len(p), p=p))
+
+
+def draw_instances(img: PseudoImage, rng: np.random.Generator, mode: str = "sample",
+                   dup_iou: float = 0.8) -> list[Drawn]:
+    """The pseudo masks of one use of an image (possibly none)."""
+    if mode not in ("sample", "argmax", "fixed"):
+        raise ValueError(f"unknown sampling mode {mode!r} (sample, argmax, fixed)")
+    kept: list[Drawn] = []
+    for n, inst in enumerate(img.instances):  # already ordered by decreasing peak score
+        if mode == "sample":
+            p = eq1_probabilities(np.array([c.score for c in inst.candidates]))
+            k = int(rng.choice(len(p), p=p))
+        elif mode == "argmax":
+            k = 0
+        else:
+            k = inst.fixed
+        seg = inst.candidates[k].segmentation
+        if kept and rle.iou([seg], [d.segmentation for d in kept]).max() >= dup_iou:
+            continue
+        kept.append(Drawn(n, inst.category, seg, k, inst.peak[2]))
+    return kept

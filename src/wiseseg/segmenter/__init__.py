@@ -1,0 +1,1 @@
+"""Stage 2: Mask R-CNN trained on pseudo masks (or, as the reference, on ground truth)."""

@@ -1,0 +1,46 @@
+"""``train-segmenter``: Mask R-CNN on pseudo masks, or on true masks (the reference)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from wiseseg.cli import add_data_args, add_run_args, command, open_dataset_from_args, run_config
+
+
+def _cfg(p: argparse.ArgumentParser) -> None:
+    add_data_args(p)
+    add_run_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pseudo", help="pseudo-label COCO JSON (from pseudo-masks)")
+    src.add_argument("--masks", choices=("gt",), help="train on ground-truth masks instead")
+    p.add_argument("--out", required=True, help="output directory (model.pt, checkpoints/, ...)")
+    p.add_argument("--split", default="train", help="training split (default: train)")
+    p.add_argument("--mode", choices=("sample", "argmax", "fixed"), default=None,
+                   help="how pseudo masks are drawn from their candidates (default: preset)")
+
+
+@command("train-segmenter", "train Mask R-CNN on pseudo masks (or --masks gt)", _cfg)
+def cmd_train_segmenter(args) -> int:
+    from wiseseg.config import save_config
+    from wiseseg.pseudo.labels import read_pseudo
+    from wiseseg.segmenter.train import train_segmenter
+
+    cfg = run_config(args, section="segmenter")
+    if args.mode:
+        cfg["segmenter"]["mode"] = args.mode
+    ds = open_dataset_from_args(args)
+    split = ds.weak(args.split)
+    if args.pseudo:
+        instances, masks = read_pseudo(args.pseudo, split, ds.category_ids), "pseudo"
+    else:
+        instances, masks = dict(ds.ground_truth(args.split)), "gt"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(out / "config.yaml", cfg)
+    path = train_segmenter(list(split.records), instances, ds.classes, cfg["segmenter"], out,
+                           masks=masks, seed=cfg["seed"], deterministic=cfg["deterministic"],
+                           device=cfg["device"], resume=not args.no_resume,
+                           progress=not args.quiet, full_config=cfg)
+    print(f"Mask R-CNN ({masks} masks) saved to {path}")
+    return 0

@@ -1,0 +1,55 @@
+"""Build Mask R-CNN from the ``segmenter`` settings; save / load the trained segmenter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wiseseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from wiseseg.errors import WisesegError
+from wiseseg.models.maskrcnn import build_maskrcnn
+
+KIND = "wiseseg.maskrcnn"
+
+_MODEL_KEYS = ("backbone", "pretrained", "backbone_weights", "frozen_stages", "freeze_bn",
+               "fpn_channels", "representation_size", "mask_layers", "anchor_sizes", "min_size",
+               "max_size", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",
+               "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "rpn_batch_size_per_image",
+               "box_batch_size_per_image", "box_score_thresh", "box_nms_thresh",
+               "box_detections_per_img")
+
+
+def build_segmenter(cfg: dict[str, Any], num_classes: int, pretrained: bool = True):
+    """Mask R-CNN from settings (``pretrained=False``: no ImageNet loading, for checkpoints)."""
+    kw = {k: cfg[k] for k in _MODEL_KEYS if k in cfg}
+    if not pretrained:
+        kw["pretrained"], kw["backbone_weights"] = "none", None
+    kw["mask_layers"] = tuple(kw.get("mask_layers", (256, 256, 256, 256)))
+    kw["anchor_sizes"] = tuple(kw.get("anchor_sizes", (32, 64, 128, 256, 512)))
+    return build_maskrcnn(num_classes, **kw)
+
+
+def save_segmenter(path: str | Path, model, cfg: dict, classes, extra: dict | None = None
+                   ) -> Path:
+    return save_checkpoint(path, {"kind": KIND, "model": model.state_dict(),
+                                  "config": dict(cfg), "classes": list(classes),
+                                  **(extra or {})})
+
+
+def load_segmenter(path: str | Path, device: torch.device | str = "cpu"):
+    """``(Mask R-CNN in eval mode, segmenter settings, class names, checkpoint extras)``."""
+    ck = load_checkpoint(path, "segmenter checkpoint")
+    if ck.get("kind") != KIND:
+        raise WisesegError(f"{path}: not a wiseseg Mask R-CNN checkpoint "
+                           f"(kind={ck.get('kind')!r})")
+    cfg, classes = ck["config"], list(ck["classes"])
+    model = build_segmenter(cfg, len(classes), pretrained=False)
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise WisesegError(f"{path}: weights do not fit the model ({str(e).splitlines()[0]})"
+                           ) from None
+    extras = {k: v for k, v in ck.items() if k not in ("model", "config", "classes", "kind")}
+    return model.to(device).eval(), cfg, classes, extras
