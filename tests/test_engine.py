@@ -60,7 +60,8 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     resumed = _run(out, steps)
     assert resumed.returncode == 0, resumed.stderr
     assert _same(_weights(tmp_path / "ref" / "rank0.pt"), _weights(out / "rank0.pt"))
-    steps_logged = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    steps_logged = [json.loads(ln)["step"] for ln in lines]
     assert steps_logged == list(range(1, steps + 1))  # replayed steps are not logged twice
 
 
