@@ -47,7 +47,8 @@ class BuiltinSettings:
     Attributes:
         segmentations: ``(colour space, Felzenszwalb scale k)`` per over-segmentation.
         strategies: ``(colour space of the colour histogram, similarity letters)`` per
-            hierarchy, letters from ``C`` colour, ``T`` texture, ``S`` size, ``F`` fill.
+            hierarchy, letters from ``C`` colour, ``T`` texture, ``S`` size, ``F`` fill
+            (without ``C`` the colour space plays no part).
         sigma: Gaussian pre-smoothing of the Felzenszwalb segmentation.
         min_size: smallest superpixel, as a fraction of the working image (at least 4 px).
         work_pixels: images with more pixels are downscaled to this many for the grouping.
@@ -56,8 +57,7 @@ class BuiltinSettings:
     """
 
     segmentations: tuple[tuple[str, float], ...] = (("rgb", 50.0), ("lab", 100.0))
-    strategies: tuple[tuple[str, str], ...] = (
-        ("hsv", "CTSF"), ("lab", "TSF"), ("lab", "CTSF"), ("hsv", "TSF"))
+    strategies: tuple[tuple[str, str], ...] = (("lab", "CTSF"), ("lab", "TSF"), ("rgb", "CTSF"))
     sigma: float = 0.8
     min_size: float = 6e-4
     work_pixels: int = 65_536

@@ -1,0 +1,137 @@
+"""Pseudo masks: candidates on a hand-made image, Eq. 1 frequencies, the duplicate rule,
+the COCO file, re-drawing per use."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from wiseseg import rle
+from wiseseg.data.dataset import ImageRecord, WeakSplit
+from wiseseg.pseudo.labels import read_pseudo, to_coco, write_pseudo
+from wiseseg.pseudo.sampling import (
+    Candidate,
+    CandidateStats,
+    PseudoImage,
+    PseudoInstance,
+    build_candidates,
+    draw_instances,
+    eq1_probabilities,
+    fix_draws,
+)
+
+H, W = 40, 60
+
+
+def _box(y0, y1, x0, x1):
+    m = np.zeros((H, W), bool)
+    m[y0:y1, x0:x1] = True
+    return rle.encode(m)
+
+
+# Proposals: two around the left object, one around the right, one tiny, one nearly the image.
+PROPS = [_box(5, 20, 5, 20), _box(3, 25, 3, 25), _box(10, 30, 35, 55), _box(0, 2, 0, 2),
+         _box(0, 40, 0, 58)]
+SCORES = np.array([0.6, 0.2, 0.9, 0.99, 0.95])
+
+
+def _peaks():
+    return [{"class": 0, "y": 10, "x": 10, "score": 2.0},   # inside proposals 0 and 1
+            {"class": 1, "y": 20, "x": 45, "score": 1.5},   # inside proposal 2
+            {"class": 0, "y": 35, "x": 30, "score": 1.0},   # inside no kept proposal
+            {"class": 2, "y": 12, "x": 12, "score": 3.0}]   # class absent from the label
+
+
+def test_candidates_on_a_hand_made_image():
+    st = CandidateStats()
+    img = build_candidates(7, (H, W), _peaks(), labels={0, 1}, proposal_masks=PROPS,
+                           proposal_scores=SCORES, min_area_px=16, max_area_frac=0.9,
+                           stats=st)
+    assert [i.category for i in img.instances] == [0, 1]
+    left, right = img.instances
+    assert [c.score for c in left.candidates] == [0.6, 0.2]  # sorted by objectness
+    assert left.candidates[0].segmentation is PROPS[0]
+    assert [c.segmentation for c in right.candidates] == [PROPS[2]]
+    assert st.as_dict() == {"peaks": 4, "dropped_absent_class": 1, "without_candidate": 1}
+    assert st.without_candidate[0]["y"] == 35  # the lost peak is reported, not dropped silently
+
+
+def test_no_peaks_or_no_proposals():
+    assert build_candidates(1, (H, W), [], {0}, PROPS, SCORES).instances == []
+    st = CandidateStats()
+    img = build_candidates(1, (H, W), _peaks()[:1], {0}, [], np.zeros(0), stats=st)
+    assert img.instances == [] and st.as_dict()["without_candidate"] == 1
+
+
+def test_eq1_probabilities():
+    assert eq1_probabilities(np.array([1.0, 3.0])).tolist() == [0.25, 0.75]
+    assert eq1_probabilities(np.zeros(4)).tolist() == [0.25] * 4
+    assert eq1_probabilities(np.zeros(0)).size == 0
+    with pytest.raises(ValueError):
+        eq1_probabilities(np.array([1.0, -0.5]))
+
+
+def test_eq1_frequencies_chi_square():
+    """Over many draws each candidate is picked with frequency b_k / Σ b_j."""
+    scores = [0.5, 0.3, 0.15, 0.05]
+    masks = [_box(0, 10 + 5 * k, 0, 10 + 5 * k) for k in range(4)]
+    img = PseudoImage(1, H, W, [PseudoInstance(0, (5, 5, 1.0),
+                                               [Candidate(m, s) for m, s in zip(masks, scores)])])
+    rng = np.random.default_rng(0)
+    n = 4000
+    counts = np.bincount([draw_instances(img, rng)[0].candidate for _ in range(n)], minlength=4)
+    expected = np.array(scores) / sum(scores) * n
+    _, p = stats.chisquare(counts, expected)
+    assert p > 0.001, (counts, expected)
+    # argmax always takes the best; a uniform sampler would fail the same test
+    assert {draw_instances(img, rng, mode="argmax")[0].candidate for _ in range(20)} == {0}
+    _, p_uniform = stats.chisquare(counts, np.full(4, n / 4))
+    assert p_uniform < 1e-6
+
+
+def test_duplicate_rule_keeps_the_stronger_peak():
+    same = _box(5, 20, 5, 20)
+    near = _box(5, 20, 5, 21)  # IoU 15/16 with `same`
+    img = PseudoImage(1, H, W, [
+        PseudoInstance(1, (10, 10, 3.0), [Candidate(same, 1.0)]),
+        PseudoInstance(0, (12, 12, 1.0), [Candidate(near, 1.0)]),
+        PseudoInstance(0, (20, 45, 0.5), [Candidate(PROPS[2], 1.0)]),
+    ])
+    drawn = draw_instances(img, np.random.default_rng(0), mode="argmax", dup_iou=0.8)
+    assert [(d.instance, d.category) for d in drawn] == [(0, 1), (2, 0)]
+    drawn = draw_instances(img, np.random.default_rng(0), mode="argmax", dup_iou=0.99)
+    assert len(drawn) == 3
+
+
+def test_modes_redraw_and_fixed():
+    cands = [Candidate(_box(0, 10 + k, 0, 10 + k), 1.0) for k in range(10)]
+    img = PseudoImage(3, H, W, [PseudoInstance(0, (2, 2, 1.0), cands)])
+    rng = np.random.default_rng(1)
+    picks = {draw_instances(img, rng, dup_iou=1.1)[0].candidate for _ in range(50)}
+    assert len(picks) > 5  # re-drawn on every use
+    fix_draws([img], seed=4)
+    fixed = {draw_instances(img, rng, mode="fixed")[0].candidate for _ in range(20)}
+    assert fixed == {img.instances[0].fixed}
+    with pytest.raises(ValueError, match="mode"):
+        draw_instances(img, rng, mode="best")
+
+
+def test_coco_file_roundtrip_and_pycocotools(tmp_path):
+    from pycocotools.coco import COCO
+
+    rec = ImageRecord(7, "a", tmp_path / "a.jpg", H, W, frozenset({0, 1}))
+    split = WeakSplit("train", ("cat", "dog", "cow"), (rec,))
+    st = CandidateStats()
+    img = build_candidates(7, (H, W), _peaks(), rec.labels, PROPS, SCORES, stats=st)
+    coco = to_coco([img], split, [1, 2, 3], st, {"dup_iou": 0.8})
+    path = write_pseudo(tmp_path / "pseudo.json", coco)
+    api = COCO(str(path))
+    assert len(api.getAnnIds()) == 2 and api.loadCats([1])[0]["name"] == "cat"
+    ann = api.loadAnns(api.getAnnIds(catIds=[1]))[0]
+    assert np.array_equal(api.annToMask(ann).astype(bool), rle.decode(PROPS[0]))  # arg-max
+    assert len(ann["candidates"]) == 2 and ann["peak"] == {"y": 10, "x": 10, "score": 2.0}
+    assert coco["wiseseg"]["without_candidate"] == 1
+    back = read_pseudo(path, split, [1, 2, 3])[7]
+    assert [(i.category, len(i.candidates)) for i in back.instances] == [(0, 2), (1, 1)]
+    assert back.instances[0].candidates[0].score == 0.6
