@@ -177,3 +177,11 @@ def test_rle_roundtrip_and_iou():
     assert rle.decode_many([], (10, 12)).shape == (0, 10, 12)
     assert rle.iou([], [rb]).shape == (0, 1)
     assert rle.to_bbox([ra]).tolist() == [[3, 2, 6, 4]]
+
+
+def test_rle_area_of_many_masks():
+    """pycocotools' area() overflows past 255 masks under NumPy 2; ours must not."""
+    masks = np.zeros((300, 4, 5), bool)
+    for i in range(300):
+        masks[i].flat[: i % 20] = True
+    assert rle.area(rle.encode_many(masks)).tolist() == [float(i % 20) for i in range(300)]

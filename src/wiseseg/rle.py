@@ -70,7 +70,10 @@ def area(rles: Sequence[RLE]) -> np.ndarray:
     """Pixel counts, float64 array of length N."""
     if not rles:
         return np.zeros(0)
-    return np.asarray(mask_utils.area([_as_bytes(r) for r in rles]), dtype=np.float64)
+    objs = [_as_bytes(r) for r in rles]
+    # pycocotools' area() sizes its output with a uint8 under NumPy 2: > 255 masks overflow.
+    return np.concatenate([np.asarray(mask_utils.area(objs[i:i + 255]), dtype=np.float64)
+                           for i in range(0, len(objs), 255)])
 
 
 def to_bbox(rles: Sequence[RLE]) -> np.ndarray:

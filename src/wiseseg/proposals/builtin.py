@@ -56,7 +56,7 @@ class BuiltinSettings:
         top_k: at most this many proposals per image.
     """
 
-    segmentations: tuple[tuple[str, float], ...] = (("rgb", 50.0), ("lab", 100.0))
+    segmentations: tuple[tuple[str, float], ...] = (("rgb", 50.0), ("hsv", 100.0))
     strategies: tuple[tuple[str, str], ...] = (("lab", "CTSF"), ("lab", "TSF"), ("rgb", "CTSF"))
     sigma: float = 0.8
     min_size: float = 6e-4

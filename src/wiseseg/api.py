@@ -1,0 +1,87 @@
+"""The Python API behind ``wiseseg run`` — for notebooks and scripts.
+
+Example::
+
+    from wiseseg import api
+
+    ds = api.open_dataset("shapes")                      # or a VOC / COCO / folder path
+    cfg = api.load_config("cpu", ["segmenter.epochs=5"]) # preset + overrides
+    result = api.run_pipeline(ds, cfg, "runs/demo")
+    print(result.table())                                # PRM / WISE / WISE+Refine / GT
+    result.metrics["results"]["WISE"]["mAP50"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from wiseseg.config import apply_overrides, load_preset
+from wiseseg.config import load_config as _load_yaml
+from wiseseg.data import open_dataset
+from wiseseg.data.dataset import Dataset
+from wiseseg.errors import WisesegError
+from wiseseg.pipeline import RunContext, run_stages, save_run_config, stage_summary
+from wiseseg.report.collect import collect_metrics, results_table, write_metrics
+
+__all__ = ["open_dataset", "load_config", "run_pipeline", "rebuild_report", "RunResult"]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    stages: dict
+
+    def table(self) -> str:
+        return results_table(self.metrics["results"])
+
+
+def load_config(preset: str = "cpu", overrides: Sequence[str] = ()) -> dict:
+    """A preset (``cpu``, ``paper`` or a YAML path) with ``key=value`` overrides."""
+    return apply_overrides(load_preset(preset), overrides)
+
+
+def run_pipeline(dataset: Dataset | str, cfg: dict | str, out: str | Path,
+                 data_spec: str | None = None, reference: bool = True,
+                 progress: bool = True) -> RunResult:
+    """Run (or resume) every stage into ``out`` and write metrics.json and report.html."""
+    ds = open_dataset(dataset, progress=progress) if isinstance(dataset, str) else dataset
+    cfg = load_config(cfg) if isinstance(cfg, str) else cfg
+    spec = data_spec or (dataset if isinstance(dataset, str) else str(ds.root))
+    run_dir = Path(out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for split in (cfg["data"]["train_split"],):
+        if split not in ds.splits:
+            raise WisesegError(f"{ds.root}: no training split {split!r} (available: "
+                               f"{', '.join(ds.splits)}); set data.train_split=...")
+    from wiseseg.stages import STAGES
+
+    ctx = RunContext(cfg=cfg, dataset=ds, data_spec=str(spec), run_dir=run_dir,
+                     progress=progress, reference=reference)
+    save_run_config(ctx)
+    run_stages(STAGES, ctx)
+    metrics = collect_metrics(run_dir)
+    metrics["run"] = stage_summary(ctx)
+    write_metrics(run_dir, metrics)
+    _write_report(run_dir, ds, cfg, metrics, progress)
+    return RunResult(run_dir, metrics, ctx.summaries)
+
+
+def _write_report(run_dir: Path, ds: Dataset, cfg: dict, metrics: dict, progress: bool) -> Path:
+    from wiseseg.report.build import write_report
+
+    return write_report(run_dir, ds, cfg, metrics, progress=progress)
+
+
+def rebuild_report(run_dir: Path, progress: bool = True, skip_bad: bool = False) -> Path:
+    """Recompute RUN/metrics.json and RUN/report.html from a finished (or partial) run."""
+    cfg_path = Path(run_dir) / "config.yaml"
+    if not cfg_path.is_file():
+        raise WisesegError(f"{run_dir}: not a wiseseg run directory (no config.yaml)")
+    cfg = _load_yaml(cfg_path)
+    ds = open_dataset(cfg["data"]["spec"], skip_bad=skip_bad, progress=progress)
+    metrics = collect_metrics(run_dir)
+    write_metrics(run_dir, metrics)
+    return _write_report(run_dir, ds, cfg, metrics, progress)

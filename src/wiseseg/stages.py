@@ -1,0 +1,246 @@
+"""The stages of ``wiseseg run`` (see :mod:`wiseseg.pipeline` for caching and resume).
+
+Outputs (under RUN/):
+    classifier/model.pt, metrics.jsonl        stage 1, PeakCAM
+    peaks/peaks_<split>.json, quality.json    peaks (image-level labels) and their quality
+    proposals/                                proposal store of the train and val images
+    pseudo/pseudo.json                        pseudo labels (COCO + candidates)
+    wise/model.pt                             Mask R-CNN on pseudo masks
+    reference/model.pt                        Mask R-CNN on true masks (when GT exists)
+    predict_wise/wise.json, wise_refine.json  val predictions (COCO results)
+    predict_reference/reference.json
+    prm/prm.json                              the PRM baseline's val predictions
+    pseudo_quality/quality.json               Table 3
+    evaluate/metrics.json                     every method's metrics
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from wiseseg.engine.reproducibility import resolve_device
+from wiseseg.io import atomic_write_json, read_json
+from wiseseg.pipeline import RunContext, Stage
+
+METHODS = (("prm", "PRM"), ("wise", "WISE"), ("wise_refine", "WISE+Refine"),
+           ("reference", "Mask R-CNN (GT)"))
+
+
+def _device(ctx: RunContext):
+    return resolve_device(ctx.cfg.get("device", "auto"))
+
+
+def _last_eval(metrics_path: Path) -> dict:
+    out = {}
+    if metrics_path.exists():
+        for ln in metrics_path.read_text().splitlines():
+            rec = json.loads(ln)
+            out.update({k: v for k, v in rec.items() if k.startswith("eval/")})
+    return out
+
+
+# ----------------------------------------------------------------------------- stage 1
+def run_classifier(ctx: RunContext, d: Path) -> dict:
+    from wiseseg.classifier.train import train_classifier
+
+    ds = ctx.dataset
+    val = ds.weak(ctx.val_split) if ctx.val_split in ds.splits else None
+    train_classifier(ds.weak(ctx.train_split), ctx.cfg["classifier"], d, val=val,
+                     seed=ctx.cfg["seed"], deterministic=ctx.cfg["deterministic"],
+                     device=ctx.cfg["device"], progress=ctx.progress, full_config=ctx.cfg)
+    return {k.removeprefix("eval/"): v for k, v in _last_eval(d / "metrics.jsonl").items()}
+
+
+def run_peaks(ctx: RunContext, d: Path) -> dict:
+    from wiseseg.classifier.metrics import peak_quality
+    from wiseseg.classifier.model_io import load_classifier
+    from wiseseg.classifier.peaks import compute_peaks, write_peaks
+
+    dev = _device(ctx)
+    model, ccfg, _ = load_classifier(ctx.stage_dir("classifier") / "model.pt", dev)
+    ds, summary = ctx.dataset, {}
+    for split in dict.fromkeys([ctx.train_split, ctx.val_split]):
+        if split not in ds.splits:
+            continue
+        peaks = compute_peaks(model, ds.weak(split), ccfg["input_size"], ctx.cfg["peaks"],
+                              use_labels=True, device=dev, progress=ctx.progress,
+                              category_ids=ds.category_ids)
+        write_peaks(d / f"peaks_{split}.json", peaks)
+        if ds.has_ground_truth(split):
+            by_id = {im["image_id"]: im["peaks"] for im in peaks["images"]}
+            summary[split] = peak_quality(by_id, ds.ground_truth(split), ds.records(split))
+    atomic_write_json(d / "quality.json", summary, indent=2)
+    return summary
+
+
+def run_proposals(ctx: RunContext, d: Path) -> dict:
+    from wiseseg.proposals import build_proposal_source, compute_proposals, proposal_quality
+
+    pc, ds = ctx.cfg["proposals"], ctx.dataset
+    recs = {r.id: r for s in (ctx.train_split, ctx.val_split) if s in ds.splits
+            for r in ds.records(s)}
+    source = build_proposal_source(pc["method"], top_k=pc.get("top_k"))
+    store = compute_proposals(list(recs.values()), source, d, workers=int(pc["workers"]),
+                              progress=ctx.progress, top_k=pc.get("top_k"))
+    summary = {"images": len(recs)}
+    if ctx.has_val_gt():
+        q = proposal_quality(store, ds, ctx.val_split)
+        atomic_write_json(d / f"quality_{ctx.val_split}.json", q, indent=2)
+        summary["val"] = q
+    return summary
+
+
+def run_pseudo(ctx: RunContext, d: Path) -> dict:
+    from wiseseg.classifier.peaks import read_peaks
+    from wiseseg.proposals import ProposalStore
+    from wiseseg.pseudo.labels import build_pseudo_images, to_coco, write_pseudo
+
+    ds = ctx.dataset
+    split = ds.weak(ctx.train_split)
+    peaks = read_peaks(ctx.stage_dir("peaks") / f"peaks_{ctx.train_split}.json")
+    store = ProposalStore.open(ctx.stage_dir("proposals"))
+    images, stats = build_pseudo_images(split, peaks["by_id"], store, ctx.cfg["pseudo"],
+                                        progress=ctx.progress)
+    coco = to_coco(images, split, ds.category_ids, stats, dict(ctx.cfg["pseudo"]))
+    write_pseudo(d / "pseudo.json", coco)
+    return {**stats.as_dict(), "instances": len(coco["annotations"]),
+            "images_without_instance": sum(1 for im in images if not im.instances)}
+
+
+# ----------------------------------------------------------------------------- stage 2
+def _train_segmenter(ctx: RunContext, d: Path, masks: str) -> dict:
+    from wiseseg.pseudo.labels import read_pseudo
+    from wiseseg.segmenter.train import train_segmenter
+
+    ds = ctx.dataset
+    split = ds.weak(ctx.train_split)
+    if masks == "pseudo":
+        inst = read_pseudo(ctx.stage_dir("pseudo") / "pseudo.json", split, ds.category_ids)
+    else:
+        inst = dict(ds.ground_truth(ctx.train_split))
+    train_segmenter(list(split.records), inst, ds.classes, ctx.cfg["segmenter"], d,
+                    masks=masks, seed=ctx.cfg["seed"], deterministic=ctx.cfg["deterministic"],
+                    device=ctx.cfg["device"], progress=ctx.progress, full_config=ctx.cfg)
+    return {"masks": masks}
+
+
+def run_wise(ctx: RunContext, d: Path) -> dict:
+    return _train_segmenter(ctx, d, "pseudo")
+
+
+def run_reference(ctx: RunContext, d: Path) -> dict:
+    return _train_segmenter(ctx, d, "gt")
+
+
+def _predict(ctx: RunContext, model_dir: Path, split: str) -> list[dict]:
+    from wiseseg.inference.predict import predict, records_as_items
+    from wiseseg.segmenter.model_io import load_segmenter
+
+    dev = _device(ctx)
+    pc = ctx.cfg["predict"]
+    model, _, _, _ = load_segmenter(model_dir / "model.pt", dev)
+    recs = ctx.dataset.records(split)
+    return predict(model, records_as_items(recs), ctx.dataset.category_ids, device=dev,
+                   batch_size=int(pc["batch_size"]), mask_threshold=float(pc["mask_threshold"]),
+                   min_score=float(pc["min_score"]), total=len(recs), progress=ctx.progress)
+
+
+def run_predict_wise(ctx: RunContext, d: Path) -> dict:
+    from wiseseg.inference.refine import refine_all, refine_summary
+    from wiseseg.proposals import ProposalStore
+
+    preds = _predict(ctx, ctx.stage_dir("wise"), ctx.val_split)
+    atomic_write_json(d / "wise.json", preds)
+    refined = refine_all(preds, ProposalStore.open(ctx.stage_dir("proposals")),
+                         float(ctx.cfg["predict"]["refine_min_iou"]))
+    atomic_write_json(d / "wise_refine.json", refined)
+    return {"predictions": len(preds), "refine": refine_summary(refined)}
+
+
+def run_predict_reference(ctx: RunContext, d: Path) -> dict:
+    preds = _predict(ctx, ctx.stage_dir("reference"), ctx.val_split)
+    atomic_write_json(d / "reference.json", preds)
+    return {"predictions": len(preds)}
+
+
+def run_prm(ctx: RunContext, d: Path) -> dict:
+    from wiseseg.classifier.model_io import load_classifier
+    from wiseseg.inference.prm_baseline import RetrievalSettings, prm_baseline
+    from wiseseg.proposals import ProposalStore
+
+    dev = _device(ctx)
+    model, ccfg, _ = load_classifier(ctx.stage_dir("classifier") / "model.pt", dev)
+    preds = prm_baseline(model, ctx.dataset.records(ctx.val_split),
+                         ProposalStore.open(ctx.stage_dir("proposals")), ccfg["input_size"],
+                         ctx.cfg["peaks"], ctx.dataset.category_ids,
+                         RetrievalSettings(**ctx.cfg["prm"]), device=dev,
+                         progress=ctx.progress)
+    atomic_write_json(d / "prm.json", preds)
+    return {"predictions": len(preds)}
+
+
+def run_pseudo_quality(ctx: RunContext, d: Path) -> dict:
+    from wiseseg.pseudo.quality import pseudo_quality
+
+    preds = _predict(ctx, ctx.stage_dir("wise"), ctx.train_split)
+    atomic_write_json(d / "wise_train.json", preds)
+    q = pseudo_quality(ctx.dataset, ctx.train_split, ctx.stage_dir("pseudo") / "pseudo.json",
+                       predictions=preds)
+    atomic_write_json(d / "quality.json", q, indent=2)
+    return {k: v for k, v in q.items() if not isinstance(v, dict)}
+
+
+def prediction_files(ctx: RunContext) -> dict[str, Path]:
+    files = {"prm": ctx.stage_dir("prm") / "prm.json",
+             "wise": ctx.stage_dir("predict_wise") / "wise.json",
+             "wise_refine": ctx.stage_dir("predict_wise") / "wise_refine.json",
+             "reference": ctx.stage_dir("predict_reference") / "reference.json"}
+    return {k: v for k, v in files.items() if v.exists()}
+
+
+def run_evaluate(ctx: RunContext, d: Path) -> dict:
+    from wiseseg.evaluation import evaluate_predictions
+    from wiseseg.evaluation.plots import plot_breakdowns
+
+    out = {}
+    for key, path in prediction_files(ctx).items():
+        out[key] = evaluate_predictions(read_json(path, "predictions"), ctx.dataset,
+                                        ctx.val_split,
+                                        min_score=float(ctx.cfg["evaluate"]["min_score"]),
+                                        source=path)
+    atomic_write_json(d / "metrics.json", out, indent=2)
+    if out:
+        names = dict(METHODS)
+        plot_breakdowns({names[k]: v for k, v in out.items()}, d)
+    return {k: {t: v[t] for t in ("mAP25", "mAP50", "mAP75", "ABO")} for k, v in out.items()}
+
+
+def _has_train_gt(ctx: RunContext) -> bool:
+    return ctx.dataset.has_ground_truth(ctx.train_split)
+
+
+def _reference_on(ctx: RunContext) -> bool:
+    return ctx.reference and _has_train_gt(ctx)
+
+
+STAGES = (
+    Stage("classifier", run_classifier, config=("data", "classifier")),
+    Stage("peaks", run_peaks, deps=("classifier",), config=("data", "peaks")),
+    Stage("proposals", run_proposals, config=("data", "proposals")),
+    Stage("pseudo", run_pseudo, deps=("peaks", "proposals"), config=("pseudo",)),
+    Stage("wise", run_wise, deps=("pseudo",), config=("segmenter",)),
+    Stage("reference", run_reference, config=("data", "segmenter"), enabled=_reference_on),
+    Stage("predict_wise", run_predict_wise, deps=("wise", "proposals"), config=("predict",),
+          enabled=lambda ctx: ctx.val_split in ctx.dataset.splits),
+    Stage("predict_reference", run_predict_reference, deps=("reference",),
+          config=("predict",),
+          enabled=lambda ctx: _reference_on(ctx) and ctx.val_split in ctx.dataset.splits),
+    Stage("prm", run_prm, deps=("classifier", "proposals"), config=("peaks", "prm"),
+          enabled=lambda ctx: ctx.val_split in ctx.dataset.splits),
+    Stage("pseudo_quality", run_pseudo_quality, deps=("pseudo", "wise"), config=("predict",),
+          enabled=_has_train_gt),
+    Stage("evaluate", run_evaluate,
+          deps=("prm", "predict_wise", "predict_reference"), config=("evaluate",),
+          enabled=lambda ctx: ctx.has_val_gt()),
+)
