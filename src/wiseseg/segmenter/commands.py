@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wiseseg.cli import add_data_args, add_run_args, command, open_dataset_from_args, run_config
+from wiseseg.cli import (
+    add_backbone_args,
+    add_data_args,
+    add_run_args,
+    command,
+    open_dataset_from_args,
+    run_config,
+)
 
 
 def _cfg(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     add_run_args(p)
+    add_backbone_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pseudo", help="pseudo-label COCO JSON (from pseudo-masks)")
     src.add_argument("--masks", choices=("gt",), help="train on ground-truth masks instead")

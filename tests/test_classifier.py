@@ -1,0 +1,120 @@
+"""Stage 1 end to end at toy scale: training, negatives, peaks, CLI errors, offline weights."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+
+import pytest
+import torch
+
+from wiseseg.classifier.model_io import load_classifier
+from wiseseg.classifier.train import ClassifierData, train_classifier
+from wiseseg.config import apply_overrides, load_preset
+from wiseseg.data import open_dataset
+from wiseseg.data.dataset import ImageRecord, WeakSplit
+from wiseseg.errors import WisesegError
+
+SPEC = "shapes:train=8,val=4,size=48,seed=2"
+TINY = ["classifier.steps=3", "classifier.batch_size=4", "classifier.input_size=48",
+        "classifier.checkpoint_every=2"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    ds = open_dataset(SPEC, progress=False)
+    cfg = apply_overrides(load_preset("cpu"), TINY)
+    out = tmp_path_factory.mktemp("cls")
+    path = train_classifier(ds.weak("train"), cfg["classifier"], out, val=ds.weak("val"),
+                            progress=False)
+    return ds, cfg, out, path
+
+
+def test_training_writes_a_loadable_model(trained):
+    ds, cfg, out, path = trained
+    model, ccfg, classes = load_classifier(path)
+    assert classes == list(ds.classes) and ccfg["input_size"] == 48
+    assert not model.training
+    cams = model.cams(torch.rand(2, 3, 48, 48))
+    assert cams.shape[:2] == (2, len(classes))
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 3 and "eval/val_cls_mAP" in lines[-1]
+    assert (out / "checkpoints" / "last.pt").exists()
+
+
+def test_negative_images_train(tmp_path):
+    """An image without any label contributes a loss that pushes every class down."""
+    ds = open_dataset(SPEC, progress=False)
+    r = ds.records("train")[0]
+    neg = ImageRecord(r.id, r.name, r.path, r.height, r.width, frozenset())
+    data = ClassifierData(WeakSplit("train", ds.classes, (neg,)), 48)
+    x, y = data.load(0, __import__("numpy").random.default_rng(0))
+    assert y.sum() == 0
+    cfg = apply_overrides(load_preset("cpu"), TINY)["classifier"]
+    path = train_classifier(WeakSplit("train", ds.classes, (neg,)), cfg, tmp_path,
+                            progress=False)
+    model, _, _ = load_classifier(path)
+    with torch.no_grad():
+        assert torch.isfinite(model(x[None], y[None])["loss"])
+
+
+def test_peaks_cli_and_peak_file(trained, tmp_path, run_cli):
+    _, _, _, path = trained
+    out = tmp_path / "peaks.json"
+    code, stdout, err = run_cli("peaks", "--checkpoint", path, "--data", SPEC, "--split",
+                                "val", "--out", out, "-q")
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert len(data["images"]) == 4 and data["classes"][0] == "circle"
+    for im in data["images"]:
+        for p in im["peaks"]:
+            assert p["class"] in im["labels"]  # only labelled classes
+            assert 0 <= p["y"] < im["height"] and 0 <= p["x"] < im["width"]
+    code, _, err = run_cli("show-peaks", "--checkpoint", path, "--data", SPEC, "--split", "val",
+                           "--out", tmp_path / "vis", "--limit", "2", "-q")
+    assert code == 0, err
+    assert len(list((tmp_path / "vis").glob("*.png"))) == 2
+
+
+def test_cli_errors(trained, tmp_path, run_cli, voc_root):
+    _, _, _, path = trained
+    code, _, err = run_cli("peaks", "--checkpoint", tmp_path / "missing.pt", "--data", SPEC,
+                           "--out", tmp_path / "p.json")
+    assert code == 2 and "missing.pt: classifier checkpoint not found" in err
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("peaks", "--checkpoint", path, "--data", voc_root, "--split", "val",
+                           "--out", tmp_path / "p.json")
+    assert code == 2 and "classifier has 6 classes" in err and "dataset has 20" in err
+    code, _, err = run_cli("train-classifier", "--data", SPEC, "--out", tmp_path / "c",
+                           "--backbone", "resnet7", "-q")
+    assert code == 2 and "unknown backbone 'resnet7'" in err
+    code, _, err = run_cli("train-classifier", "--data", SPEC, "--out", tmp_path / "c",
+                           "classifier.no_such_key=1", "-q")
+    assert code == 2 and "unknown setting 'classifier.no_such_key'" in err
+
+
+def test_imagenet_weights_offline_message(monkeypatch):
+    import torchvision
+
+    from wiseseg.models.backbones import build_backbone
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__,
+                        "get_state_dict", offline)
+    with pytest.raises(WisesegError, match="cannot get ImageNet weights for resnet18.*"
+                                           "--backbone-weights PATH"):
+        build_backbone("resnet18", "imagenet")
+
+
+def test_local_backbone_weights(tmp_path):
+    from wiseseg.models.backbones import build_backbone
+
+    a = build_backbone("resnet18", "none")
+    torch.save(a.body.state_dict(), tmp_path / "w.pt")
+    b = build_backbone("resnet18", "none", weights=tmp_path / "w.pt")
+    assert torch.equal(a.body.conv1.weight, b.body.conv1.weight)
+    torch.save({"junk": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(WisesegError, match="do not fit"):
+        build_backbone("resnet18", "none", weights=tmp_path / "bad.pt")
