@@ -14,11 +14,47 @@ from PIL import Image
 from wiseseg.data.shapes import voc_palette
 
 
+def _session_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp() / "wiseseg-cache"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Generated data go to a per-session temp cache, never the user's ~/.cache."""
-    cache = tmp_path_factory.getbasetemp() / "wiseseg-cache"
-    monkeypatch.setenv("WISESEG_CACHE", str(cache))
+    monkeypatch.setenv("WISESEG_CACHE", str(_session_cache(tmp_path_factory)))
+
+
+#: The shared tiny run: every stage (PRM, WISE, WISE+Refine, reference) in seconds.
+TINY_SPEC = "shapes:train=8,val=4,size=48,seed=1"
+TINY_OVERRIDES = (
+    "classifier.steps=2", "classifier.batch_size=4", "classifier.input_size=48",
+    "classifier.log_every=1", "segmenter.steps=2", "segmenter.batch_size=2",
+    "segmenter.min_size=48", "segmenter.max_size=48", "segmenter.log_every=1",
+    "proposals.workers=1", "report.gallery=4",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The directory of one full ``api.run_pipeline`` run on tiny shapes data, made once per
+    session (about 20 s). Shared: tests that change it must restore it or work on a copy."""
+    import torch
+
+    from wiseseg import api
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    threads = torch.get_num_threads()
+    # One thread: on a busy 2-core machine OpenMP's threads fight over the cores and a 48-px
+    # forward pass takes seconds instead of milliseconds; tensors this small gain nothing.
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:  # the autouse cache fixture is per test
+            mp.setenv("WISESEG_CACHE", str(_session_cache(tmp_path_factory)))
+            api.run_pipeline(TINY_SPEC, api.load_config("cpu", TINY_OVERRIDES), out,
+                             progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out
 
 
 def save_palette_png(path: Path, arr: np.ndarray) -> None:

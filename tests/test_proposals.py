@@ -11,6 +11,7 @@ from wiseseg import rle
 from wiseseg.errors import ConfigError
 from wiseseg.proposals import Proposals, build_proposal_source, roc_auc
 from wiseseg.proposals.builtin import BuiltinSource
+from wiseseg.proposals.dedup import common_refinement, suppress_duplicates, unique_rows
 from wiseseg.proposals.grouping import Problem, Strategy, group
 from wiseseg.proposals.masks import encode_regions, nearest_index
 from wiseseg.proposals.objectness import size_prior
@@ -89,6 +90,39 @@ def test_grouping_merges_down_to_one_region_per_component():
     assert h.member[-1].all()
     kids = h.children[5:]
     assert np.all(h.member[5:] == h.member[kids[:, 0]] | h.member[kids[:, 1]])
+
+
+def test_suppression_matches_plain_greedy_nms():
+    rng = np.random.default_rng(3)
+    atoms = rng.integers(0, 40, (12, 12))
+    area = np.bincount(atoms.ravel(), minlength=40).astype(float)
+    area[area == 0] = 1
+    member = rng.random((60, 40)) < 0.3
+    member[10] = member[3]  # exact duplicates and near-duplicates too
+    member[11] = member[3] ^ (np.arange(40) == 5)
+    member = member[member.any(axis=1)]
+    boxes = np.tile([0, 0, 12, 12], (len(member), 1))  # boxes that never rule a pair out
+    for t in (0.5, 0.8):
+        inter = (member[:, None] & member[None]).astype(float) @ area
+        sizes = member.astype(float) @ area
+        iou = inter / (sizes[:, None] + sizes[None] - inter)
+        kept: list[int] = []
+        for i in range(len(member)):
+            if all(iou[i, j] < t for j in kept):
+                kept.append(i)
+        assert suppress_duplicates(member, boxes, area, t).tolist() == kept
+
+
+def test_atoms_and_unique_rows():
+    a = np.array([[0, 0, 1], [0, 2, 2]])
+    b = np.array([[5, 6, 6], [5, 5, 5]])
+    atoms, to_label = common_refinement([a, b])
+    assert atoms.max() + 1 == 4  # the pairs (0,5), (0,6), (1,6), (2,5)
+    for lab, m in zip((a, b), to_label):
+        assert np.array_equal(m[atoms], lab)
+    rows = np.array([[1, 0], [0, 1], [1, 0], [0, 0]], bool)
+    first, inverse = unique_rows(rows)
+    assert first.tolist() == [0, 1, 3] and inverse.tolist() == [0, 1, 0, 2]
 
 
 # ----------------------------------------------------------------------------- generator
@@ -170,7 +204,7 @@ def test_settings_validated_and_fingerprinted():
         build_proposal_source("sharpmask")
     a, b = BuiltinSource(), build_proposal_source("builtin", top_k=300)
     assert a.fingerprint() == b.fingerprint()
-    assert a.fingerprint() != BuiltinSource(nms_iou=0.8).fingerprint()
+    assert a.fingerprint() != BuiltinSource(nms_iou=0.7).fingerprint()
 
 
 def test_size_prior_shape():

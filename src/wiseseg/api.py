@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,8 @@ from wiseseg.errors import WisesegError
 from wiseseg.pipeline import RunContext, run_stages, save_run_config, stage_summary
 from wiseseg.report.collect import collect_metrics, results_table, write_metrics
 
-__all__ = ["open_dataset", "load_config", "run_pipeline", "rebuild_report", "RunResult"]
+__all__ = ["open_dataset", "load_config", "apply_overrides", "run_pipeline", "rebuild_report",
+           "RunResult"]
 
 
 @dataclass
@@ -48,8 +50,10 @@ def run_pipeline(dataset: Dataset | str, cfg: dict | str, out: str | Path,
                  progress: bool = True) -> RunResult:
     """Run (or resume) every stage into ``out`` and write metrics.json and report.html."""
     ds = open_dataset(dataset, progress=progress) if isinstance(dataset, str) else dataset
-    cfg = load_config(cfg) if isinstance(cfg, str) else cfg
-    spec = data_spec or (dataset if isinstance(dataset, str) else str(ds.root))
+    cfg = load_config(cfg) if isinstance(cfg, str) else copy.deepcopy(cfg)
+    # config.yaml records the data spec; it is not a setting, and must not change the hashes
+    spec = cfg.get("data", {}).pop("spec", None) or data_spec or (
+        dataset if isinstance(dataset, str) else str(ds.root))
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
     for split in (cfg["data"]["train_split"],):

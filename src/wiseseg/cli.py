@@ -199,4 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run through the imported module so subcommands register where main() looks for them.
+    from wiseseg.cli import main as _main
+
+    sys.exit(_main())

@@ -27,6 +27,7 @@ ranked worse (they reward fragments of textured objects), so they are not used.
 from __future__ import annotations
 
 import numpy as np
+from scipy import sparse
 
 from wiseseg.proposals.grouping import Hierarchy
 from wiseseg.proposals.superpixels import Superpixels
@@ -39,47 +40,57 @@ BORDER_WEIGHT = 0.5
 COMPACTNESS_POWER = 0.25
 
 
-def region_histograms(member: np.ndarray, sizes: np.ndarray, hist: np.ndarray) -> np.ndarray:
-    """Histograms of regions from those of their superpixels.
+def region_histograms(member: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Normalised histograms of regions from the histogram counts of their superpixels.
 
     Args:
         member: R×n bool regions over superpixels.
-        sizes: n superpixel pixel counts.
-        hist: n×D superpixel histograms, rows sum to 1.
+        counts: n×D whole-number histogram counts of the superpixels.
 
     Returns:
-        R×D float64, rows sum to 1 (0 for an empty region).
+        R×D float32, rows sum to 1 (0 for an empty region).
     """
-    # float64: BLAS sums in a thread-count-dependent order, and float32 rounding of that
-    # would make scores differ between a worker process and the main one.
-    weighted = (member * sizes.astype(np.float64)) @ hist.astype(np.float64)
-    total = weighted.sum(axis=1, keepdims=True)
-    return weighted / np.where(total > 0, total, 1.0)
+    # Sums of whole numbers below 2**24 are exact in float32 whatever order BLAS adds them
+    # in, so the scores do not depend on the number of BLAS threads.
+    total = member.astype(np.float32) @ counts
+    norm = total.sum(axis=1, keepdims=True)
+    return total / np.where(norm > 0, norm, 1.0)
 
 
-def merge_contrast(hier: Hierarchy, sizes: np.ndarray, hist: np.ndarray) -> np.ndarray:
-    """``C_merge`` of every region of one hierarchy (R float64, in [0, 1])."""
-    h = region_histograms(hier.member, sizes, hist)
+def merge_contrast(hier: Hierarchy, counts: np.ndarray) -> np.ndarray:
+    """``C_merge`` of every region of one hierarchy (R float32, in [0, 1]).
+
+    Args:
+        hier: the hierarchy.
+        counts: n×D Lab histogram counts of the superpixels.
+    """
+    h = region_histograms(hier.member, counts)
     kids = hier.children
     merged = np.flatnonzero(kids[:, 0] >= 0)
     sibling = np.full(len(h), -1, np.int64)
     sibling[kids[merged, 0]] = kids[merged, 1]
     sibling[kids[merged, 1]] = kids[merged, 0]
-    out = np.ones(len(h))
+    out = np.ones(len(h), np.float32)
     has = sibling >= 0
     out[has] = 1.0 - np.minimum(h[has], h[sibling[has]]).sum(axis=1)
     return np.clip(out, 0.0, 1.0)
 
 
-def ring_contrast(member: np.ndarray, sp: Superpixels, hist: np.ndarray) -> np.ndarray:
-    """``C_ring`` of regions (R float64 in [0, 1]; 0 for a region without neighbours)."""
-    adj = np.zeros((sp.n, sp.n), np.float32)
-    adj[sp.pairs[:, 0], sp.pairs[:, 1]] = 1.0
-    adj[sp.pairs[:, 1], sp.pairs[:, 0]] = 1.0
-    ring = ((member.astype(np.float32) @ adj) > 0) & ~member
-    h_in = region_histograms(member, sp.sizes, hist)
-    h_ring = region_histograms(ring, sp.sizes, hist)
-    out = 1.0 - np.minimum(h_in, h_ring).sum(axis=1)
+def ring_contrast(member: np.ndarray, sp: Superpixels, counts: np.ndarray) -> np.ndarray:
+    """``C_ring`` of regions (R float32 in [0, 1]; 0 for a region without neighbours).
+
+    Args:
+        member: R×n bool regions.
+        sp: the over-segmentation.
+        counts: n×D Lab histogram counts of the superpixels.
+    """
+    i, j = sp.pairs[:, 0], sp.pairs[:, 1]
+    adj = sparse.csr_matrix((np.ones(2 * len(i), np.float32), (np.r_[i, j], np.r_[j, i])),
+                            shape=(sp.n, sp.n))
+    # (adjᵀ · memberᵀ)ᵀ: the cost follows the adjacency's size, not n².
+    ring = np.asarray((adj.T @ member.T.astype(np.float32)).T > 0) & ~member
+    out = 1.0 - np.minimum(region_histograms(member, counts),
+                           region_histograms(ring, counts)).sum(axis=1)
     out[~ring.any(axis=1)] = 0.0
     return np.clip(out, 0.0, 1.0)
 
@@ -103,17 +114,17 @@ def size_prior(area: np.ndarray) -> np.ndarray:
     return small * large
 
 
-def objectness(member: np.ndarray, sp: Superpixels, lab_hist: np.ndarray,
+def objectness(member: np.ndarray, sp: Superpixels, lab_counts: np.ndarray,
                c_merge: np.ndarray) -> np.ndarray:
     """``b(R)`` of regions of one over-segmentation (R float32 in [0, 1]).
 
     Args:
         member: R×n bool regions over the superpixels of ``sp``.
         sp: the over-segmentation.
-        lab_hist: n×75 Lab colour histograms of the superpixels.
+        lab_counts: n×75 Lab colour histogram counts of the superpixels.
         c_merge: R ``C_merge`` values (see :func:`merge_contrast`).
     """
     area, beta, kappa = shape_terms(member, sp)
-    score = (ring_contrast(member, sp, lab_hist) * c_merge
+    score = (ring_contrast(member, sp, lab_counts) * c_merge
              * (1.0 - BORDER_WEIGHT * beta) * kappa ** COMPACTNESS_POWER * size_prior(area))
     return score.astype(np.float32)

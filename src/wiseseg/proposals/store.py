@@ -240,7 +240,9 @@ def compute_proposals(records: Sequence[ImageRecord], source: ProposalSource,
         records: the images.
         source: a :class:`ProposalSource`.
         out_dir: output directory (created).
-        workers: processes; 1 computes in this process.
+        workers: processes; 1 computes in this process. Workers are spawned (fresh
+            interpreters limited to one BLAS/OpenMP thread each), so a script calling this
+            with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
         progress: show a progress bar.
         top_k: keep at most this many proposals per image (None: all the source gives).
 

@@ -9,37 +9,46 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
-from skimage.color import rgb2hsv, rgb2lab
+from skimage.color import rgb2lab
 from skimage.segmentation import felzenszwalb
 
 COLOUR_SPACES = ("rgb", "lab", "hsv")
 COLOUR_BINS = 25  # per channel, as selective search
 TEXTURE_BINS = 10  # per channel and orientation, as selective search
-_ORIENTATIONS = 8
 
 
-def colour_space(rgb01: np.ndarray, name: str) -> np.ndarray:
-    """The image in colour space ``name``, every channel scaled to [0, 1].
+def colour_spaces(image: np.ndarray, names: set[str] | list[str]) -> dict[str, np.ndarray]:
+    """The image in the colour spaces ``names``, every channel scaled to [0, 1].
 
     Args:
-        rgb01: H×W×3 float32 RGB in [0, 1].
-        name: ``rgb``, ``lab`` or ``hsv``.
+        image: H×W×3 uint8 RGB.
+        names: any of ``rgb``, ``lab``, ``hsv``.
 
     Returns:
-        H×W×3 float32 in [0, 1].
+        name → H×W×3 float32 in [0, 1] (HSV hue wraps around at 1).
     """
-    if name == "rgb":
-        return rgb01
-    if name == "lab":
+    unknown = set(names) - set(COLOUR_SPACES)
+    if unknown:
+        raise ValueError(f"unknown colour space(s) {sorted(unknown)} (known: "
+                         f"{', '.join(COLOUR_SPACES)})")
+    rgb01 = image.astype(np.float32) / 255.0
+    out = {}
+    if "rgb" in names:
+        out["rgb"] = rgb01
+    if "lab" in names:
         lab = rgb2lab(rgb01)
-        out = np.empty_like(rgb01)
-        out[..., 0] = lab[..., 0] / 100.0
-        out[..., 1:] = (lab[..., 1:] + 128.0) / 255.0
-        return np.clip(out, 0.0, 1.0, out=out)
-    if name == "hsv":
-        return rgb2hsv(rgb01).astype(np.float32)
-    raise ValueError(f"unknown colour space {name!r} (known: {', '.join(COLOUR_SPACES)})")
+        scaled = np.empty_like(rgb01)
+        scaled[..., 0] = lab[..., 0] / 100.0
+        scaled[..., 1:] = (lab[..., 1:] + 128.0) / 255.0
+        out["lab"] = np.clip(scaled, 0.0, 1.0, out=scaled)
+    if "hsv" in names:
+        # Pillow's C conversion is several times faster than skimage's, and 8 bits per
+        # channel are finer than the 25-bin histograms and the segmentation need.
+        hsv = Image.fromarray(np.ascontiguousarray(image)).convert("HSV")
+        out["hsv"] = np.asarray(hsv, dtype=np.float32) / 255.0
+    return out
 
 
 def segment(image01: np.ndarray, scale: float, sigma: float, min_size: int) -> np.ndarray:
@@ -62,17 +71,19 @@ def _channel_bins(image01: np.ndarray, bins: int) -> np.ndarray:
     return np.minimum((image01 * bins).astype(np.int64), bins - 1)
 
 
-def colour_histograms(labels: np.ndarray, n: int, image01: np.ndarray) -> np.ndarray:
-    """Selective search colour histograms: 25 bins per channel, L1-normalised per region.
+def colour_histograms(labels: np.ndarray, n: int, image01: np.ndarray,
+                      normalise: bool = True) -> np.ndarray:
+    """Selective search colour histograms: 25 bins per channel.
 
     Returns:
-        n×75 float32, rows sum to 1.
+        n×75 float32: rows sum to 1, or (``normalise=False``) pixel counts, whole numbers
+        (3 per pixel: one per channel).
     """
     b = _channel_bins(image01, COLOUR_BINS)
     lab = labels.ravel().astype(np.int64) * (3 * COLOUR_BINS)
     keys = np.concatenate([lab + c * COLOUR_BINS + b[..., c].ravel() for c in range(3)])
     h = np.bincount(keys, minlength=n * 3 * COLOUR_BINS).reshape(n, -1).astype(np.float32)
-    return h / np.maximum(h.sum(axis=1, keepdims=True), 1.0)
+    return h / np.maximum(h.sum(axis=1, keepdims=True), 1.0) if normalise else h
 
 
 def _gradient(a: np.ndarray, axis: int) -> np.ndarray:
@@ -102,18 +113,33 @@ def orientation_responses(image01: np.ndarray, sigma: float = 1.0) -> np.ndarray
     return resp / np.where(peak > 0, peak, 1.0)
 
 
-def texture_histograms(labels: np.ndarray, n: int, responses: np.ndarray) -> np.ndarray:
-    """10-bin histograms of each of the 24 orientation responses per region, L1-normalised.
+def texture_codes(responses: np.ndarray) -> np.ndarray:
+    """Per pixel and response channel, the histogram slot ``channel * 10 + bin``.
+
+    Computed once per image and shared by the texture histograms of every over-segmentation.
 
     Returns:
-        n×240 float32, rows sum to 1.
+        (H·W)×C int32.
     """
-    k = responses.shape[2]
-    b = _channel_bins(responses, TEXTURE_BINS)
-    lab = labels.ravel().astype(np.int64) * (k * TEXTURE_BINS)
-    offs = np.arange(k, dtype=np.int64) * TEXTURE_BINS
-    keys = (lab[:, None] + offs[None, :] + b.reshape(-1, k)).ravel()
-    h = np.bincount(keys, minlength=n * k * TEXTURE_BINS).reshape(n, -1).astype(np.float32)
+    c = responses.shape[2]
+    bins = _channel_bins(responses, TEXTURE_BINS).reshape(-1, c)
+    return (bins + np.arange(c) * TEXTURE_BINS).astype(np.int32)
+
+
+def texture_histograms(labels: np.ndarray, n: int, codes: np.ndarray) -> np.ndarray:
+    """10-bin histograms of each orientation response per region, L1-normalised.
+
+    Args:
+        labels: H×W superpixel ids 0..n-1.
+        n: number of superpixels.
+        codes: :func:`texture_codes` of the image.
+
+    Returns:
+        n×(10·C) float32 (C = 24 response channels), rows sum to 1.
+    """
+    width = codes.shape[1] * TEXTURE_BINS
+    keys = (labels.reshape(-1, 1).astype(np.int64) * width + codes).ravel()
+    h = np.bincount(keys, minlength=n * width).reshape(n, -1).astype(np.float32)
     return h / np.maximum(h.sum(axis=1, keepdims=True), 1.0)
 
 
@@ -146,17 +172,12 @@ def describe(labels: np.ndarray) -> Superpixels:
     Args:
         labels: h×w int32, ids 0..n-1 all present.
     """
-    h, w = labels.shape
     n = int(labels.max()) + 1
     flat = labels.ravel()
     sizes = np.bincount(flat, minlength=n).astype(np.float64)
 
-    ids = np.arange(n)
-    rows = np.repeat(np.arange(h), w)
-    cols = np.tile(np.arange(w), h)
-    boxes = np.stack([ndimage.minimum(rows, flat, ids), ndimage.minimum(cols, flat, ids),
-                      ndimage.maximum(rows, flat, ids) + 1,
-                      ndimage.maximum(cols, flat, ids) + 1], axis=1).astype(np.int64)
+    boxes = np.array([(r.start, c.start, r.stop, c.stop)
+                      for r, c in ndimage.find_objects(labels + 1)], np.int64).reshape(n, 4)
 
     a = np.concatenate([labels[:, :-1].ravel(), labels[:-1, :].ravel()])
     b = np.concatenate([labels[:, 1:].ravel(), labels[1:, :].ravel()])

@@ -83,7 +83,10 @@ def write_report(run_dir: str | Path, ds: Dataset, cfg: dict, metrics: dict,
                                                                                 cfg)),
     ]
     built = [(anchor, title, _guarded(title, fn)) for anchor, title, fn in sections]
-    spec = (cfg.get("data") or {}).get("spec") or str(ds.root)
+    # run_pipeline takes data.spec out of cfg (it is not a setting); config.yaml keeps it.
+    saved = _saved_config(run_dir)
+    spec = (saved.get("data") or {}).get("spec") or (cfg.get("data") or {}).get("spec") \
+        or str(ds.root)
     sizes = ", ".join(f"{s}: {len(ds.records(s))} images" for s in ds.splits)
     subtitle = f"run {run_dir.resolve().name} · data {spec} ({sizes}) · preset " \
                f"{cfg.get('preset', '?')}"
@@ -91,12 +94,18 @@ def write_report(run_dir: str | Path, ds: Dataset, cfg: dict, metrics: dict,
     return atomic_write_text(run_dir / "report.html", page)
 
 
+def _saved_config(run_dir: Path) -> dict:
+    path = run_dir / "config.yaml"
+    data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return data if isinstance(data, dict) else {}
+
+
 def _guarded(title: str, build: Callable[[], str]) -> str:
     # The report is a view over results already on disk: one unreadable file should cost one
     # section, not the page (nor, at the end of `wiseseg run`, the run's exit status).
     try:
         return build()
-    except Exception as e:  # noqa: BLE001 - see above; the message goes into the page
+    except Exception as e:  # the message goes into the page and the log
         log.warning("report section %r failed: %s", title, e, exc_info=True)
         return H.note(f"{FAILED}: {type(e).__name__}: {e}")
 
@@ -127,10 +136,6 @@ def _per_class(metrics: dict, ds: Dataset) -> str:
             + H.note("AP50 in percent on the validation split; '–': no instance of the class."))
 
 
-def _kv_table(pairs: list[tuple[str, object]]) -> str:
-    return H.table(["", "value"], [(k, v) for k, v in pairs if v is not None])
-
-
 def _pseudo(metrics: dict) -> str:
     parts = []
     pq = metrics.get("pseudo_quality")
@@ -149,7 +154,7 @@ def _pseudo(metrics: dict) -> str:
         parts.append(H.note("No pseudo-mask analysis: it needs ground-truth masks on the "
                             "training split (stage pseudo_quality)."))
     if ps := metrics.get("pseudo"):
-        parts += ["<h3>Pseudo labels</h3>", _kv_table([
+        parts += ["<h3>Pseudo labels</h3>", H.kv_table([
             ("peaks", ps.get("peaks")),
             ("peaks dropped (class not in the image label)", ps.get("dropped_absent_class")),
             ("peaks without any candidate proposal", ps.get("without_candidate")),
@@ -169,14 +174,14 @@ def _pseudo(metrics: dict) -> str:
         ks = list(next(iter(rec.values()), {}))
         rows = [(f"IoU ≥ {t}", *(H.pct(v.get(k)) for k in ks)) for t, v in rec.items()]
         parts += ["<h3>Proposals (validation images)</h3>",
-                  _kv_table([("ABO (percent)", H.pct(pr.get("abo"))),
+                  H.kv_table([("ABO (percent)", H.pct(pr.get("abo"))),
                              ("proposals per image", H.num(pr.get("proposals_per_image"), 1)),
                              ("seconds per image", H.num(pr.get("seconds_per_image"), 3)),
                              ("objectness AUC", H.num(pr.get("objectness_auc"), 3))])]
         if rows:
             parts.append(H.table(["Recall (percent)", *(f"top {k}" for k in ks)], rows))
     if rf := metrics.get("refine"):
-        parts += ["<h3>Refinement (WISE+Refine)</h3>", _kv_table([
+        parts += ["<h3>Refinement (WISE+Refine)</h3>", H.kv_table([
             ("predictions", rf.get("predictions")),
             ("replaced by a proposal", rf.get("refined")),
             ("kept (no proposal with enough IoU)", rf.get("kept")),
@@ -227,8 +232,10 @@ def _timing(metrics: dict) -> str:
     if not secs:
         return H.note("No stage has finished.")
     longest = max(secs.values()) or 1.0
-    rows = [(H.esc(s), f"{secs[s]:.1f}",
-             f'<span class="bar" style="width:{300 * secs[s] / longest:.0f}px"></span>',
+    # Bars as inline CSS widths: crisp at any zoom and no image to embed.
+    bars = {s: f'<td class="barcell"><span class="bar" style="width:'
+               f'{300 * secs[s] / longest:.0f}px"></span></td>' for s in order}
+    rows = [(H.esc(s), f"{secs[s]:.1f}", bars[s],
              "done" if stages[s].get("complete") else "incomplete") for s in order]
     total = metrics.get("total_seconds", sum(secs.values()))
     rows.append(("<b>total</b>", f"<b>{total:.1f}</b>", "", H.esc(_duration(total))))
@@ -243,7 +250,7 @@ def _timing(metrics: dict) -> str:
 def _environment(run_dir: Path, metrics: dict, cfg: dict) -> str:
     env = dict(metrics.get("environment") or {})
     env.setdefault("cpu_count", str(os.cpu_count()))
-    out = H.table(["", "version"], sorted(env.items())) if env else H.note("Unknown.")
+    out = H.kv_table(sorted(env.items())) if env else H.note("Unknown.")
     cfg_path = run_dir / "config.yaml"
     text = cfg_path.read_text() if cfg_path.is_file() else yaml.safe_dump(cfg, sort_keys=False)
     return out + H.details("merged configuration (config.yaml)", H.pre(text))
@@ -267,20 +274,29 @@ def _predictions(path: Path, min_score: float) -> dict[int, list[dict]] | None:
                            if float(p.get("score", 0)) >= min_score])
 
 
-def _gt_instances(ds: Dataset, split: str) -> dict[int, list[dict]]:
-    cids = ds.category_ids
-    return {iid: [{"segmentation": i.segmentation, "category_id": cids[i.category]}
-                  for i in g.instances] for iid, g in ds.ground_truth(split).items()}
+def _gt_instances(ds: Dataset, split: str, records: list[ImageRecord]) -> dict[int, list[dict]]:
+    """Ground truth of the gallery images in the shape of predictions (category ids)."""
+    cids, gts = ds.category_ids, ds.ground_truth(split)
+    return {r.id: [{"segmentation": i.segmentation, "category_id": cids[i.category]}
+                   for i in gts[r.id].instances] for r in records if r.id in gts}
 
 
-def _render_gallery(ds: Dataset, records: list[ImageRecord], columns: list[Column],
+def _gt_column(ds: Dataset, split: str, records: list[ImageRecord], names: dict[int, str],
+               columns: list[Column], notes: list[str]) -> None:
+    if ds.has_ground_truth(split):
+        columns.append(Column("ground truth", instances_panel(
+            _gt_instances(ds, split, records), names, with_scores=False)))
+    else:
+        notes.append(f"No ground-truth column: split {split!r} has no masks.")
+
+
+def _render_gallery(rows: list[tuple[ImageRecord, np.ndarray]], columns: list[Column],
                     notes: list[str], progress: bool, what: str) -> str:
-    bar = tqdm(total=len(records), desc=f"report {what}", unit="img", disable=not progress)
-    rows = [(r, load_image(r.path)) for r in records]
+    bar = tqdm(total=len(rows), desc=f"report {what}", unit="img", disable=not progress)
     png = gallery_png(rows, [Column("image", image_panel), *columns], tick=lambda: bar.update())
     bar.close()
     return (H.png_img(png, f"{what} gallery")
-            + H.note(f"{len(records)} images evenly spaced over the split; predictions of "
+            + H.note(f"{len(rows)} images evenly spaced over the split; predictions of "
                      f"score ≥ {GALLERY_MIN_SCORE}.") + "".join(H.note(n) for n in notes))
 
 
@@ -290,6 +306,7 @@ def _train_gallery(run_dir: Path, ds: Dataset, split: str, n: int, progress: boo
     records = pick_records(ds.records(split), n)
     if not records:
         return H.note("No gallery (report.gallery is 0).")
+    rows = [(r, load_image(r.path)) for r in records]
     names = dict(zip(ds.category_ids, ds.classes))
     columns, notes = [], []
     model_path = run_dir / "classifier" / "model.pt"
@@ -302,7 +319,7 @@ def _train_gallery(run_dir: Path, ds: Dataset, split: str, n: int, progress: boo
             peaks = read_peaks(peaks_path)["by_id"]
         else:
             notes.append(f"CAMs without peaks: {peaks_path.relative_to(run_dir)} is missing.")
-        columns.append(Column("CAM + peaks", cam_panel(_cams(model_path, records), peaks)))
+        columns.append(Column("CAM + peaks", cam_panel(_cams(model_path, rows), peaks)))
     else:
         notes.append("No CAM column: classifier/model.pt is missing.")
     pseudo_path = run_dir / "pseudo" / "pseudo.json"
@@ -319,24 +336,22 @@ def _train_gallery(run_dir: Path, ds: Dataset, split: str, n: int, progress: boo
     else:
         notes.append("No WISE column: pseudo_quality/wise_train.json is missing (that stage "
                      "runs when the training split has ground-truth masks).")
-    if ds.has_ground_truth(split):
-        columns.append(Column("ground truth", instances_panel(_gt_instances(ds, split), names,
-                                                              False)))
+    _gt_column(ds, split, records, names, columns, notes)
     if not columns:
         return H.note("Nothing to show: " + " ".join(notes))
-    return _render_gallery(ds, records, columns, notes, progress, "train")
+    return _render_gallery(rows, columns, notes, progress, "train")
 
 
-def _cams(model_path: Path, records: list[ImageRecord]) -> dict[int, np.ndarray]:
+def _cams(model_path: Path, rows: list[tuple[ImageRecord, np.ndarray]]
+          ) -> dict[int, np.ndarray]:
     """The classifier's CAMs (``C×h×w``) of the gallery images, on the CPU (a handful of
     images; keeps the report independent of the training device)."""
     from wiseseg.classifier.model_io import load_classifier
     from wiseseg.classifier.peaks import image_cams
 
     model, ccfg, _ = load_classifier(model_path, "cpu")
-    cams = image_cams(model, [load_image(r.path) for r in records], int(ccfg["input_size"]),
-                      "cpu")
-    return {r.id: c.numpy() for r, c in zip(records, cams)}
+    cams = image_cams(model, [im for _, im in rows], int(ccfg["input_size"]), "cpu")
+    return {r.id: c.numpy() for (r, _), c in zip(rows, cams)}
 
 
 def _val_gallery(run_dir: Path, ds: Dataset, split: str, n: int, progress: bool) -> str:
@@ -345,6 +360,7 @@ def _val_gallery(run_dir: Path, ds: Dataset, split: str, n: int, progress: bool)
     records = pick_records(ds.records(split), n)
     if not records:
         return H.note("No gallery (report.gallery is 0).")
+    rows = [(r, load_image(r.path)) for r in records]
     names = dict(zip(ds.category_ids, ds.classes))
     files = {"PRM": "prm/prm.json", "WISE": "predict_wise/wise.json",
              "WISE+Refine": "predict_wise/wise_refine.json",
@@ -356,9 +372,7 @@ def _val_gallery(run_dir: Path, ds: Dataset, split: str, n: int, progress: bool)
             notes.append(f"No {label} column: {rel} is missing.")
         else:
             columns.append(Column(label, instances_panel(preds, names, True)))
-    if ds.has_ground_truth(split):
-        columns.append(Column("ground truth", instances_panel(_gt_instances(ds, split), names,
-                                                              False)))
+    _gt_column(ds, split, records, names, columns, notes)
     if not columns:
         return H.note("Nothing to show: " + " ".join(notes))
-    return _render_gallery(ds, records, columns, notes, progress, "validation")
+    return _render_gallery(rows, columns, notes, progress, "validation")

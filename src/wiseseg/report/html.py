@@ -27,6 +27,9 @@ th:first-child,td:first-child{text-align:left}
 tr:hover td{background:#fafbfc}
 .note{color:#555b66;font-size:0.88em;margin:6px 0}
 .bar{display:inline-block;height:0.8em;background:#8a94a6;vertical-align:middle}
+td.barcell{text-align:left;width:310px}
+table.kv td{text-align:left}
+table.kv td:first-child{color:#555b66;padding-right:24px}
 img{max-width:100%;height:auto;display:block;margin:8px 0}
 .row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 .row img{max-width:48%}
@@ -57,11 +60,23 @@ def num(value: float | int | None, digits: int = 2) -> str:
 
 def table(header: Sequence[str], rows: Iterable[Sequence[object]],
           raw: bool = False) -> str:
-    """A table; cells are escaped unless ``raw`` (for cells the caller built as HTML)."""
-    cell = (lambda v: str(v)) if raw else esc
+    """A table; cells are escaped unless ``raw`` (cells the caller built as HTML: whole
+    ``<td ...>...</td>`` elements are then kept as they are, for a cell with its own class)."""
+    def cell(v: object) -> str:
+        if not raw:
+            return f"<td>{esc(v)}</td>"
+        return str(v) if str(v).startswith("<td") else f"<td>{v}</td>"
+
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def kv_table(pairs: Iterable[tuple[str, object]]) -> str:
+    """Name/value rows without a header, left-aligned; pairs whose value is None are left out."""
+    body = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in pairs
+                   if v is not None)
+    return f'<table class="kv"><tbody>{body}</tbody></table>'
 
 
 def note(text: str) -> str:
@@ -93,7 +108,8 @@ def section(anchor: str, title: str, body_html: str) -> str:
 
 def page(title: str, subtitle: str, sections: Sequence[tuple[str, str, str]]) -> str:
     """The whole document; ``sections`` are ``(anchor, title, body_html)``."""
-    nav = "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t, _ in sections)
+    # The navigation uses the titles without their "(Table n)" tails, to fit on a line or two.
+    nav = "".join(f'<a href="#{esc(a)}">{esc(t.split(" (")[0])}</a>' for a, t, _ in sections)
     body = "".join(section(a, t, b) for a, t, b in sections)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"

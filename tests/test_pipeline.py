@@ -1,0 +1,81 @@
+"""`wiseseg run`: every stage at toy scale, caching, resume after a kill, dependants only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from wiseseg import api
+from wiseseg.config import load_config
+
+STAGES_ALL = ["classifier", "peaks", "proposals", "pseudo", "wise", "reference",
+              "predict_wise", "predict_reference", "prm", "pseudo_quality", "evaluate"]
+
+
+def _rerun(run_dir, *overrides):
+    cfg = load_config(run_dir / "config.yaml")
+    spec = cfg["data"]["spec"]
+    cfg = api.apply_overrides(cfg, overrides) if overrides else cfg
+    return api.run_pipeline(spec, cfg, run_dir, progress=False)
+
+
+def test_tiny_run_has_every_stage_and_row(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(metrics["results"]) == {"PRM", "WISE", "WISE+Refine", "Mask R-CNN (GT)"}
+    for row in metrics["results"].values():
+        assert 0.0 <= row["mAP50"] <= 1.0 and 0.0 <= row["ABO"] <= 1.0
+    assert set(metrics["stages"]) == set(STAGES_ALL)
+    assert metrics["pseudo_quality"]["pseudo_mAP50"] is not None
+    assert (tiny_run / "config.yaml").exists() and (tiny_run / "report.html").exists()
+
+
+def test_rerun_skips_every_stage(tiny_run):
+    res = _rerun(tiny_run)
+    assert res.metrics["run"]["ran"] == []
+    assert res.metrics["run"]["skipped"] == STAGES_ALL
+
+
+def test_changed_setting_reruns_only_dependants(tiny_run):
+    res = _rerun(tiny_run, "prm.nms_iou=0.5")
+    assert res.metrics["run"]["ran"] == ["prm", "evaluate"]
+    res = _rerun(tiny_run, "prm.nms_iou=0.5", "evaluate.min_score=0.1")
+    assert res.metrics["run"]["ran"] == ["evaluate"]
+    _rerun(tiny_run)  # back to the fixture's settings for the other tests
+
+
+def test_killed_run_resumes(tmp_path, tiny_run):
+    """Kill `wiseseg run` during Mask R-CNN training; the rerun resumes that stage."""
+    cfg = load_config(tiny_run / "config.yaml")
+    spec = cfg["data"]["spec"]
+    out = tmp_path / "run"
+    overrides = [f"{k}={v}" for k, v in (
+        ("classifier.steps", 2), ("classifier.batch_size", 4), ("classifier.input_size", 48),
+        ("segmenter.steps", 40), ("segmenter.batch_size", 1), ("segmenter.min_size", 48),
+        ("segmenter.max_size", 48), ("segmenter.checkpoint_every", 2),
+        ("proposals.workers", 1))]
+    cmd = [sys.executable, "-m", "wiseseg", "run", "--data", spec, "--out", str(out),
+           "--no-reference", "-q", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = out / "wise" / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and not ckpt.exists() and proc.poll() is None:
+        time.sleep(0.1)
+    assert ckpt.exists(), proc.stderr.read().decode()[-2000:] if proc.poll() else "timeout"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stage = json.loads((out / "wise" / "stage.json").read_text())
+    assert stage["complete"] is False
+    assert not (out / "wise" / "model.pt").exists()
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    ran = metrics["run"]["ran"]
+    assert ran[0] == "wise" and "classifier" not in ran and "proposals" not in ran
+    assert json.loads((out / "wise" / "stage.json").read_text())["complete"] is True
+    assert "WISE" in done.stdout and "mAP50" in done.stdout

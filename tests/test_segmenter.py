@@ -1,0 +1,136 @@
+"""Stage 2 at toy scale: Mask R-CNN on pseudo masks and on GT, empty targets, resume,
+predictions and refinement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from wiseseg import rle
+from wiseseg.config import apply_overrides, load_preset
+from wiseseg.data import open_dataset
+from wiseseg.inference.predict import detections_to_results, predict, records_as_items
+from wiseseg.inference.refine import refine_predictions
+from wiseseg.pseudo.sampling import Candidate, PseudoImage, PseudoInstance
+from wiseseg.segmenter.data import SegmenterData, build_target
+from wiseseg.segmenter.model_io import load_segmenter
+from wiseseg.segmenter.train import train_segmenter
+
+SPEC = "shapes:train=6,val=3,size=48,seed=4"
+TINY = ["segmenter.steps=2", "segmenter.batch_size=2", "segmenter.min_size=48",
+        "segmenter.max_size=48", "segmenter.checkpoint_every=1", "segmenter.warmup_steps=1"]
+
+
+def _cfg(*extra):
+    return apply_overrides(load_preset("cpu"), [*TINY, *extra])["segmenter"]
+
+
+def _pseudo_from_gt(ds, split):
+    """Pseudo images whose candidates are the GT mask and a dilated copy of it."""
+    out = {}
+    for r in ds.records(split):
+        img = PseudoImage(r.id, r.height, r.width)
+        for k, inst in enumerate(ds.ground_truth(split)[r.id].instances):
+            m = rle.decode(inst.segmentation)
+            big = m | np.roll(m, 2, axis=0)
+            img.instances.append(PseudoInstance(inst.category, (0, 0, 1.0 - 0.01 * k), [
+                Candidate(inst.segmentation, 0.7), Candidate(rle.encode(big), 0.3)]))
+        out[r.id] = img
+    return out
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return open_dataset(SPEC, progress=False)
+
+
+def test_build_target_and_empty():
+    m = np.zeros((2, 10, 12), bool)
+    m[0, 2:5, 3:9] = True
+    t = build_target(m, [4, 1])  # the second mask is empty: dropped
+    assert t["boxes"].tolist() == [[3, 2, 9, 5]] and t["labels"].tolist() == [5]
+    empty = build_target(np.zeros((0, 10, 12), bool), [])
+    assert empty["boxes"].shape == (0, 4) and empty["masks"].shape == (0, 10, 12)
+
+
+def test_pseudo_samples_are_redrawn_per_use(ds):
+    recs = ds.records("train")
+    data = SegmenterData(recs, _pseudo_from_gt(ds, "train"), 48, 48, hflip=False,
+                         dup_iou=1.1)
+    i = next(k for k, r in enumerate(recs) if ds.ground_truth("train")[r.id].instances)
+    areas = {float(data.load(i, np.random.default_rng(s))[1]["masks"].sum()) for s in range(12)}
+    assert len(areas) > 1  # different candidates on different draws
+    argmax = SegmenterData(recs, _pseudo_from_gt(ds, "train"), 48, 48, hflip=False,
+                           mode="argmax")
+    a = {float(argmax.load(i, np.random.default_rng(s))[1]["masks"].sum()) for s in range(5)}
+    assert len(a) == 1
+
+
+def test_train_on_pseudo_and_gt_then_predict(ds, tmp_path):
+    recs = list(ds.records("train"))
+    pseudo = _pseudo_from_gt(ds, "train")
+    pseudo[recs[0].id] = PseudoImage(recs[0].id, 48, 48)  # no instance: trains as background
+    p1 = train_segmenter(recs, pseudo, ds.classes, _cfg(), tmp_path / "p", masks="pseudo",
+                         progress=False)
+    p2 = train_segmenter(recs, dict(ds.ground_truth("train")), ds.classes, _cfg(),
+                         tmp_path / "g", masks="gt", progress=False)
+    for p, masks in ((p1, "pseudo"), (p2, "gt")):
+        model, cfg, classes, extra = load_segmenter(p)
+        assert classes == list(ds.classes) and extra["masks"] == masks and extra["steps"] == 2
+    model, _, _, _ = load_segmenter(p2)
+    preds = predict(model, records_as_items(ds.records("val")), ds.category_ids,
+                    progress=False)
+    for q in preds:
+        assert q["category_id"] in ds.category_ids and 0 <= q["score"] <= 1
+        assert q["segmentation"]["size"] == [48, 48] and len(q["bbox"]) == 4
+
+
+def test_all_empty_targets_train(ds, tmp_path):
+    recs = list(ds.records("train"))[:2]
+    empty = {r.id: PseudoImage(r.id, r.height, r.width) for r in recs}
+    path = train_segmenter(recs, empty, ds.classes, _cfg(), tmp_path, progress=False)
+    assert path.exists()
+
+
+def test_resume_continues_from_checkpoint(ds, tmp_path):
+    recs = list(ds.records("train"))
+    gt = dict(ds.ground_truth("train"))
+    full = train_segmenter(recs, gt, ds.classes, _cfg("segmenter.steps=3"), tmp_path / "a",
+                           masks="gt", progress=False, deterministic=True)
+    train_segmenter(recs, gt, ds.classes, _cfg("segmenter.steps=2"), tmp_path / "b",
+                    masks="gt", progress=False, deterministic=True)
+    resumed = train_segmenter(recs, gt, ds.classes, _cfg("segmenter.steps=3"), tmp_path / "b",
+                              masks="gt", progress=False, deterministic=True)
+    a = torch.load(full, weights_only=True)["model"]
+    b = torch.load(resumed, weights_only=True)["model"]
+    assert torch.load(resumed, weights_only=True)["steps"] == 3
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_detections_to_results_drops_vanishing_masks():
+    out = {"scores": torch.tensor([0.9, 0.4]), "labels": torch.tensor([2, 1]),
+           "masks": torch.zeros(2, 1, 8, 8)}
+    out["masks"][0, 0, 2:4, 2:6] = 0.8
+    res = detections_to_results(out, 5, [10, 20, 30])
+    assert len(res) == 1 and res[0]["category_id"] == 20 and res[0]["bbox"] == [2, 2, 4, 2]
+
+
+def test_refinement_rule():
+    def box(y0, y1, x0, x1):
+        m = np.zeros((20, 20), bool)
+        m[y0:y1, x0:x1] = True
+        return rle.encode(m)
+
+    pred = [{"image_id": 1, "category_id": 3, "score": 0.8, "segmentation": box(2, 10, 2, 10),
+             "bbox": [2, 2, 8, 8]},
+            {"image_id": 1, "category_id": 1, "score": 0.5, "segmentation": box(15, 19, 15, 19),
+             "bbox": [15, 15, 4, 4]}]
+    props = [box(0, 5, 0, 5), box(2, 11, 2, 11)]
+    out = refine_predictions(pred, props, min_iou=0.5)
+    assert out[0]["refined"] and out[0]["segmentation"] == props[1]
+    assert out[0]["category_id"] == 3 and out[0]["score"] == 0.8
+    assert not out[1]["refined"] and out[1]["segmentation"] == pred[1]["segmentation"]
+    assert refine_predictions(pred, props, min_iou=0.0)[1]["refined"] is False  # IoU 0
+    assert refine_predictions([], props) == []
+    assert refine_predictions(pred, [])[0]["refined"] is False
