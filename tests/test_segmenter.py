@@ -93,15 +93,28 @@ def test_all_empty_targets_train(ds, tmp_path):
     assert path.exists()
 
 
-def test_resume_continues_from_checkpoint(ds, tmp_path):
+def test_resume_continues_from_checkpoint(ds, tmp_path, monkeypatch):
+    from wiseseg.engine.trainer import Trainer
+
     recs = list(ds.records("train"))
     gt = dict(ds.ground_truth("train"))
-    full = train_segmenter(recs, gt, ds.classes, _cfg("segmenter.steps=3"), tmp_path / "a",
-                           masks="gt", progress=False, deterministic=True)
-    train_segmenter(recs, gt, ds.classes, _cfg("segmenter.steps=2"), tmp_path / "b",
-                    masks="gt", progress=False, deterministic=True)
-    resumed = train_segmenter(recs, gt, ds.classes, _cfg("segmenter.steps=3"), tmp_path / "b",
-                              masks="gt", progress=False, deterministic=True)
+    cfg = _cfg("segmenter.steps=3")
+    full = train_segmenter(recs, gt, ds.classes, cfg, tmp_path / "a", masks="gt",
+                           progress=False, deterministic=True)
+    real_step = Trainer._train_step
+
+    def crash_on_third(self, batch):
+        if self.step == 2:
+            raise KeyboardInterrupt  # the run dies after two steps were checkpointed
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_train_step", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        train_segmenter(recs, gt, ds.classes, cfg, tmp_path / "b", masks="gt", progress=False,
+                        deterministic=True)
+    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    resumed = train_segmenter(recs, gt, ds.classes, cfg, tmp_path / "b", masks="gt",
+                              progress=False, deterministic=True)
     a = torch.load(full, weights_only=True)["model"]
     b = torch.load(resumed, weights_only=True)["model"]
     assert torch.load(resumed, weights_only=True)["steps"] == 3
