@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	$(BIN)/wiseseg data-stats --data shapes
+	$(BIN)/wiseseg run --data shapes --preset cpu --out runs/demo
 
 test: install-dev
 	$(BIN)/ruff check .

@@ -255,9 +255,10 @@ class JSONSource(_FileSource):
             if not isinstance(item, dict) or "segmentation" not in item or "score" not in item:
                 raise DataError(path, f"item {j} lacks 'segmentation' or 'score'")
             seg = item["segmentation"]
-            if not isinstance(seg, dict) or "counts" not in seg or "size" not in seg:
+            if (not isinstance(seg, dict) or "counts" not in seg
+                    or not isinstance(seg.get("size"), list) or len(seg["size"]) != 2):
                 raise DataError(path, f"item {j}: segmentation must be a COCO RLE "
-                                      f"({{size, counts}})")
+                                      f"({{size: [h, w], counts}})")
             _check_size(tuple(seg["size"]), size, path, f"item {j}'s mask")
             try:
                 masks.append(rle.normalize(seg))

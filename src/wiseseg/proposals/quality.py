@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 from wiseseg import rle
 from wiseseg.data.dataset import Dataset
@@ -28,6 +27,8 @@ from wiseseg.rle import RLE
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     """ROC AUC of ``scores`` for the boolean labels ``positive``; None if a class is empty."""
+    from scipy.stats import rankdata
+
     scores = np.asarray(scores, np.float64)
     positive = np.asarray(positive, bool)
     n_pos = int(positive.sum())
