@@ -23,6 +23,9 @@ class DataError(WisesegError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # keep the two-argument constructor across process pools
+        return (type(self), (self.path, self.problem))
+
 
 class ConfigError(WisesegError):
     """A setting has a value that cannot be used."""
