@@ -25,7 +25,9 @@ def build_peakcam(cfg: dict[str, Any], num_classes: int, pretrained: bool = True
         output_stride=int(cfg["output_stride"]),
     )
     model = PeakCAM(backbone, num_classes, feature=cfg["feature"], upsample=cfg["upsample"],
-                    peak_window=cfg["peak_window"], median_filter=cfg["median_filter"])
+                    peak_window=cfg["peak_window"], median_filter=cfg["median_filter"],
+                    head_channels=tuple(cfg.get("head_channels") or ()),
+                    train_backbone=bool(cfg.get("train_backbone", True)))
     if cfg.get("freeze_bn", False):
         freeze_batchnorm(model.backbone)
     return model

@@ -86,6 +86,7 @@ def build_optimizer(model, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     lr = float(cfg["lr"])
     groups = [{"params": head, "lr": lr},
               {"params": backbone, "lr": lr * float(cfg["backbone_lr_mult"])}]
+    groups = [g for g in groups if g["params"]]  # a fixed backbone has nothing to optimise
     kind = cfg.get("optimizer", "sgd")
     if kind == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=float(cfg["momentum"]),

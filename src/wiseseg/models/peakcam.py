@@ -5,6 +5,7 @@ No I/O: the module maps an image batch to class activation maps and class scores
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -23,6 +24,10 @@ class PeakCAM(nn.Module):
             before peaks are located (1 = off).
         peak_window: odd window ``r`` of the local-maximum search.
         median_filter: keep only peaks ≥ the map's median.
+        head_channels: widths of 3×3 conv + BN + ReLU layers between the backbone and the
+            class-aware 1×1 convolution (PRM has none: ``()``).
+        train_backbone: False keeps the backbone fixed (no gradient, run without autograd),
+            which trains several times faster on a CPU.
 
     Forward input: float ``B×3×H×W`` RGB in [0, 1] (normalized inside). Output dict:
         ``cams`` float ``B×C×h×w`` (h = ceil(H / stride) × upsample), ``scores`` float ``B×C``
@@ -31,7 +36,8 @@ class PeakCAM(nn.Module):
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, feature: str = "c5",
-                 upsample: int = 1, peak_window: int = 3, median_filter: bool = True):
+                 upsample: int = 1, peak_window: int = 3, median_filter: bool = True,
+                 head_channels: tuple[int, ...] = (), train_backbone: bool = True):
         super().__init__()
         if feature not in backbone.out_channels:
             raise ValueError(f"feature {feature!r} not in {list(backbone.out_channels)}")
@@ -43,7 +49,18 @@ class PeakCAM(nn.Module):
         self.upsample = int(upsample)
         self.peak_window = int(peak_window)
         self.median_filter = bool(median_filter)
-        self.classifier = nn.Conv2d(backbone.out_channels[feature], num_classes, kernel_size=1)
+        self.train_backbone = bool(train_backbone)
+        if not self.train_backbone:
+            for p in backbone.parameters():
+                p.requires_grad_(False)
+        layers: list[nn.Module] = []
+        width = backbone.out_channels[feature]
+        for out in head_channels:
+            layers += [nn.Conv2d(width, int(out), 3, padding=1, bias=False),
+                       nn.BatchNorm2d(int(out)), nn.ReLU(inplace=True)]
+            width = int(out)
+        self.head = nn.Sequential(*layers)
+        self.classifier = nn.Conv2d(width, num_classes, kernel_size=1)
         nn.init.normal_(self.classifier.weight, std=0.01)
         nn.init.zeros_(self.classifier.bias)
 
@@ -53,8 +70,12 @@ class PeakCAM(nn.Module):
 
     def cams(self, images: Tensor) -> Tensor:
         """Class activation maps ``B×C×h×w`` for images ``B×3×H×W`` in [0, 1]."""
-        feats = self.backbone(self.backbone.normalize(images), upto=self.feature)[self.feature]
-        cam = self.classifier(feats)
+        # a fixed backbone runs without autograd, unless the caller differentiates w.r.t. the
+        # image (peak backpropagation)
+        track = torch.is_grad_enabled() and (self.train_backbone or images.requires_grad)
+        with torch.set_grad_enabled(track):
+            feats = self.backbone(self.backbone.normalize(images), upto=self.feature)
+        cam = self.classifier(self.head(feats[self.feature]))
         if self.upsample > 1:
             cam = F.interpolate(cam, scale_factor=self.upsample, mode="bilinear",
                                 align_corners=False)
