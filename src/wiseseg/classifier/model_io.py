@@ -30,6 +30,10 @@ def build_peakcam(cfg: dict[str, Any], num_classes: int, pretrained: bool = True
                     train_backbone=bool(cfg.get("train_backbone", True)))
     if cfg.get("freeze_bn", False):
         freeze_batchnorm(model.backbone)
+    if int(cfg.get("frozen_stages", 0)) > 0:
+        from wiseseg.models.maskrcnn import freeze_stages
+
+        freeze_stages(model.backbone, int(cfg["frozen_stages"]))
     return model
 
 

@@ -16,6 +16,7 @@ from wiseseg.data.images import load_image
 from wiseseg.data.transforms import color_jitter, resize_image, scale_into_canvas, to_tensor
 from wiseseg.engine.distributed import DistInfo, cleanup, init_distributed
 from wiseseg.engine.hooks import CheckpointHook, EvalHook, MetricsLogHook, ProgressHook
+from wiseseg.engine.optim import build_optimizer
 from wiseseg.engine.reproducibility import resolve_device, seed_everything, set_deterministic
 from wiseseg.engine.trainer import Trainer, TrainerConfig, warmup_schedule
 from wiseseg.errors import ConfigError
@@ -77,23 +78,12 @@ def classifier_step(model, batch, device):
     return {"loss": out["loss"]}
 
 
-def build_optimizer(model, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """SGD (PRM) or AdamW, with the pretrained backbone at ``lr × backbone_lr_mult``
-    (PRM: 0.01)."""
-    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
-    head = [p for n, p in model.named_parameters()
-            if p.requires_grad and not n.startswith("backbone.")]
-    lr = float(cfg["lr"])
-    groups = [{"params": head, "lr": lr},
-              {"params": backbone, "lr": lr * float(cfg["backbone_lr_mult"])}]
-    groups = [g for g in groups if g["params"]]  # a fixed backbone has nothing to optimise
-    kind = cfg.get("optimizer", "sgd")
-    if kind == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(cfg["momentum"]),
-                               weight_decay=float(cfg["weight_decay"]))
-    if kind == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=float(cfg["weight_decay"]))
-    raise ConfigError(f"unknown optimizer {kind!r} (sgd, adamw)")
+def classifier_optimizer(model, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """The pretrained backbone at ``lr × backbone_lr_mult`` (PRM: 0.01), the rest at ``lr``."""
+    head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    return build_optimizer([{"params": head},
+                            {"params": list(model.backbone.parameters()),
+                             "lr_mult": cfg["backbone_lr_mult"]}], cfg)
 
 
 def steps_for(cfg: dict[str, Any], n_images: int, world_size: int = 1) -> int:
@@ -149,7 +139,7 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
     data = ClassifierData(train, cfg["input_size"], hflip=cfg["hflip"],
                           scale=tuple(cfg["scale"]), jitter=cfg["color_jitter"])
     max_steps = steps_for(cfg, len(data), dist.world_size)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = classifier_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_schedule(max_steps, int(cfg["warmup_steps"]), cfg["schedule"]))
     wrapped = _wrap_ddp(model, dist, dev)

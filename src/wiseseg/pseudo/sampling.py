@@ -1,7 +1,8 @@
 """Peak → candidate proposals, and the paper's Eq. 1 sampling (pure functions).
 
 For a peak (i, j) of class c, the candidates are the proposals whose mask contains (i, j)
-(after the size filter below); the pseudo mask is one of them, picked with probability
+(after the size filter below), at most ``max_candidates`` of them, those of highest
+objectness; the pseudo mask is one of them, picked with probability
 
     P(G_k) = b_k / Σ_j b_j                                   (paper, Eq. 1)
 
@@ -15,6 +16,12 @@ Duplicate rule: peaks are visited from the highest CAM value down; a drawn mask 
 a mask already kept for the image is ≥ ``dup_iou`` (default 0.8) is dropped for this draw —
 two peaks on one object yield one instance, whatever their classes, and the stronger peak
 decides the class.
+
+Why ``max_candidates``: a hierarchical proposal method nests many large regions around every
+pixel, and their objectness is not small enough for Eq. 1 to ignore them. On the built-in data
+(``benchmarks``, README) one Eq. 1 draw over all containing proposals scored mAP50 17.8 against
+the ground truth, over the best 3 26.8 (the arg-max 31.8); the ``cpu`` preset uses 3, the
+``paper`` preset (MCG, as the paper) all of them (100).
 
 Size filter: candidates must cover at least ``max(min_area_px, min_area_frac × H·W)`` pixels
 and at most ``max_area_frac × H·W`` (a proposal covering nearly the whole image is background,

@@ -12,6 +12,7 @@ from wiseseg.classifier.train import steps_for
 from wiseseg.data.dataset import ImageRecord
 from wiseseg.engine.distributed import cleanup, init_distributed
 from wiseseg.engine.hooks import CheckpointHook, MetricsLogHook, ProgressHook
+from wiseseg.engine.optim import build_optimizer
 from wiseseg.engine.reproducibility import resolve_device, seed_everything, set_deterministic
 from wiseseg.engine.trainer import Trainer, TrainerConfig, warmup_schedule
 from wiseseg.errors import ConfigError
@@ -61,9 +62,7 @@ def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
                          hflip=cfg["hflip"], jitter=cfg["color_jitter"], mode=mode,
                          dup_iou=cfg.get("dup_iou", 0.8))
     model = build_segmenter(cfg, len(classes)).to(dev)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=float(cfg["lr"]), momentum=float(cfg["momentum"]),
-                                weight_decay=float(cfg["weight_decay"]))
+    optimizer = build_optimizer([{"params": list(model.parameters())}], cfg)
     max_steps = steps_for(cfg, len(data), dist.world_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_schedule(max_steps, int(cfg["warmup_steps"]), cfg["schedule"]))
