@@ -7,7 +7,8 @@ positive part of the weight — the probabilistic "excitation backprop" rule PRM
     P(x_i) = (x_i − min x) · Σ_j w_ij⁺ · P(y_j) / Σ_i' (x_i' − min x) w_i'j⁺
 
 Other layers keep their ordinary gradient. The response map of a peak is the input-gradient
-summed over colour channels and clipped at 0, one instance-aware map per peak.
+summed over colour channels, clipped at 0 and normalised to sum 1 (as PRM does), one
+instance-aware map per peak.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def peak_response_maps(model: nn.Module, image: Tensor, peaks: list[Peak],
         batch: peaks back-propagated together (the image is repeated along the batch).
 
     Returns:
-        float ``N×H×W`` ≥ 0 (N = len(peaks)); ``0×H×W`` when there are no peaks.
+        float ``N×H×W`` ≥ 0, each summing to 1 (or all 0 when nothing flowed back);
+        ``0×H×W`` when there are no peaks.
     """
     _, H, W = image.shape
     if not peaks:
@@ -104,4 +106,6 @@ def peak_response_maps(model: nn.Module, image: Tensor, peaks: list[Peak],
                 seed[b, p.category, i, j] = 1.0
             (grad,) = torch.autograd.grad(cam, x, grad_outputs=seed)
             out.append(grad.sum(dim=1).clamp(min=0))
-    return torch.cat(out, dim=0).detach()
+    maps = torch.cat(out, dim=0).detach()
+    total = maps.sum(dim=(1, 2), keepdim=True)
+    return torch.where(total > 0, maps / total.clamp(min=1e-12), maps)
