@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from wiseseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from wiseseg.engine.checkpoint import load_model, save_model
 from wiseseg.errors import WisesegError
 from wiseseg.models.backbones import build_backbone
 from wiseseg.models.peakcam import PeakCAM
@@ -57,26 +57,15 @@ def freeze_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
 
 def save_classifier(path: str | Path, model: PeakCAM, cfg: dict, classes: tuple[str, ...],
                     extra: dict | None = None) -> Path:
-    state = {"kind": KIND, "model": model.state_dict(), "config": dict(cfg),
-             "classes": list(classes), **(extra or {})}
-    return save_checkpoint(path, state)
+    return save_model(path, KIND, model, cfg, classes, extra)
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu"
                     ) -> tuple[PeakCAM, dict, list[str]]:
     """``(model in eval mode, classifier settings, class names)`` from a saved classifier."""
-    ck = load_checkpoint(path, "classifier checkpoint")
-    if ck.get("kind") != KIND:
-        raise WisesegError(f"{path}: not a wiseseg classifier checkpoint "
-                           f"(kind={ck.get('kind')!r})")
-    cfg, classes = ck["config"], list(ck["classes"])
-    model = build_peakcam(cfg, len(classes), pretrained=False)
-    try:
-        model.load_state_dict(ck["model"])
-    except RuntimeError as e:
-        raise WisesegError(f"{path}: weights do not fit the model ({str(e).splitlines()[0]})"
-                           ) from None
-    return model.to(device).eval(), cfg, classes
+    model, cfg, classes, _ = load_model(
+        path, KIND, "classifier", lambda c, n: build_peakcam(c, n, pretrained=False))
+    return model.to(device), cfg, classes
 
 
 def check_classes(path: str | Path, ckpt_classes: list[str], data_classes: tuple[str, ...]

@@ -14,10 +14,9 @@ from wiseseg.classifier.model_io import build_peakcam, save_classifier
 from wiseseg.data.dataset import WeakSplit
 from wiseseg.data.images import load_image
 from wiseseg.data.transforms import color_jitter, resize_image, scale_into_canvas, to_tensor
-from wiseseg.engine.distributed import DistInfo, cleanup, init_distributed
+from wiseseg.engine.distributed import DistInfo, cleanup, setup_training
 from wiseseg.engine.hooks import CheckpointHook, EvalHook, MetricsLogHook, ProgressHook
 from wiseseg.engine.optim import build_optimizer
-from wiseseg.engine.reproducibility import resolve_device, seed_everything, set_deterministic
 from wiseseg.engine.trainer import Trainer, TrainerConfig, warmup_schedule
 from wiseseg.errors import ConfigError
 
@@ -127,12 +126,7 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
         resume: continue from ``checkpoints/last.pt`` when present.
     """
     out_dir = Path(out_dir)
-    dev = resolve_device(device)
-    dist = init_distributed(dev)
-    if dist.enabled and dev.type == "cuda":
-        dev = torch.device("cuda", dist.local_rank)
-    seed_everything(seed)
-    set_deterministic(deterministic)
+    dev, dist = setup_training(device, seed, deterministic)
     if len(train) == 0:
         raise ConfigError("the training split is empty")
     model = build_peakcam(cfg, len(train.classes)).to(dev)

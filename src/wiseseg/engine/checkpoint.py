@@ -60,3 +60,31 @@ def set_rng_state(state: dict[str, Any]) -> None:
                          n["has_gauss"], n["cached"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), None))
+
+
+def save_model(path: str | Path, kind: str, model: torch.nn.Module, cfg: dict, classes,
+               extra: dict | None = None) -> Path:
+    """A trained model for inference: weights, the settings that rebuild it, class names."""
+    return save_checkpoint(path, {"kind": kind, "model": model.state_dict(),
+                                  "config": dict(cfg), "classes": list(classes),
+                                  **(extra or {})})
+
+
+def load_model(path: str | Path, kind: str, what: str, build) -> tuple:
+    """``(model in eval mode on the CPU, settings, class names, other saved keys)``.
+
+    ``build(cfg, num_classes)`` rebuilds the architecture (without downloading weights); a
+    checkpoint of another kind or with mismatched weights is a one-line error.
+    """
+    ck = load_checkpoint(path, f"{what} checkpoint")
+    if ck.get("kind") != kind:
+        raise WisesegError(f"{path}: not a wiseseg {what} checkpoint (kind={ck.get('kind')!r})")
+    cfg, classes = ck["config"], list(ck["classes"])
+    model = build(cfg, len(classes))
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise WisesegError(f"{path}: weights do not fit the model ({str(e).splitlines()[0]})"
+                           ) from None
+    extras = {k: v for k, v in ck.items() if k not in ("model", "config", "classes", "kind")}
+    return model.eval(), cfg, classes, extras

@@ -61,3 +61,17 @@ def all_reduce_mean(value: float, info: DistInfo, device: torch.device) -> float
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def setup_training(device: str, seed: int, deterministic: bool
+                   ) -> tuple[torch.device, DistInfo]:
+    """Device (this rank's GPU under torchrun), process group, seeds, deterministic flag."""
+    from wiseseg.engine.reproducibility import resolve_device, seed_everything, set_deterministic
+
+    dev = resolve_device(device)
+    info = init_distributed(dev)
+    if info.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", info.local_rank)
+    seed_everything(seed)
+    set_deterministic(deterministic)
+    return dev, info

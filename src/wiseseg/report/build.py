@@ -300,13 +300,10 @@ def _render_gallery(rows: list[tuple[ImageRecord, np.ndarray]], columns: list[Co
                      f"score ≥ {GALLERY_MIN_SCORE}.") + "".join(H.note(n) for n in notes))
 
 
-def _train_gallery(run_dir: Path, ds: Dataset, split: str, n: int, progress: bool) -> str:
-    if split not in ds.splits:
-        return H.note(f"No split {split!r} in the dataset.")
-    records = pick_records(ds.records(split), n)
-    if not records:
-        return H.note("No gallery (report.gallery is 0).")
-    rows = [(r, load_image(r.path)) for r in records]
+def _train_columns(run_dir: Path, ds: Dataset, split: str,
+                   rows: list[tuple[ImageRecord, np.ndarray]]) -> tuple[list[Column], list[str]]:
+    """The training gallery's columns after "image": CAM + peaks, pseudo masks, WISE, GT."""
+    records = [r for r, _ in rows]
     names = dict(zip(ds.category_ids, ds.classes))
     columns, notes = [], []
     model_path = run_dir / "classifier" / "model.pt"
@@ -337,6 +334,26 @@ def _train_gallery(run_dir: Path, ds: Dataset, split: str, n: int, progress: boo
         notes.append("No WISE column: pseudo_quality/wise_train.json is missing (that stage "
                      "runs when the training split has ground-truth masks).")
     _gt_column(ds, split, records, names, columns, notes)
+    return columns, notes
+
+
+def pipeline_figure(run_dir: str | Path, ds: Dataset, split: str, records: list[ImageRecord]
+                    ) -> bytes:
+    """PNG of training images through the pipeline (the README's picture): image | CAM +
+    peaks | pseudo masks | WISE prediction | ground truth."""
+    rows = [(r, load_image(r.path)) for r in records]
+    columns, _ = _train_columns(Path(run_dir), ds, split, rows)
+    return gallery_png(rows, [Column("image", image_panel), *columns])
+
+
+def _train_gallery(run_dir: Path, ds: Dataset, split: str, n: int, progress: bool) -> str:
+    if split not in ds.splits:
+        return H.note(f"No split {split!r} in the dataset.")
+    records = pick_records(ds.records(split), n)
+    if not records:
+        return H.note("No gallery (report.gallery is 0).")
+    rows = [(r, load_image(r.path)) for r in records]
+    columns, notes = _train_columns(run_dir, ds, split, rows)
     if not columns:
         return H.note("Nothing to show: " + " ".join(notes))
     return _render_gallery(rows, columns, notes, progress, "train")

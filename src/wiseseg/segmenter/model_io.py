@@ -7,8 +7,7 @@ from typing import Any
 
 import torch
 
-from wiseseg.engine.checkpoint import load_checkpoint, save_checkpoint
-from wiseseg.errors import WisesegError
+from wiseseg.engine.checkpoint import load_model, save_model
 from wiseseg.models.maskrcnn import build_maskrcnn
 
 KIND = "wiseseg.maskrcnn"
@@ -33,23 +32,11 @@ def build_segmenter(cfg: dict[str, Any], num_classes: int, pretrained: bool = Tr
 
 def save_segmenter(path: str | Path, model, cfg: dict, classes, extra: dict | None = None
                    ) -> Path:
-    return save_checkpoint(path, {"kind": KIND, "model": model.state_dict(),
-                                  "config": dict(cfg), "classes": list(classes),
-                                  **(extra or {})})
+    return save_model(path, KIND, model, cfg, classes, extra)
 
 
 def load_segmenter(path: str | Path, device: torch.device | str = "cpu"):
     """``(Mask R-CNN in eval mode, segmenter settings, class names, checkpoint extras)``."""
-    ck = load_checkpoint(path, "segmenter checkpoint")
-    if ck.get("kind") != KIND:
-        raise WisesegError(f"{path}: not a wiseseg Mask R-CNN checkpoint "
-                           f"(kind={ck.get('kind')!r})")
-    cfg, classes = ck["config"], list(ck["classes"])
-    model = build_segmenter(cfg, len(classes), pretrained=False)
-    try:
-        model.load_state_dict(ck["model"])
-    except RuntimeError as e:
-        raise WisesegError(f"{path}: weights do not fit the model ({str(e).splitlines()[0]})"
-                           ) from None
-    extras = {k: v for k, v in ck.items() if k not in ("model", "config", "classes", "kind")}
-    return model.to(device).eval(), cfg, classes, extras
+    model, cfg, classes, extras = load_model(
+        path, KIND, "segmenter", lambda c, n: build_segmenter(c, n, pretrained=False))
+    return model.to(device), cfg, classes, extras

@@ -10,10 +10,9 @@ import torch
 
 from wiseseg.classifier.train import steps_for
 from wiseseg.data.dataset import ImageRecord
-from wiseseg.engine.distributed import cleanup, init_distributed
+from wiseseg.engine.distributed import cleanup, setup_training
 from wiseseg.engine.hooks import CheckpointHook, MetricsLogHook, ProgressHook
 from wiseseg.engine.optim import build_optimizer
-from wiseseg.engine.reproducibility import resolve_device, seed_everything, set_deterministic
 from wiseseg.engine.trainer import Trainer, TrainerConfig, warmup_schedule
 from wiseseg.errors import ConfigError
 from wiseseg.pseudo.sampling import fix_draws
@@ -49,12 +48,7 @@ def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
     if not records:
         raise ConfigError("the training split is empty")
     out_dir = Path(out_dir)
-    dev = resolve_device(device)
-    dist = init_distributed(dev)
-    if dist.enabled and dev.type == "cuda":
-        dev = torch.device("cuda", dist.local_rank)
-    seed_everything(seed)
-    set_deterministic(deterministic)
+    dev, dist = setup_training(device, seed, deterministic)
     mode = cfg.get("mode", "sample")
     if masks == "pseudo" and mode == "fixed":
         fix_draws(instances.values(), seed)
