@@ -34,6 +34,10 @@ def _time(model: torch.nn.Module, loss_fn, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
 def _cls_loss(model, x, y):
     return model(x, y)["loss"]
 
@@ -62,7 +66,7 @@ def main() -> None:
         n = 10582 if name == "paper" else 600
         total = s * n * float(c["epochs"])
         print(f"| {name} | classifier | {c['input_size']}² | {c['batch_size']} | {s:.3f} | "
-              f"{c['epochs']} epochs × {n} images | {total / 3600:.1f} h |")
+              f"{c['epochs']} epochs × {n} images | {_hours(total)} |")
         g = cfg["segmenter"]
         h, w = g["min_size"], min(g["max_size"], int(g["min_size"] * 4 / 3))
         imgs = [torch.rand(3, h, w) for _ in range(g["batch_size"])]
@@ -77,7 +81,7 @@ def main() -> None:
         sched = f"{g['steps']} iterations" if int(g.get("steps") or 0) else \
             f"{g['epochs']} epochs × 600 images"
         print(f"| {name} | Mask R-CNN | {h}×{w} | {g['batch_size']} | {s:.3f} | {sched} | "
-              f"{s * n_img / 3600:.1f} h |")
+              f"{_hours(s * n_img)} |")
 
 
 if __name__ == "__main__":
