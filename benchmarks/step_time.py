@@ -1,20 +1,28 @@
 """Seconds per training image of each preset's classifier and Mask R-CNN on this machine
 (random weights and synthetic images at the preset's input size: only the compute is timed),
-to tell how long a preset's schedule takes here.
+to tell how long a preset's schedule takes here; and seconds per epoch of the real training
+code of the ``cpu`` preset on the built-in data, with and without the cached backbone
+features (``*.cache_features``), including the one-off cost of computing the cache.
 
-usage: python benchmarks/step_time.py [--presets cpu paper] [--steps 3]
+usage: python benchmarks/step_time.py [--presets cpu paper] [--steps 3] [--epoch-steps 30]
+Prints markdown tables; the per-epoch table is also written to
+benchmarks/results/step_time.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import tempfile
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 
 from wiseseg import api
 from wiseseg.classifier.model_io import build_peakcam
+from wiseseg.io import atomic_write_json
 from wiseseg.segmenter.model_io import build_segmenter
 
 
@@ -46,11 +54,79 @@ def _seg_loss(model, imgs, targets):
     return sum(model(imgs, targets).values())
 
 
+def _epoch_seconds(stage: str, cached: bool, steps: int, data: str) -> dict[str, float]:
+    """Seconds per epoch of the ``cpu`` preset's real training of ``stage`` (``classifier`` or
+    ``segmenter`` on true masks), timed over ``steps`` steps after the cache is built."""
+    from wiseseg.classifier.train import train_classifier
+    from wiseseg.engine.trainer import Trainer
+    from wiseseg.segmenter.train import train_segmenter
+
+    ds = api.open_dataset(data, progress=False)
+    cfg = api.load_config("cpu", [f"{stage}.steps={steps}", f"{stage}.cache_features={cached}",
+                                  f"{stage}.checkpoint_every=100000"])[stage]
+    split = ds.weak("train")
+    times: dict[str, float] = {}
+    real_fit = Trainer.fit
+
+    def timed_fit(self, resume=True):  # the loop alone: after model, data and cache set-up
+        t0 = time.perf_counter()
+        out = real_fit(self, resume)
+        times["loop"] = time.perf_counter() - t0
+        times["per_epoch_steps"] = self.schedule.steps_per_epoch
+        return out
+
+    Trainer.fit = timed_fit
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            if stage == "classifier":
+                train_classifier(split, cfg, tmp, progress=False, resume=False)
+            else:
+                train_segmenter(list(split.records), dict(ds.ground_truth("train")),
+                                ds.classes, cfg, tmp, masks="gt", progress=False,
+                                resume=False)
+            total = time.perf_counter() - t0
+    finally:
+        Trainer.fit = real_fit
+    per_step = times["loop"] / steps
+    return {"seconds_per_step": per_step,
+            "seconds_per_epoch": per_step * times["per_epoch_steps"],
+            "setup_seconds": total - times["loop"]}
+
+
+def epoch_table(steps: int, data: str) -> list[dict]:
+    rows = []
+    print(f"\n`cpu` preset on `{data}` train, real training code, {torch.get_num_threads()} "
+          f"threads, timed over {steps} steps\n")
+    print("| stage | backbone features | s / step | s / epoch | set-up (incl. cache) |")
+    print("|---|---|---|---|---|")
+    for stage in ("classifier", "segmenter"):
+        for cached in (False, True):
+            r = _epoch_seconds(stage, cached, steps, data)
+            rows.append({"stage": stage, "cached": cached, **{k: round(v, 3)
+                                                              for k, v in r.items()}})
+            print(f"| {stage} | {'cached' if cached else 'recomputed'} | "
+                  f"{r['seconds_per_step']:.3f} | {r['seconds_per_epoch']:.1f} | "
+                  f"{r['setup_seconds']:.1f} |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--presets", nargs="+", default=["cpu", "paper"])
+    ap.add_argument("--presets", nargs="*", default=["cpu", "paper"])
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--epoch-steps", type=int, default=30,
+                    help="steps timed per stage for the per-epoch table (0: skip it)")
+    ap.add_argument("--data", default="shapes")
     args = ap.parse_args()
+    if args.epoch_steps > 0:
+        rows = epoch_table(args.epoch_steps, args.data)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        atomic_write_json(Path("benchmarks/results/step_time.json"),
+                          {"commit": commit, "data": args.data, "threads":
+                           torch.get_num_threads(), "steps": args.epoch_steps, "rows": rows},
+                          indent=2)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"cuda: {torch.cuda.is_available()}\n")
     print("| preset | stage | input | batch | s / image | schedule | est. time here |")

@@ -192,3 +192,25 @@ def test_registry_errors(tmp_path):
         build_proposal_source(f"json:{tmp_path}", score_map="softmax")
     with pytest.raises(ConfigError, match="no setting"):
         build_proposal_source(f"cob:{tmp_path}", nms_iou=0.5)
+
+
+@pytest.mark.parametrize("score,size,needle", [
+    (float("nan"), (32, 32), "scores contain NaN or infinite values"),
+    (float("inf"), (32, 32), "scores contain NaN or infinite values"),
+    (-0.25, (32, 32), "negative score -0.25"),
+    (0.5, (32, 31), "item 0's mask is 32×31 but the image is 32×32"),
+])
+def test_bad_proposal_files_are_one_line_cli_errors(tmp_path, run_cli, score, size, needle):
+    from wiseseg.data import open_dataset
+
+    spec = "shapes:train=2,val=2,size=32"
+    records = open_dataset(spec, progress=False).records("val")
+    good = [{"segmentation": rle.encode(np.ones((32, 32), np.uint8)), "score": 0.9}]
+    for r in records:
+        write_json(tmp_path / "json" / f"{r.name}.json", good)
+    bad = tmp_path / "json" / f"{records[1].name}.json"
+    write_json(bad, [{"segmentation": rle.encode(np.ones(size, np.uint8)), "score": score}])
+    code, _, err = run_cli("proposals", "--data", spec, "--out", tmp_path / "out", "-q",
+                           "--method", f"json:{tmp_path / 'json'}", "--workers", "1")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {bad}: ") and needle in err, err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +212,203 @@ def test_cli(tiny, tmp_path, run_cli):
 
     code, _, err = run_cli("proposals", "--data", SPEC, "--out", out, "--method", "mcg")
     assert code == 2 and err.count("\n") == 1 and "unknown proposal method" in err
+    code, _, err = run_cli("proposals", "--data", SPEC, "--out", out, "--set", "nms_iou")
+    assert code == 2 and err.count("\n") == 1 and "expected KEY=VALUE" in err
+    code, _, err = run_cli("proposals", "--data", SPEC, "--out", out, "--set", "bogus=1")
+    assert code == 2 and err.count("\n") == 1 and "no setting(s) bogus" in err
     code, _, err = run_cli("proposals", "--data", SPEC, "--out", out, "--method",
                            f"json:{tmp_path / 'nowhere'}")
     assert code == 2 and "nowhere" in err
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def test_parse_shard_and_partition(tiny):
+    from wiseseg.errors import ConfigError
+    from wiseseg.proposals import parse_shard, shard_records
+
+    assert parse_shard("0/1") == (0, 1) and parse_shard(" 9/10 ") == (9, 10)
+    for bad, needle in [("3/2", "0..1"), ("2/2", "0..1"), ("-1/2", "0..1"),
+                        ("0/0", "N must be ≥ 1"), ("a/b", "I/N"), ("1", "I/N"), ("", "I/N"),
+                        ("1.5/3", "I/N")]:
+        with pytest.raises(ConfigError, match=needle):
+            parse_shard(bad)
+    records = tiny.records("train")  # 6 images
+    parts = [shard_records(records, i, 4) for i in range(4)]
+    assert [[r.id for r in p] for p in parts] == [[records[k].id for k in range(i, 6, 4)]
+                                                   for i in range(4)]
+    assert sorted(r.id for p in parts for r in p) == sorted(r.id for r in records)
+
+
+def _without_seconds(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    data.pop("seconds")
+    return data
+
+
+def test_shards_merge_into_the_unsharded_store(tiny, tmp_path, run_cli):
+    base = ("proposals", "--data", SPEC, "--split", "train", "-q", "--workers", "1")
+    code, _, err = run_cli(*base, "--out", tmp_path / "whole")
+    assert code == 0, err
+    out = tmp_path / "sharded"
+    for i in range(4):  # 6 images in 4 shards: 2, 2, 1, 1
+        code, stdout, err = run_cli(*base, "--out", out, "--shard", f"{i}/4")
+        assert code == 0, err
+        assert f"shard {i}/4 of 6" in stdout
+        assert (out / f"shard-{i}-of-4" / "manifest.json").is_file()
+    code, stdout, _ = run_cli(*base, "--out", out, "--shard", "1/4")  # resumable as before
+    assert code == 0 and "0 computed, 2 reused" in stdout
+    code, stdout, err = run_cli("proposals-merge", "--out", out)
+    assert code == 0, err
+    assert "merged 4 shards, 6 images" in stdout
+
+    whole, merged = ProposalStore.open(tmp_path / "whole"), ProposalStore.open(out)
+    assert merged.complete and merged.items_dir.name == whole.items_dir.name
+    for key in ("source", "settings", "fingerprint", "top_k", "key", "format"):
+        assert merged.manifest[key] == whole.manifest[key], key
+    for key in ("images", "proposals", "per_image"):
+        assert merged.manifest["counts"][key] == whole.manifest["counts"][key], key
+    counts = merged.manifest["counts"]  # of the shards' last runs: shard 1 was rerun
+    assert (counts["computed"], counts["reused"]) == (4, 2)
+    assert list(merged.manifest["images"]) == list(whole.manifest["images"])  # split order
+    assert merged.image_ids() == whole.image_ids() == sorted(r.id for r in tiny.records("train"))
+    for i in whole.image_ids():
+        assert _without_seconds(merged.path(i)) == _without_seconds(whole.path(i))
+        w = {k: v for k, v in whole.manifest["images"][str(i)].items() if k != "seconds"}
+        m = {k: v for k, v in merged.manifest["images"][str(i)].items() if k != "seconds"}
+        assert m == w
+
+    # Merging again is harmless; an unsharded run on the merged store reuses every file.
+    code, _, _ = run_cli("proposals-merge", "--out", out, *sorted(out.glob("shard-*")))
+    assert code == 0 and ProposalStore.open(out).image_ids() == whole.image_ids()
+    code, stdout, _ = run_cli(*base, "--out", out)
+    assert code == 0 and "0 computed, 6 reused" in stdout
+
+
+def _shards(tiny, root: Path, n: int = 2, source=None) -> list[Path]:
+    dirs = []
+    for i in range(n):
+        d = root / f"shard-{i}-of-{n}"
+        compute_proposals(tiny.records("val"), source or GridSource(), d, progress=False,
+                          shard=(i, n))
+        dirs.append(d)
+    return dirs
+
+
+def test_merge_refuses_incomplete_or_foreign_shards(tiny, tmp_path):
+    from wiseseg.proposals import merge_shards
+
+    a, b = _shards(tiny, tmp_path / "s")
+    out = tmp_path / "out"
+    with pytest.raises(WisesegError, match="shard\\(s\\) 1/2 missing"):
+        merge_shards([a], out)
+    with pytest.raises(WisesegError, match="given twice"):
+        merge_shards([a, a], out)
+    with pytest.raises(WisesegError, match="no shard stores"):
+        merge_shards([], out)
+    other = _shards(tiny, tmp_path / "o", source=GridSource(cells=3))
+    with pytest.raises(WisesegError, match="other settings"):
+        merge_shards([a, other[1]], out)
+    three = _shards(tiny, tmp_path / "t", n=3)
+    with pytest.raises(WisesegError, match="another split or shard count"):
+        merge_shards([a, three[1]], out)
+    train = tmp_path / "train" / "shard-1-of-2"
+    compute_proposals(tiny.records("train"), GridSource(), train, progress=False, shard=(1, 2))
+    with pytest.raises(WisesegError, match="another split"):
+        merge_shards([a, train], out)
+    plain = compute_proposals(tiny.records("val"), GridSource(), tmp_path / "plain",
+                              progress=False)
+    with pytest.raises(DataError, match="not a shard store"):
+        merge_shards([a, plain.root], out)
+    manifest = json.loads((b / "manifest.json").read_text())
+    (b / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    with pytest.raises(WisesegError, match="shard 1/2 is not finished"):
+        merge_shards([a, b], out)
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    assert merge_shards([b, a], out).image_ids() == sorted(r.id for r in tiny.records("val"))
+    many = _shards(tiny, tmp_path / "many", n=6)  # more shards than images: two are empty
+    merged = merge_shards(many, tmp_path / "many")
+    assert merged.manifest["counts"]["images"] == 4 and len(merged.image_ids()) == 4
+
+
+def test_merge_copies_where_hard_links_fail(tiny, tmp_path, monkeypatch):
+    from wiseseg.proposals import merge_shards
+
+    shards = _shards(tiny, tmp_path / "out")
+
+    def no_links(src, dst):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(store_mod.os, "link", no_links)
+    merged = merge_shards(shards, tmp_path / "out")
+    for i in merged.image_ids():
+        assert merged.path(i).stat().st_nlink == 1
+        assert merged.path(i).read_text() == next(
+            ProposalStore.open(d).path(i).read_text() for d in shards
+            if i in ProposalStore.open(d))
+    assert not list(merged.items_dir.glob(".*"))  # no temporary files left
+
+
+def test_merge_checks_every_file(tiny, tmp_path, run_cli):
+    a, b = _shards(tiny, tmp_path / "out")
+    store_b = ProposalStore.open(b)
+    # A proposal file for an image that is not one of the shard's images of the split.
+    stray = store_b.items_dir / "999.json"
+    stray.write_text(store_b.path(store_b.image_ids()[0]).read_text())
+    code, _, err = run_cli("proposals-merge", "--out", tmp_path / "out")
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: {stray}: ")
+    assert "image id 999, which is not one of shard 1/2's images" in err
+    stray.unlink()
+
+    target = store_b.path(store_b.image_ids()[0])
+    good = target.read_text()
+    for change, needle in [
+        (lambda d: d["scores"].__setitem__(0, float("nan")), "objectness nan of proposal 0"),
+        (lambda d: d["scores"].__setitem__(1, float("inf")), "objectness inf of proposal 1"),
+        (lambda d: d["scores"].__setitem__(3, -0.5), "objectness -0.5 of proposal 3"),
+        (lambda d: d["masks"][2].__setitem__("size", [7, 7]), "mask 2 has size [7, 7]"),
+        (lambda d: d["masks"][1].__setitem__("counts", "!!"), "mask 1: counts"),
+        (lambda d: d.__setitem__("image_id", 12345), "image id 12345"),
+    ]:
+        data = json.loads(good)
+        change(data)
+        target.write_text(json.dumps(data))
+        code, _, err = run_cli("proposals-merge", "--out", tmp_path / "out")
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"error: {target}: ") and needle in err, err
+    target.write_text(good)
+    code, _, err = run_cli("proposals-merge", "--out", tmp_path / "out")
+    assert code == 0, err
+
+    _shards(tiny, tmp_path / "out", n=3)  # stale shards of another count beside them
+    code, _, err = run_cli("proposals-merge", "--out", tmp_path / "out")
+    assert code == 2 and "different shard counts (N = 2, 3)" in err
+    code, _, err = run_cli("proposals", "--data", SPEC, "--out", tmp_path / "x",
+                           "--shard", "0/2", "--eval")
+    assert code == 2 and "proposals-merge" in err
+
+
+def test_store_get_checks_the_file(tiny, tmp_path):
+    records = tiny.records("val")
+    store = compute_proposals(records, GridSource(), tmp_path, progress=False)
+    r = records[0]
+    assert len(store.get(r.id, size=(r.height, r.width))) == 4
+    with pytest.raises(DataError, match="proposals of a 64×64 image, but image id .* is 32×64"):
+        store.get(r.id, size=(32, 64))
+    good = json.loads(store.path(r.id).read_text())
+    for change, needle in [
+        (lambda d: d["scores"].__setitem__(0, float("nan")), "objectness nan"),
+        (lambda d: d["scores"].__setitem__(0, -1.0), "objectness -1.0"),
+        (lambda d: d["masks"][0].__setitem__("size", [64, 65]), "mask 0 has size [64, 65]"),
+        (lambda d: d["masks"][3].__setitem__("counts", d["masks"][3]["counts"][:-2]),
+         "mask 3"),
+        (lambda d: d.__setitem__("scores", [0.1, 0.2, 0.3, 0.4]), "descending"),
+        (lambda d: d.__setitem__("image_id", r.id + 1), f"not {r.id}"),
+    ]:
+        data = json.loads(json.dumps(good))
+        change(data)
+        store.path(r.id).write_text(json.dumps(data))
+        with pytest.raises(DataError, match=re.escape(needle)) as e:
+            store.get(r.id)
+        assert str(e.value).startswith(str(store.path(r.id)))

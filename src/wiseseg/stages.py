@@ -48,7 +48,8 @@ def run_classifier(ctx: RunContext, d: Path) -> dict:
     val = ds.weak(ctx.val_split) if ctx.val_split in ds.splits else None
     train_classifier(ds.weak(ctx.train_split), ctx.cfg["classifier"], d, val=val,
                      seed=ctx.cfg["seed"], deterministic=ctx.cfg["deterministic"],
-                     device=ctx.cfg["device"], progress=ctx.progress, full_config=ctx.cfg)
+                     device=ctx.cfg["device"], progress=ctx.progress, full_config=ctx.cfg,
+                     feature_cache_dir=ctx.run_dir / "cache")
     return {k.removeprefix("eval/"): v for k, v in _last_eval(d / "metrics.jsonl").items()}
 
 
@@ -121,7 +122,8 @@ def _train_segmenter(ctx: RunContext, d: Path, masks: str) -> dict:
         inst = dict(ds.ground_truth(ctx.train_split))
     train_segmenter(list(split.records), inst, ds.classes, ctx.cfg["segmenter"], d,
                     masks=masks, seed=ctx.cfg["seed"], deterministic=ctx.cfg["deterministic"],
-                    device=ctx.cfg["device"], progress=ctx.progress, full_config=ctx.cfg)
+                    device=ctx.cfg["device"], progress=ctx.progress, full_config=ctx.cfg,
+                    feature_cache_dir=ctx.run_dir / "cache")
     return {"masks": masks}
 
 

@@ -10,6 +10,7 @@ import torch
 from wiseseg.engine.checkpoint import load_model, save_model
 from wiseseg.errors import WisesegError
 from wiseseg.models.backbones import build_backbone
+from wiseseg.models.freezing import freeze_batchnorm, freeze_stages
 from wiseseg.models.peakcam import PeakCAM
 
 KIND = "wiseseg.peakcam"
@@ -31,28 +32,8 @@ def build_peakcam(cfg: dict[str, Any], num_classes: int, pretrained: bool = True
     if cfg.get("freeze_bn", False):
         freeze_batchnorm(model.backbone)
     if int(cfg.get("frozen_stages", 0)) > 0:
-        from wiseseg.models.maskrcnn import freeze_stages
-
         freeze_stages(model.backbone, int(cfg["frozen_stages"]))
     return model
-
-
-def freeze_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
-    """Replace every BatchNorm2d by torchvision's FrozenBatchNorm2d (statistics and affine
-    fixed), as detection models do with small batches."""
-    from torchvision.ops.misc import FrozenBatchNorm2d
-
-    for name, child in list(module.named_children()):
-        if isinstance(child, torch.nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-            frozen.weight.copy_(child.weight.detach())
-            frozen.bias.copy_(child.bias.detach())
-            frozen.running_mean.copy_(child.running_mean)
-            frozen.running_var.copy_(child.running_var)
-            setattr(module, name, frozen)
-        else:
-            freeze_batchnorm(child)
-    return module
 
 
 def save_classifier(path: str | Path, model: PeakCAM, cfg: dict, classes: tuple[str, ...],

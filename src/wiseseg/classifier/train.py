@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wiseseg import __version__
 from wiseseg.classifier.model_io import build_peakcam, save_classifier
 from wiseseg.data.dataset import WeakSplit
 from wiseseg.data.images import load_image
@@ -19,6 +20,8 @@ from wiseseg.engine.hooks import CheckpointHook, EvalHook, MetricsLogHook, Progr
 from wiseseg.engine.optim import build_optimizer
 from wiseseg.engine.trainer import Trainer, TrainerConfig, warmup_schedule
 from wiseseg.errors import ConfigError
+from wiseseg.models.freezing import is_fixed
+from wiseseg.models.peakcam import PeakCAM
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +74,56 @@ class ClassifierData:
         return torch.stack(images), torch.stack(labels)
 
 
+class CachedClassifierData(ClassifierData):
+    """The classifier's samples as cached backbone features of the resized image, plain or
+    flipped (:class:`~wiseseg.engine.feature_cache.FeatureCache`). Scale and colour jitter
+    change pixels before the backbone and are not applied."""
+
+    def __init__(self, base: ClassifierData, cache):
+        self.__dict__.update(base.__dict__)
+        self.cache = cache
+        self._cache = None  # the images are not needed any more
+
+    def load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        flip = bool(self.hflip and rng.random() < 0.5)
+        return self.cache.get(index, flip)["x"], self.labels(index)
+
+
 def classifier_step(model, batch, device):
     images, labels = batch
     out = model(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
     return {"loss": out["loss"]}
+
+
+def cached_classifier_step(model, batch, device):
+    feats, labels = batch
+    dtype = next(model.parameters()).dtype
+    out = model(labels=labels.to(device, non_blocking=True),
+                features=feats.to(device, dtype, non_blocking=True))
+    return {"loss": out["loss"]}
+
+
+def classifier_feature_cache(model: PeakCAM, data: ClassifierData, device,
+                             path: Path | None, progress: bool = True):
+    """The fixed backbone's ``feature`` map of every training image (resized to the input
+    size), plain and flipped; loaded from ``path`` when it holds the same ones."""
+    from wiseseg.config import config_hash
+    from wiseseg.engine.feature_cache import FeatureCache
+
+    fingerprint = config_hash({
+        "backbone": {k: [list(v.shape), float(v.double().sum())]
+                     for k, v in model.backbone.state_dict().items()},
+        "feature": model.feature, "size": data.size, "version": __version__,
+        "images": [(str(r.path), r.height, r.width) for r in data.records],
+    })
+
+    def compute(indices, flip):
+        x = torch.stack([to_tensor(data.base_image(i)[:, ::-1] if flip else data.base_image(i))
+                         for i in indices]).to(device)
+        return [{"x": f} for f in model.backbone_features(x)]
+
+    return FeatureCache.build(len(data), compute, fingerprint, flips=data.hflip, path=path,
+                              progress=progress, desc="backbone features")
 
 
 def classifier_optimizer(model, cfg: dict[str, Any]) -> torch.optim.Optimizer:
@@ -113,7 +162,8 @@ def classification_map(model, data: ClassifierData, device, batch_size: int = 32
 def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
                      val: WeakSplit | None = None, seed: int = 0, deterministic: bool = False,
                      device: str = "auto", resume: bool = True, progress: bool = True,
-                     full_config: dict | None = None) -> Path:
+                     full_config: dict | None = None,
+                     feature_cache_dir: str | Path | None = None) -> Path:
     """Train PeakCAM on image-level labels; returns the path of ``model.pt``.
 
     Args:
@@ -124,6 +174,8 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
         val: optional split for the image-level mAP logged at the end (and every
             ``eval_every`` steps when > 0).
         resume: continue from ``checkpoints/last.pt`` when present.
+        feature_cache_dir: where the backbone-feature cache file is kept when the backbone is
+            fixed and ``cache_features`` is set (None: in memory only).
     """
     out_dir = Path(out_dir)
     dev, dist = setup_training(device, seed, deterministic)
@@ -132,6 +184,14 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
     model = build_peakcam(cfg, len(train.classes)).to(dev)
     data = ClassifierData(train, cfg["input_size"], hflip=cfg["hflip"],
                           scale=tuple(cfg["scale"]), jitter=cfg["color_jitter"])
+    step_fn = classifier_step
+    if cfg.get("cache_features", False) and not model.train_backbone \
+            and is_fixed(model.backbone):
+        path = Path(feature_cache_dir) / "classifier_features.pt" if feature_cache_dir \
+            else None
+        data = CachedClassifierData(data, classifier_feature_cache(
+            model, data, dev, path, progress and dist.is_main))
+        step_fn = cached_classifier_step
     max_steps = steps_for(cfg, len(data), dist.world_size)
     optimizer = classifier_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -147,7 +207,7 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
                               every, logger))
     trainer = Trainer(
         model=wrapped, optimizer=optimizer, scheduler=scheduler, data=data,
-        step_fn=classifier_step,
+        step_fn=step_fn,
         cfg=TrainerConfig(max_steps=max_steps, batch_size=int(cfg["batch_size"]), seed=seed,
                           checkpoint_every=int(cfg["checkpoint_every"]),
                           log_every=int(cfg.get("log_every", 10)), amp=bool(cfg.get("amp", True)),

@@ -4,7 +4,11 @@ Accepted layouts:
 - a COCO root with ``annotations/instances_<split>.json`` and images in ``<split>/``,
   ``images/<split>/`` or ``images/`` (COCO 2017 style); split names are ``<split>``;
 - a single ``*.json`` file; images are looked up relative to its folder, then ``images/``
-  beside it; the split is named after the file stem, and also ``train`` when that is unique.
+  beside it; the split is named after the file stem, and also ``train`` when that is unique;
+- a folder holding exactly one COCO *instances* JSON (any name) at its top level, read as
+  that file. A JSON counts when it is an object with ``images``, ``annotations`` and
+  ``categories`` lists (:func:`is_instances_json` peeks without loading large files); two or
+  more are an error that names them.
 
 Categories keep COCO's order by id and are renumbered 0..K-1; the COCO ids are kept in
 ``Dataset.coco_category_ids`` so predictions can be written with the original ids.
@@ -13,6 +17,8 @@ Categories keep COCO's order by id and are renumbered 0..K-1; the COCO ids are k
 from __future__ import annotations
 
 import json
+import mmap
+import re
 from pathlib import Path
 
 from pycocotools import mask as mask_utils
@@ -29,15 +35,78 @@ from wiseseg.data.dataset import (
 from wiseseg.data.images import check_image
 from wiseseg.errors import DataError, WisesegError
 
+#: Files up to this size are parsed to decide whether they are COCO instances JSON; larger
+#: ones are scanned for the three top-level keys instead (memory-mapped, never loaded).
+_PARSE_LIMIT = 16 * 2**20
+_HEAD = 64 * 2**10
+_KEYS = (b"images", b"annotations", b"categories")
+_FILE_DIR = re.compile(rb'"file_name"\s*:\s*"([^"/\\]+)(?:/|\\\\)')
+
+
+def peek_instances_json(path: Path) -> frozenset[str] | None:
+    """``None`` unless ``path`` is a COCO instances file — a JSON object whose ``images``,
+    ``annotations`` and ``categories`` are lists; else the first folder of every image
+    ``file_name`` that has one (``{"images"}`` for ``images/a.jpg``; empty when the images
+    lie beside the file).
+
+    Cheap: a file that does not open with ``{`` or names none of the three keys in its first
+    64 KiB is rejected after reading that much; a file over 16 MiB is memory-mapped and
+    scanned for ``"key": [`` rather than parsed, so gigabytes are never loaded.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(_HEAD)
+            if not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+                return None
+            if not any(b'"' + k + b'"' in head for k in _KEYS):
+                return None
+            if size <= _PARSE_LIMIT:
+                data = json.loads((head + fh.read()).decode("utf-8-sig"))
+                if not (isinstance(data, dict)
+                        and all(isinstance(data.get(k.decode()), list) for k in _KEYS)):
+                    return None
+                names = (im.get("file_name") for im in data["images"] if isinstance(im, dict))
+                parts = (Path(n.replace("\\", "/")).parts for n in names if isinstance(n, str))
+                return frozenset(p[0] for p in parts if len(p) > 1)
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                if not all(re.search(rb'"' + k + rb'"\s*:\s*\[', mm) for k in _KEYS):
+                    return None
+                return frozenset(m.group(1).decode("utf-8", "replace")
+                                 for m in _FILE_DIR.finditer(mm))
+    except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON
+        return None
+
+
+def is_instances_json(path: Path) -> bool:
+    """Whether ``path`` is a COCO instances JSON (see :func:`peek_instances_json`)."""
+    return peek_instances_json(path) is not None
+
+
+def instance_jsons(folder: Path) -> list[Path]:
+    """The COCO instances JSON files at the top level of ``folder`` (sorted)."""
+    if not folder.is_dir():
+        return []
+    return [f for f in sorted(folder.glob("*.json")) if f.is_file() and is_instances_json(f)]
+
 
 def coco_annotation_files(path: Path) -> dict[str, Path]:
-    """Split name → instances JSON for a COCO root or a single JSON file."""
+    """Split name → instances JSON for a COCO root, a single JSON file, or a folder with
+    exactly one instances JSON at its top level (several are an error naming them)."""
     if path.is_file() and path.suffix == ".json":
         return {path.stem.removeprefix("instances_"): path}
     ann = path / "annotations"
     if ann.is_dir():
         files = sorted(ann.glob("instances_*.json"))
-        return {f.stem[len("instances_"):]: f for f in files}
+        if files:
+            return {f.stem[len("instances_"):]: f for f in files}
+    found = instance_jsons(path)
+    if len(found) > 1:
+        raise WisesegError(
+            f"{path}: {len(found)} COCO instances JSON files ({', '.join(f.name for f in found)})"
+            f"; point --data at the one to use, e.g. {found[0]}")
+    if found:
+        return {found[0].stem.removeprefix("instances_"): found[0]}
     return {}
 
 
@@ -70,8 +139,8 @@ def _segmentation_to_rle(seg, h: int, w: int, source: Path, ann_id) -> dict:
 def read_coco(path: Path, skip_bad: bool = False) -> Dataset:
     files = coco_annotation_files(path)
     if not files:
-        raise WisesegError(f"{path}: not a COCO layout (needs annotations/instances_*.json "
-                           "or a .json file)")
+        raise WisesegError(f"{path}: not a COCO layout (needs annotations/instances_*.json, "
+                           "a .json file, or one instances .json in the folder)")
     bad = BadItems(skip_bad)
     classes: tuple[str, ...] | None = None
     cat_ids: list[int] = []

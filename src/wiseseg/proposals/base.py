@@ -103,6 +103,9 @@ class ProposalSource(ABC):
     """
 
     name: str = "source"
+    #: At most this many worker processes (None: no limit); a source holding a large model
+    #: sets 1 and computes in the calling process.
+    max_workers: int | None = None
 
     @abstractmethod
     def settings(self) -> dict:

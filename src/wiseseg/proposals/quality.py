@@ -82,7 +82,7 @@ def proposal_quality(store: ProposalStore, dataset: Dataset, split: str,
     best_all = []
     scores, positive, counts, seconds = [], [], [], []
     for r in records:
-        props = store.get(r.id)
+        props = store.get(r.id, size=(r.height, r.width))
         gt = gts[r.id]
         masks = [i.segmentation for i in gt.instances]
         iou = mask_iou(props.masks, masks, gt.ignore)

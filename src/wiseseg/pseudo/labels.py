@@ -41,7 +41,7 @@ def build_pseudo_images(split: WeakSplit, peaks_by_id: dict[int, list[dict]], st
     images = []
     for rec in tqdm(split.records, desc="pseudo masks", unit="img", disable=not progress):
         peaks = peaks_by_id.get(rec.id, [])
-        props = store.get(rec.id) if peaks else None
+        props = store.get(rec.id, size=(rec.height, rec.width)) if peaks else None
         images.append(build_candidates(
             rec.id, (rec.height, rec.width), peaks, rec.labels,
             props.masks if props is not None else [],

@@ -117,3 +117,48 @@ class SegmenterData:
     def collate(self, samples):
         images, targets = zip(*samples)
         return list(images), list(targets)
+
+    def size_of(self, index: int) -> tuple[int, int]:
+        """``(h, w)`` of sample ``index`` at training resolution."""
+        r = self.records[index]
+        return target_size(r.height, r.width, self.min_size, self.max_size)
+
+    def training_image(self, index: int, flip: bool = False) -> np.ndarray:
+        """The image at training resolution, optionally flipped (no other augmentation)."""
+        img = self._image(index)
+        return img[:, ::-1] if flip else img
+
+
+class CachedSegmenterData(SegmenterData):
+    """The same samples as :class:`SegmenterData`, with the images replaced by their cached
+    body features (:class:`~wiseseg.engine.feature_cache.FeatureCache`, plain and flipped).
+
+    Targets are drawn exactly as before (the same RNG draws, so the same pseudo masks and
+    flips per (seed, epoch, index)); colour jitter is not applied, since the features were
+    computed once from the unjittered image. Samples are ``(features, (h, w), target)``.
+    """
+
+    def __init__(self, base: SegmenterData, cache):
+        self.__dict__.update(base.__dict__)
+        self.cache = cache
+        self._cache = None  # the images are not needed any more
+
+    def load(self, index: int, rng: np.random.Generator):
+        segs, labels = self.instances_for(index, rng)
+        rec = self.records[index]
+        size = self.size_of(index)
+        masks = rle.decode_many(segs, (rec.height, rec.width))
+        if masks.shape[1:] != size:
+            from wiseseg.data.transforms import resize_mask
+
+            masks = np.stack([resize_mask(m, size) for m in masks]) if len(masks) \
+                else np.zeros((0, *size), bool)
+        flip = bool(self.hflip and rng.random() < 0.5)
+        if flip:
+            masks = masks[:, :, ::-1]
+        return self.cache.get(index, flip), size, build_target(np.ascontiguousarray(masks),
+                                                               labels)
+
+    def collate(self, samples):
+        feats, sizes, targets = zip(*samples)
+        return list(feats), list(sizes), list(targets)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from wiseseg import __version__
 from wiseseg.classifier.train import steps_for
 from wiseseg.data.dataset import ImageRecord
 from wiseseg.engine.distributed import cleanup, setup_training
@@ -15,33 +16,82 @@ from wiseseg.engine.hooks import CheckpointHook, MetricsLogHook, ProgressHook
 from wiseseg.engine.optim import build_optimizer
 from wiseseg.engine.trainer import Trainer, TrainerConfig, warmup_schedule
 from wiseseg.errors import ConfigError
+from wiseseg.models.maskrcnn import MaskRCNNOnFeatures, body_is_fixed
 from wiseseg.pseudo.sampling import fix_draws
-from wiseseg.segmenter.data import SegmenterData
+from wiseseg.segmenter.data import CachedSegmenterData, SegmenterData
 from wiseseg.segmenter.model_io import build_segmenter, save_segmenter
+
+
+def _to(targets, device):
+    return [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+
+
+def _total(losses: dict) -> dict:
+    out = {"loss": sum(losses.values())}
+    out.update(losses)
+    return out
 
 
 def segmenter_step(model, batch, device):
     images, targets = batch
     images = [im.to(device, non_blocking=True) for im in images]
-    targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-    losses = model(images, targets)
-    out = {"loss": sum(losses.values())}
-    out.update(losses)
-    return out
+    return _total(model(images, _to(targets, device)))
+
+
+def cached_segmenter_step(model, batch, device):
+    """A step of :class:`~wiseseg.models.maskrcnn.MaskRCNNOnFeatures` on cached features."""
+    feats, sizes, targets = batch
+    feats = [{k: v.to(device, non_blocking=True) for k, v in f.items()} for f in feats]
+    return _total(model(feats, sizes, _to(targets, device)))
+
+
+def feature_cache_for(model, data: SegmenterData, device, path: Path | None,
+                      progress: bool = True):
+    """The fixed body's features of every training image, plain and flipped (computed once;
+    loaded from ``path`` when it holds the same ones)."""
+    from wiseseg.config import config_hash
+    from wiseseg.data.transforms import to_tensor
+    from wiseseg.engine.feature_cache import FeatureCache
+    from wiseseg.models.maskrcnn import body_features
+
+    body_state = model.backbone.body.state_dict()
+    fingerprint = config_hash({
+        "body": {k: [list(v.shape), float(v.double().sum())] for k, v in body_state.items()},
+        "transform": [model.transform.min_size, model.transform.max_size,
+                      model.transform.image_mean, model.transform.image_std],
+        "images": [(str(r.path), r.height, r.width) for r in data.records],
+        "sizes": [data.min_size, data.max_size], "version": __version__,
+    })
+
+    def compute(indices, flip):
+        ims = [to_tensor(data.training_image(i, flip)).to(device) for i in indices]
+        return body_features(model, ims)
+
+    model.eval()
+    cache = FeatureCache.build(len(data), compute, fingerprint, flips=data.hflip,
+                               path=path, progress=progress, desc="backbone features")
+    model.train()
+    return cache
 
 
 def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
                     classes: tuple[str, ...], cfg: dict[str, Any], out_dir: str | Path,
                     masks: str = "pseudo", seed: int = 0, deterministic: bool = False,
                     device: str = "auto", resume: bool = True, progress: bool = True,
-                    full_config: dict | None = None) -> Path:
+                    full_config: dict | None = None,
+                    feature_cache_dir: str | Path | None = None) -> Path:
     """Train torchvision's Mask R-CNN with the engine; returns the path of ``model.pt``.
 
     Args:
         records: training images.
         instances: image id → :class:`~wiseseg.pseudo.sampling.PseudoImage` (``masks=
             "pseudo"``, re-drawn per ``cfg["mode"]``) or → :class:`GroundTruth` (``"gt"``).
-        cfg: the ``segmenter`` settings of a preset.
+        cfg: the ``segmenter`` settings of a preset. With ``cache_features`` and a fixed
+            backbone body (every stage frozen, frozen BatchNorm) the body's features are
+            computed once per image and flip and the rest trains on them (same model, several
+            times faster per step; colour jitter is then not applied).
+        feature_cache_dir: where the feature cache file is kept (shared by the stages that
+            train on the same images with the same body); None keeps it in memory only.
     """
     if masks not in ("pseudo", "gt"):
         raise ConfigError(f"masks must be 'pseudo' or 'gt', got {masks!r}")
@@ -60,18 +110,25 @@ def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
     max_steps = steps_for(cfg, len(data), dist.world_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_schedule(max_steps, int(cfg["warmup_steps"]), cfg["schedule"]))
-    wrapped = model
+    step_fn, wrapped = segmenter_step, model
+    if cfg.get("cache_features", False) and body_is_fixed(model):
+        path = None
+        if feature_cache_dir is not None:
+            path = Path(feature_cache_dir) / "segmenter_features.pt"
+        cache = feature_cache_for(model, data, dev, path, progress and dist.is_main)
+        data = CachedSegmenterData(data, cache)
+        step_fn, wrapped = cached_segmenter_step, MaskRCNNOnFeatures(model)
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        wrapped = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda"
+        wrapped = DistributedDataParallel(wrapped, device_ids=[dev.index] if dev.type == "cuda"
                                           else None)
     hooks = [ProgressHook(f"mask r-cnn ({masks})", enabled=progress),
              MetricsLogHook(every=int(cfg.get("log_every", 10))),
              CheckpointHook(int(cfg["checkpoint_every"]))]
     trainer = Trainer(
         model=wrapped, optimizer=optimizer, scheduler=scheduler, data=data,
-        step_fn=segmenter_step,
+        step_fn=step_fn,
         cfg=TrainerConfig(max_steps=max_steps, batch_size=int(cfg["batch_size"]), seed=seed,
                           checkpoint_every=int(cfg["checkpoint_every"]),
                           log_every=int(cfg.get("log_every", 10)),
@@ -86,7 +143,7 @@ def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
     trainer.fit(resume=resume)
     final = out_dir / "model.pt"
     if dist.is_main:
-        save_segmenter(final, trainer.unwrapped(), cfg, classes,
+        save_segmenter(final, model, cfg, classes,
                        extra={"masks": masks, "steps": trainer.step, "seed": seed,
                               "train_seconds": round(time.time() - t0, 1)})
     cleanup(dist)

@@ -1,0 +1,58 @@
+"""Freezing parts of a backbone: frozen BatchNorm, fixed early stages, and the test of whether
+a module can change at all during training (which decides if its features can be cached)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wiseseg.models.backbones import Backbone
+
+
+def freeze_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace every BatchNorm2d by torchvision's FrozenBatchNorm2d (statistics and affine
+    fixed), as detection models do with small batches."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, torch.nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+def freeze_stages(backbone: Backbone, frozen: int) -> None:
+    """Stop gradients in the stem and the first ``frozen`` pyramid stages (torchvision's
+    ``trainable_layers`` idea): they change little from ImageNet and cost backward time."""
+    from wiseseg.models.efficientnet_lite import EfficientNetLite
+
+    body = backbone.body
+    if isinstance(body, EfficientNetLite):
+        # stage index after which c2, c3, c4 are taken: 1, 2, 4
+        last = {0: -1, 1: 1, 2: 2, 3: 4, 4: len(body.stages) - 1}[min(frozen, 4)]
+        modules = [body.stem] + list(body.stages[: last + 1])
+        if frozen >= 4:  # c5 is the head's output: all four levels fixed, as layer4 of a ResNet
+            modules.append(body.head)
+    else:
+        modules = [body.conv1, body.bn1] + [getattr(body, f"layer{i}")
+                                           for i in range(1, min(frozen, 4) + 1)]
+    if frozen <= 0:
+        modules = []
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(False)
+
+
+def is_fixed(module: nn.Module) -> bool:
+    """True when training cannot change ``module``'s output: no trainable parameter and no
+    BatchNorm that would update its running statistics in training mode (frozen BatchNorm,
+    see :func:`freeze_batchnorm`, has none)."""
+    return (not any(p.requires_grad for p in module.parameters())
+            and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                        for m in module.modules()))
