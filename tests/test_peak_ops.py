@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from wiseseg.models.cam_geometry import make_geometry
 from wiseseg.models.peak_ops import (
     Peak,
     extract_peaks,
@@ -53,21 +54,37 @@ def test_window_size_matters():
         local_peaks(m, 4)
 
 
-def test_gradient_flows_only_through_peaks():
+@pytest.mark.parametrize("gradient, per_peak", [("mean", 0.5), ("prm", 1.0)])
+def test_gradient_flows_only_through_peaks(gradient, per_peak):
     m = _map({(1, 1): 3.0, (5, 5): 1.0})
     m.requires_grad_(True)
-    scores, _ = peak_stimulation(m)
+    scores, _ = peak_stimulation(m, gradient=gradient)
+    assert scores.item() == pytest.approx(2.0)  # the value is the mean either way
     scores.sum().backward()
     g = m.grad[0, 0]
-    assert g[1, 1] == pytest.approx(0.5) and g[5, 5] == pytest.approx(0.5)
+    # the mean's gradient gives each of the N = 2 peaks 1/N; PRM's backward gives each 1
+    assert g[1, 1] == pytest.approx(per_peak) and g[5, 5] == pytest.approx(per_peak)
     g[1, 1] = g[5, 5] = 0
     assert torch.count_nonzero(g) == 0
+    with pytest.raises(ValueError, match="gradient"):
+        peak_stimulation(m, gradient="sum")
 
 
-def test_constant_map_has_peaks_everywhere():
+def test_one_peak_per_window_on_ties():
+    m = torch.full((1, 1, 5, 6), -1.0)
+    m[0, 0, 2, 2:4] = 2.0  # a plateau of two equal cells: PRM keeps the first only
+    m[0, 0, 0, 5] = 1.0
+    # the flat background yields one peak too, at its first cell (as PRM's does)
+    assert local_peaks(m, 3, False)[0, 0].nonzero().tolist() == [[0, 0], [0, 5], [2, 2]]
+
+
+def test_constant_map_still_has_a_peak():
     m = torch.zeros(2, 3, 4, 4)
     scores, peaks = peak_stimulation(m)
-    assert peaks.all() and torch.all(scores == 0)
+    # every cell ties with its neighbours: only the first of each window's maximum counts
+    assert peaks[..., 0, 0].all() and peaks.sum() == 2 * 3
+    assert torch.all(scores == 0)
+    assert local_peaks(torch.zeros(1, 2, 0, 0)).shape == (1, 2, 0, 0)
 
 
 def test_loss_matches_torch_and_negatives_push_scores_down():
@@ -84,15 +101,21 @@ def test_extract_peaks_coordinates_and_classes():
     cam[0, 1, 2] = 2.0
     cam[0, 3, 0] = 0.5
     cam[2, 0, 0] = 1.0
-    peaks = extract_peaks(cam, [0], (40, 80), median_filter=False, min_score=0.0)
-    # cell (1, 2) of a 4×4 map over a 40×80 image: centre y=(1.5)*10=15, x=(2.5)*20=50
-    assert peaks[0] == Peak(category=0, y=15, x=50, score=2.0)
+    # a 4×4 CAM of a 32×32 input (stride 8), the image 40×80
+    geo = make_geometry("uniform", (32, 32), (4, 4), stride=8)
+    peaks = extract_peaks(cam, [0], (40, 80), geo, median_filter=False, min_score=0.0)
+    # cell (1, 2): input centre (11.5, 19.5) → image ((12)·40/32 − 0.5, (20)·80/32 − 0.5)
+    assert peaks[0] == Peak(category=0, y=round(14.5), x=round(49.5), score=2.0, cell=(1, 2))
     assert [p.category for p in peaks] == [0, 0]
-    rel = extract_peaks(cam, [0], (40, 80), median_filter=False, relative=0.5)
+    rel = extract_peaks(cam, [0], (40, 80), geo, median_filter=False, relative=0.5)
     assert len(rel) == 1
-    assert extract_peaks(cam, [], (40, 80)) == []
-    assert {p.category for p in extract_peaks(cam, None, (40, 80), median_filter=False,
+    assert extract_peaks(cam, [], (40, 80), geo) == []
+    assert {p.category for p in extract_peaks(cam, None, (40, 80), geo, median_filter=False,
                                               min_score=0.9)} == {0, 2}
+    # PRM's peak_threshold is strict: a peak equal to it is dropped
+    assert len(extract_peaks(cam, [2], (40, 80), geo, median_filter=False, min_score=1.0)) == 0
+    with pytest.raises(ValueError, match="geometry"):
+        extract_peaks(cam, [0], (40, 80), make_geometry("uniform", (32, 32), (8, 8), 4))
 
 
 def test_peak_response_maps_localise_each_peak():
@@ -103,10 +126,13 @@ def test_peak_response_maps_localise_each_peak():
     torch.manual_seed(0)
     model = PeakCAM(build_backbone("resnet18", "none"), num_classes=2, feature="c3").eval()
     image = torch.rand(3, 64, 64)
-    peaks = [Peak(0, 8, 8, 1.0), Peak(1, 56, 48, 1.0)]
-    maps = peak_response_maps(model, image, peaks)
+    geo = model.geometry((64, 64), (8, 8))
+    peaks = [Peak(0, 8, 8, 1.0), Peak(1, 56, 48, 1.0)]  # no cell: placed by the geometry
+    maps = peak_response_maps(model, image, peaks, geo)
     assert maps.shape == (2, 64, 64) and (maps >= 0).all()
     for m, p in zip(maps, peaks):
         ys, xs = torch.nonzero(m > 0.2 * m.max(), as_tuple=True)
         assert abs(ys.float().mean() - p.y) < 16 and abs(xs.float().mean() - p.x) < 16
     assert peak_response_maps(model, image, []).shape == (0, 64, 64)
+    with pytest.raises(ValueError, match="geometry"):
+        peak_response_maps(model, image, peaks)

@@ -56,8 +56,9 @@ def run_pipeline(dataset: Dataset | str, cfg: dict | str, out: str | Path,
         dataset if isinstance(dataset, str) else str(ds.root))
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
+    ds.has_split(cfg["data"]["val_split"])  # carves <split>-fit / -calib when asked for
     for split in (cfg["data"]["train_split"],):
-        if split not in ds.splits:
+        if not ds.has_split(split):
             raise WisesegError(f"{ds.root}: no training split {split!r} (available: "
                                f"{', '.join(ds.splits)}); set data.train_split=...")
     from wiseseg.stages import STAGES

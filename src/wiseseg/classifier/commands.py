@@ -36,7 +36,7 @@ def cmd_train_classifier(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(out / "config.yaml", cfg)
-    val = ds.weak(args.val_split) if args.val_split and args.val_split in ds.splits else None
+    val = ds.weak(args.val_split) if args.val_split and ds.has_split(args.val_split) else None
     path = train_classifier(ds.weak(args.train_split), cfg["classifier"], out, val=val,
                             seed=cfg["seed"], deterministic=cfg["deterministic"],
                             device=cfg["device"], resume=not args.no_resume,
@@ -86,7 +86,7 @@ def _cfg_show(p: argparse.ArgumentParser) -> None:
 @command("show-peaks", "draw CAM heat maps with their peaks over images (PNGs)", _cfg_show)
 def cmd_show_peaks(args) -> int:
     from wiseseg.classifier.model_io import check_classes, load_classifier
-    from wiseseg.classifier.peaks import image_cams, peaks_for_image
+    from wiseseg.classifier.peaks import cam_geometry, image_cams, peaks_for_image
     from wiseseg.data.images import load_image
     from wiseseg.engine.reproducibility import resolve_device
     from wiseseg.report.overlays import cam_figure, save_figure
@@ -102,9 +102,11 @@ def cmd_show_peaks(args) -> int:
         image = load_image(r.path)
         cam = image_cams(model, [image], ccfg["input_size"], device)[0]
         peaks = [{"class": p.category, "y": p.y, "x": p.x}
-                 for p in peaks_for_image(model, cam, r, pcfg, use_labels=True)]
+                 for p in peaks_for_image(model, cam, r, pcfg, use_labels=True,
+                                          input_size=ccfg["input_size"])]
         shown = sorted(r.labels) or [int(cam.amax(dim=(1, 2)).argmax())]
-        fig = cam_figure(image, cam.numpy(), classes, shown, peaks)
+        extent = cam_geometry(model, cam, ccfg["input_size"]).image_extent((r.height, r.width))
+        fig = cam_figure(image, cam.numpy(), classes, shown, peaks, extent)
         save_figure(fig, out / f"{Path(r.name).stem}.png")
     print(f"wrote {len(recs)} images to {out}", file=sys.stdout)
     return 0

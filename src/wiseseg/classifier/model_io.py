@@ -28,7 +28,9 @@ def build_peakcam(cfg: dict[str, Any], num_classes: int, pretrained: bool = True
     model = PeakCAM(backbone, num_classes, feature=cfg["feature"], upsample=cfg["upsample"],
                     peak_window=cfg["peak_window"], median_filter=cfg["median_filter"],
                     head_channels=tuple(cfg.get("head_channels") or ()),
-                    train_backbone=bool(cfg.get("train_backbone", True)))
+                    train_backbone=bool(cfg.get("train_backbone", True)),
+                    stimulation=cfg.get("stimulation", "mean"),
+                    geometry=cfg.get("cam_geometry", "uniform"))
     if cfg.get("freeze_bn", False):
         freeze_batchnorm(model.backbone)
     if int(cfg.get("frozen_stages", 0)) > 0:

@@ -2,7 +2,9 @@
 
 ``peaks.json``: ``{"classes": [...], "source": {...}, "images": [{"image_id", "file_name",
 "height", "width", "labels": [class indices], "peaks": [{"class", "category_id", "y", "x",
-"score"}]}]}`` with ``y``/``x`` in original-image pixels (integers).
+"score", "cell"}]}]}`` with ``y``/``x`` in original-image pixels (integers: the pixel holding
+the peak's position, see :mod:`wiseseg.models.cam_geometry`) and ``cell`` the CAM cell
+``[i, j]`` the peak came from.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from wiseseg.data.dataset import ImageRecord, WeakSplit
 from wiseseg.data.images import load_image
 from wiseseg.data.transforms import resize_image, to_tensor
 from wiseseg.io import atomic_write_json, read_json
+from wiseseg.models.cam_geometry import CamGeometry
 from wiseseg.models.peak_ops import Peak, extract_peaks
 from wiseseg.models.peakcam import PeakCAM
 
@@ -27,19 +30,37 @@ def image_cams(model: PeakCAM, images: list, input_size: int, device) -> torch.T
         return model.cams(x.to(device)).float().cpu()
 
 
+def cam_geometry(model: PeakCAM, cam: torch.Tensor, input_size: int) -> CamGeometry:
+    """Where the cells of ``cam`` (``C×h×w``, from an ``input_size``² input) sit."""
+    return model.geometry((input_size, input_size), tuple(cam.shape[-2:]))
+
+
 def peaks_for_image(model: PeakCAM, cam: torch.Tensor, record: ImageRecord, cfg: dict,
-                    use_labels: bool, score: torch.Tensor | None = None) -> list[Peak]:
+                    use_labels: bool, score: torch.Tensor | None = None,
+                    input_size: int | None = None) -> list[Peak]:
     """Peaks of the labelled classes (``use_labels``) or of the classes the classifier
-    predicts (class score ≥ ``cfg['class_threshold']``)."""
+    predicts (class probability ≥ ``cfg['class_threshold']``), in the record's pixels.
+
+    ``cam`` is the CAM of the image resized to ``input_size``² (the classifier's input).
+    """
     if use_labels:
         classes = sorted(record.labels)
     else:
         assert score is not None
         classes = [int(c) for c in torch.nonzero(score >= cfg["class_threshold"]).flatten()]
+    if input_size is None:
+        raise ValueError("peaks_for_image needs the classifier's input size")
     return extract_peaks(cam, classes, (record.height, record.width),
-                         window=model.peak_window, median_filter=model.median_filter,
-                         min_score=cfg["min_score"], relative=cfg["relative"],
+                         cam_geometry(model, cam, input_size), window=model.peak_window,
+                         median_filter=model.median_filter,
+                         min_score=peak_threshold(cfg), relative=cfg["relative"],
                          max_per_class=cfg.get("max_per_class"))
+
+
+def peak_threshold(cfg: dict) -> float:
+    """``peaks.min_score`` (PRM's ``peak_threshold``); null means none."""
+    v = cfg.get("min_score")
+    return float("-inf") if v is None else float(v)
 
 
 def compute_peaks(model: PeakCAM, split: WeakSplit, input_size: int, cfg: dict[str, Any],
@@ -62,13 +83,14 @@ def compute_peaks(model: PeakCAM, split: WeakSplit, input_size: int, cfg: dict[s
         scores, _ = peak_stimulation(cams, model.peak_window, model.median_filter)
         probs = torch.sigmoid(scores)
         for r, cam, prob in zip(chunk, cams, probs):
-            peaks = peaks_for_image(model, cam, r, cfg, use_labels, prob)
+            peaks = peaks_for_image(model, cam, r, cfg, use_labels, prob, input_size)
             images_out.append({
                 "image_id": r.id, "file_name": r.name, "height": r.height, "width": r.width,
                 "labels": sorted(r.labels),
                 "class_scores": [round(float(p), 5) for p in prob],
                 "peaks": [{"class": p.category, "category_id": cids[p.category], "y": p.y,
-                           "x": p.x, "score": round(p.score, 5)} for p in peaks],
+                           "x": p.x, "score": round(p.score, 5), "cell": list(p.cell)}
+                          for p in peaks],
             })
         bar.update(len(chunk))
     bar.close()

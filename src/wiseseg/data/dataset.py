@@ -117,11 +117,29 @@ class Dataset:
         return list(self._records)
 
     def _check_split(self, split: str) -> None:
-        if split not in self._records:
+        if split not in self._records and not self._carve(split):
             raise WisesegError(
                 f"{self.root}: no split {split!r} in this {self.layout} dataset "
                 f"(available: {', '.join(self.splits) or 'none'})"
             )
+
+    def has_split(self, split: str) -> bool:
+        """Whether ``split`` exists, carving ``<base>-fit`` / ``<base>-calib`` if asked."""
+        return split in self._records or self._carve(split)
+
+    def _carve(self, split: str) -> bool:
+        """Make ``<base>-fit`` / ``<base>-calib`` on first use (see :func:`calibration_split`);
+        False when ``split`` is not of that form or its base split does not exist."""
+        m = _CARVED.match(split)
+        if not m or m.group(1) not in self._records:
+            return False
+        base = m.group(1)
+        fit, calib = calibration_split(self._records[base])
+        gt = self._gt.get(base)
+        for name, recs in ((f"{base}-fit", fit), (f"{base}-calib", calib)):
+            self._records[name] = recs
+            self._gt[name] = None if gt is None else {r.id: gt[r.id] for r in recs}
+        return True
 
     def records(self, split: str) -> tuple[ImageRecord, ...]:
         self._check_split(split)
@@ -190,6 +208,30 @@ class Dataset:
                 f"masks ({self.layout} layout); evaluation needs masks"
             )
         return gt
+
+
+_CARVED = re.compile(r"^(.+)-(fit|calib)$")
+CALIBRATION_FRACTION = 0.15
+CALIBRATION_SEED = 0
+
+
+def calibration_split(records: Sequence[ImageRecord], fraction: float = CALIBRATION_FRACTION,
+                      seed: int = CALIBRATION_SEED
+                      ) -> tuple[tuple[ImageRecord, ...], tuple[ImageRecord, ...]]:
+    """A split's ``(fit, calib)`` parts: ``calib`` is a seeded random ``fraction`` of the
+    images (at least one when there are two or more), ``fit`` the rest, both in the split's
+    order. Settings chosen by measurement are chosen on ``calib`` after training on ``fit``
+    (``data.train_split=train-fit data.val_split=train-calib``), never on the split a table
+    reports; the benchmarks in ``benchmarks/`` do this.
+    """
+    import numpy as np
+
+    n = len(records)
+    k = min(n - 1, max(1, round(fraction * n))) if n > 1 else 0
+    chosen = set(np.random.default_rng(seed).permutation(n)[:k].tolist())
+    fit = tuple(r for i, r in enumerate(records) if i not in chosen)
+    calib = tuple(r for i, r in enumerate(records) if i in chosen)
+    return fit, calib
 
 
 class BadItems:

@@ -1,7 +1,11 @@
 """Peak stimulation (PRM, Zhou et al. CVPR 2018) and peak extraction: pure tensor functions.
 
-All functions accept maps with no labelled class and never fail on "no peak": every map has at
-least its global maximum as a peak (a constant map makes every position a peak).
+A peak is found as PRM finds it: a cell is a peak when it is the maximum of the ``window ×
+window`` neighbourhood centred on it (borders padded with −inf), and on ties only the first
+maximum of the window in row-major order counts (PRM compares max-pooling *indices*, so a
+plateau yields one peak, not one per cell); PRM's median filter then keeps peaks ≥ the map's
+median. All functions accept maps with no labelled class and never fail on "no peak": every
+map has at least its global maximum as a peak.
 """
 
 from __future__ import annotations
@@ -12,15 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wiseseg.models.cam_geometry import CamGeometry
+
 
 def local_peaks(maps: Tensor, window: int = 3, median_filter: bool = True) -> Tensor:
-    """Local maxima of each map.
+    """Local maxima of each map, one per window (see the module docstring).
 
     Args:
         maps: float ``B×C×H×W`` class activation maps.
-        window: odd side ``r`` of the square neighbourhood; a position is a peak when it equals
-            the maximum of its window (plateaus count, borders padded with −inf).
-        median_filter: keep only peaks ≥ the map's median (PRM's peak filter).
+        window: odd side ``r`` of the square neighbourhood.
+        median_filter: keep only peaks ≥ the map's median (PRM's peak filter; the lower
+            median for an even number of cells, as ``torch.median``).
 
     Returns:
         bool ``B×C×H×W``, True at peaks (no gradient).
@@ -28,17 +34,26 @@ def local_peaks(maps: Tensor, window: int = 3, median_filter: bool = True) -> Te
     if window < 1 or window % 2 == 0:
         raise ValueError(f"peak window must be a positive odd number, got {window}")
     maps = maps.detach()
-    pooled = F.max_pool2d(maps, kernel_size=window, stride=1, padding=window // 2)
-    peaks = maps >= pooled
+    b, c, h, w = maps.shape
+    if maps.numel() == 0:
+        return torch.zeros_like(maps, dtype=torch.bool)
+    # float32: max pooling's arg-max of half-precision maps has more ties, and CPU max
+    # pooling does not take every dtype
+    _, where = F.max_pool2d(maps.float(), kernel_size=window, stride=1, padding=window // 2,
+                            return_indices=True)
+    own = torch.arange(h * w, device=maps.device).view(1, 1, h, w)
+    peaks = where == own
     if median_filter:
-        b, c = maps.shape[:2]
         median = maps.reshape(b, c, -1).median(dim=2).values.view(b, c, 1, 1)
         peaks &= maps >= median
     return peaks
 
 
-def peak_stimulation(maps: Tensor, window: int = 3, median_filter: bool = True
-                     ) -> tuple[Tensor, Tensor]:
+STIMULATION_GRADIENTS = ("mean", "prm")
+
+
+def peak_stimulation(maps: Tensor, window: int = 3, median_filter: bool = True,
+                     gradient: str = "mean") -> tuple[Tensor, Tensor]:
     """Class scores as the mean of each map's peaks: ``s^c = (1/N^c) Σ_k M^c(i_k, j_k)``.
 
     The peak positions are found without gradient, so the loss gradient flows into the maps
@@ -46,15 +61,26 @@ def peak_stimulation(maps: Tensor, window: int = 3, median_filter: bool = True
 
     Args:
         maps: float ``B×C×H×W``.
+        gradient: ``mean`` — the true gradient of the mean (each peak gets ``1/N^c`` of the
+            score's gradient); ``prm`` — PRM's custom backward, which hands every peak the
+            score's whole gradient (the gradient of the *sum*), so with SGD the maps learn
+            ``N^c`` times faster than the mean's gradient says (PRM's learning rates assume
+            it).
 
     Returns:
         ``(scores B×C, peaks bool B×C×H×W)``.
     """
+    if gradient not in STIMULATION_GRADIENTS:
+        raise ValueError(f"unknown peak stimulation gradient {gradient!r} "
+                         f"(known: {', '.join(STIMULATION_GRADIENTS)})")
     peaks = local_peaks(maps, window, median_filter)
     weights = peaks.to(maps.dtype)
     count = weights.sum(dim=(2, 3)).clamp(min=1.0)
-    scores = (maps * weights).sum(dim=(2, 3)) / count
-    return scores, peaks
+    total = (maps * weights).sum(dim=(2, 3))
+    mean = total / count
+    if gradient == "prm":
+        return total - (total - mean).detach(), peaks  # value of the mean, gradient of the sum
+    return mean, peaks
 
 
 def multilabel_loss(scores: Tensor, labels: Tensor) -> Tensor:
@@ -66,26 +92,31 @@ def multilabel_loss(scores: Tensor, labels: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class Peak:
     """A peak in original-image pixels: class index (0-based), row ``y``, column ``x``
-    (integers, inside the image) and its CAM value."""
+    (integers, inside the image), its CAM value, and the CAM cell ``(i, j)`` it came from
+    (None when only the pixel is known, e.g. read from a file)."""
 
     category: int
     y: int
     x: int
     score: float
+    cell: tuple[int, int] | None = None
 
 
 def extract_peaks(cam: Tensor, classes: list[int] | None, image_size: tuple[int, int],
-                  window: int = 3, median_filter: bool = True, min_score: float = 0.0,
-                  relative: float = 0.0, max_per_class: int | None = None) -> list[Peak]:
-    """Peaks of one image's CAM mapped to original pixels.
+                  geometry: CamGeometry, window: int = 3, median_filter: bool = True,
+                  min_score: float = float("-inf"), relative: float = 0.0,
+                  max_per_class: int | None = None) -> list[Peak]:
+    """Peaks of one image's CAM, mapped to the pixels of the image.
 
     Args:
-        cam: float ``C×h×w`` activation maps of one image (any spatial size; the image is
-            assumed to span the map, i.e. the map was computed on a resized copy of it).
+        cam: float ``C×h×w`` activation maps of one image (the CAM of the image resized to
+            the network input, after any sub-pixel upsampling).
         classes: class indices to take peaks from (the image-level label, or predicted
             classes); None for all.
-        image_size: ``(H, W)`` of the original image.
-        min_score: absolute CAM threshold.
+        image_size: ``(H, W)`` of the image the peaks are reported in.
+        geometry: where the cells sit (:mod:`wiseseg.models.cam_geometry`).
+        min_score: keep peaks whose CAM value is above this (PRM's ``peak_threshold``,
+            strict ``>``; PRM's demo uses 30 on its raw CAM scale).
         relative: also drop peaks below ``relative ×`` the class's highest peak.
         max_per_class: keep at most this many (highest first).
 
@@ -97,22 +128,24 @@ def extract_peaks(cam: Tensor, classes: list[int] | None, image_size: tuple[int,
         classes = list(range(c))
     if not classes or h == 0 or w == 0:
         return []
-    H, W = image_size
+    if tuple(geometry.cam_size) != (h, w):
+        raise ValueError(f"CAM of {h}×{w} cells but the geometry is for {geometry.cam_size}")
     peaks = local_peaks(cam[None], window, median_filter)[0]
     out: list[Peak] = []
     for k in sorted(set(classes)):
         ys, xs = torch.nonzero(peaks[k], as_tuple=True)
-        vals = cam[k, ys, xs].detach()
+        vals = cam[k, ys, xs].detach().float()
         if vals.numel() == 0:
             continue
-        keep = vals >= max(min_score, relative * float(vals.max()))
+        keep = vals > min_score
+        if relative > 0:
+            keep &= vals >= relative * float(vals.max())
         ys, xs, vals = ys[keep], xs[keep], vals[keep]
         order = torch.argsort(vals, descending=True)
         if max_per_class is not None:
             order = order[:max_per_class]
-        for i in order.tolist():
-            # The centre of map cell (i, j) in original pixels.
-            y = min(H - 1, max(0, int((float(ys[i]) + 0.5) * H / h)))
-            x = min(W - 1, max(0, int((float(xs[i]) + 0.5) * W / w)))
-            out.append(Peak(category=k, y=y, x=x, score=float(vals[i])))
+        for n in order.tolist():
+            i, j = int(ys[n]), int(xs[n])
+            y, x = geometry.cell_to_pixel(i, j, image_size)
+            out.append(Peak(category=k, y=y, x=x, score=float(vals[n]), cell=(i, j)))
     return out

@@ -19,7 +19,9 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
+from wiseseg.models.cam_geometry import CamGeometry
 from wiseseg.models.peak_ops import Peak
 
 _EPS = 1e-10
@@ -48,41 +50,59 @@ class _ExcitationConv2d(torch.autograd.Function):
         return shifted * back, None, None, None, None, None, None
 
 
-def _excitation_forward(self: nn.Conv2d, x: Tensor) -> Tensor:
-    if self.padding_mode != "zeros":
-        x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-        return _ExcitationConv2d.apply(x, self.weight, self.bias, self.stride, 0,
-                                       self.dilation, self.groups)
-    return _ExcitationConv2d.apply(x, self.weight, self.bias, self.stride, self.padding,
-                                   self.dilation, self.groups)
+class _ExcitationMode(TorchFunctionMode):
+    """Routes every 2-D convolution called inside the block through :class:`_ExcitationConv2d`.
+
+    Intercepting the convolution *function* rather than replacing module ``forward`` methods
+    keeps each module's own forward intact — EfficientNet-Lite's ``SameConv2d`` pads its input
+    before convolving, and the rule then sees the padded input, as the network does."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.conv2d, F.conv2d):
+            x, weight, bias, stride, padding, dilation, groups = _conv_args(args, kwargs)
+            if isinstance(padding, str):
+                x, padding = _explicit_padding(x, weight, padding, dilation)
+            return _ExcitationConv2d.apply(x, weight, bias, stride, padding, dilation, groups)
+        return func(*args, **kwargs)
+
+
+def _conv_args(args, kwargs):
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    defaults = (None, None, None, 1, 0, 1, 1)
+    vals = list(args) + [kwargs.get(n, d) for n, d in zip(names[len(args):],
+                                                            defaults[len(args):])]
+    return tuple(vals)
+
+
+def _explicit_padding(x: Tensor, weight: Tensor, padding: str, dilation) -> tuple[Tensor, int]:
+    """``padding='valid'|'same'`` (stride 1) as an explicit pad of the input."""
+    if padding == "valid":
+        return x, 0
+    d = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
+    th, tw = (d[0] * (weight.shape[-2] - 1), d[1] * (weight.shape[-1] - 1))
+    return F.pad(x, (tw // 2, tw - tw // 2, th // 2, th - th // 2)), 0
 
 
 @contextmanager
-def excitation_backprop(model: nn.Module) -> Iterator[None]:
-    """Within the block, every ``nn.Conv2d`` of ``model`` backpropagates by the excitation
-    rule (forward values are unchanged)."""
-    patched = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            m.forward = _excitation_forward.__get__(m, type(m))
-            patched.append(m)
-    try:
+def excitation_backprop(model: nn.Module | None = None) -> Iterator[None]:
+    """Within the block every 2-D convolution backpropagates by the excitation rule (forward
+    values unchanged); every other layer keeps its ordinary gradient. ``model`` is accepted
+    for symmetry with callers and not needed."""
+    with _ExcitationMode():
         yield
-    finally:
-        for m in patched:
-            del m.forward
 
 
 def peak_response_maps(model: nn.Module, image: Tensor, peaks: list[Peak],
-                       cam_size: tuple[int, int] | None = None,
-                       batch: int = 8) -> Tensor:
+                       geometry: CamGeometry | None = None, batch: int = 8) -> Tensor:
     """One response map per peak.
 
     Args:
         model: a :class:`~wiseseg.models.peakcam.PeakCAM` (put in eval mode by the caller).
         image: float ``3×H×W`` in [0, 1], the network input (already resized).
-        peaks: peaks in the coordinates of ``image`` (``y``, ``x`` in input pixels).
-        cam_size: unused hint kept for callers that know the map size.
+        peaks: the peaks; each is seeded at its CAM ``cell`` when it has one, else at the
+            cell that ``geometry`` assigns to its ``(y, x)``, taken as a position in
+            ``image`` (required then).
         batch: peaks back-propagated together (the image is repeated along the batch).
 
     Returns:
@@ -98,14 +118,27 @@ def peak_response_maps(model: nn.Module, image: Tensor, peaks: list[Peak],
             chunk = peaks[start:start + batch]
             x = image[None].repeat(len(chunk), 1, 1, 1).detach().requires_grad_(True)
             cam = model.cams(x)
-            h, w = cam.shape[-2:]
             seed = torch.zeros_like(cam)
             for b, p in enumerate(chunk):
-                i = min(h - 1, int(p.y * h / H))
-                j = min(w - 1, int(p.x * w / W))
+                i, j = seed_cell(p, tuple(cam.shape[-2:]), geometry, (H, W))
                 seed[b, p.category, i, j] = 1.0
             (grad,) = torch.autograd.grad(cam, x, grad_outputs=seed)
             out.append(grad.sum(dim=1).clamp(min=0))
     maps = torch.cat(out, dim=0).detach()
     total = maps.sum(dim=(1, 2), keepdim=True)
     return torch.where(total > 0, maps / total.clamp(min=1e-12), maps)
+
+
+def seed_cell(peak: Peak, cam_size: tuple[int, int], geometry: CamGeometry | None,
+              input_size: tuple[int, int]) -> tuple[int, int]:
+    """The CAM cell a peak's backpropagation starts from (see :func:`peak_response_maps`)."""
+    if peak.cell is not None:
+        i, j = peak.cell
+        if not (0 <= i < cam_size[0] and 0 <= j < cam_size[1]):
+            raise ValueError(f"peak cell {peak.cell} outside the {cam_size} CAM")
+        return int(i), int(j)
+    if geometry is None:
+        raise ValueError("a peak without its CAM cell needs the CAM geometry")
+    if tuple(geometry.cam_size) != tuple(cam_size):
+        raise ValueError(f"geometry for a {geometry.cam_size} CAM, got {cam_size}")
+    return geometry.pixel_to_cell(peak.y, peak.x, input_size)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wiseseg.models.backbones import Backbone
-from wiseseg.models.peak_ops import multilabel_loss, peak_stimulation
+from wiseseg.models.cam_geometry import CONVENTIONS, CamGeometry, make_geometry, receptive_offset
+from wiseseg.models.peak_ops import STIMULATION_GRADIENTS, multilabel_loss, peak_stimulation
 
 
 class PeakCAM(nn.Module):
@@ -28,6 +29,10 @@ class PeakCAM(nn.Module):
             class-aware 1×1 convolution (PRM has none: ``()``).
         train_backbone: False keeps the backbone fixed (no gradient, run without autograd),
             which trains several times faster on a CPU.
+        stimulation: ``mean`` or ``prm`` — the gradient of peak stimulation (see
+            :func:`~wiseseg.models.peak_ops.peak_stimulation`).
+        geometry: the convention placing CAM cells in the image
+            (:data:`~wiseseg.models.cam_geometry.CONVENTIONS`).
 
     Forward input: float ``B×3×H×W`` RGB in [0, 1] (normalized inside). Output dict:
         ``cams`` float ``B×C×h×w`` (h = ceil(H / stride) × upsample), ``scores`` float ``B×C``
@@ -37,7 +42,8 @@ class PeakCAM(nn.Module):
 
     def __init__(self, backbone: Backbone, num_classes: int, feature: str = "c5",
                  upsample: int = 1, peak_window: int = 3, median_filter: bool = True,
-                 head_channels: tuple[int, ...] = (), train_backbone: bool = True):
+                 head_channels: tuple[int, ...] = (), train_backbone: bool = True,
+                 stimulation: str = "mean", geometry: str = "uniform"):
         super().__init__()
         if feature not in backbone.out_channels:
             raise ValueError(f"feature {feature!r} not in {list(backbone.out_channels)}")
@@ -50,6 +56,14 @@ class PeakCAM(nn.Module):
         self.peak_window = int(peak_window)
         self.median_filter = bool(median_filter)
         self.train_backbone = bool(train_backbone)
+        if stimulation not in STIMULATION_GRADIENTS:
+            raise ValueError(f"unknown stimulation gradient {stimulation!r} "
+                             f"(known: {', '.join(STIMULATION_GRADIENTS)})")
+        if geometry not in CONVENTIONS:
+            raise ValueError(f"unknown CAM geometry {geometry!r} (known: {', '.join(CONVENTIONS)})")
+        self.stimulation = stimulation
+        self.geometry_convention = geometry
+        self._receptive: dict[tuple[int, int], tuple[float, float]] = {}
         if not self.train_backbone:
             for p in backbone.parameters():
                 p.requires_grad_(False)
@@ -68,6 +82,31 @@ class PeakCAM(nn.Module):
     def stride(self) -> float:
         return self.backbone.strides[self.feature] / self.upsample
 
+    def geometry(self, input_size: tuple[int, int], cam_size: tuple[int, int],
+                 convention: str | None = None) -> CamGeometry:
+        """Where the cells of a ``cam_size`` CAM of an ``input_size`` input sit (the model's
+        convention unless another is given; see :mod:`wiseseg.models.cam_geometry`)."""
+        convention = convention or self.geometry_convention
+        base = (cam_size[0] // self.upsample, cam_size[1] // self.upsample)
+        stride = self.backbone.strides[self.feature]
+        receptive = None
+        if convention == "receptive":
+            key = tuple(input_size)
+            if key not in self._receptive:
+                def features(x):
+                    return self.backbone(x, upto=self.feature)[self.feature]
+
+                # eval mode: batch statistics would spread every cell's gradient everywhere
+                was = self.backbone.training
+                self.backbone.eval()
+                try:
+                    self._receptive[key] = receptive_offset(features, key, stride)
+                finally:
+                    self.backbone.train(was)
+            receptive = self._receptive[key]
+        return make_geometry(convention, tuple(input_size), base, stride, self.upsample,
+                             receptive)
+
     def backbone_features(self, images: Tensor) -> Tensor:
         """The backbone's ``feature`` map ``B×C'×h'×w'`` of images ``B×3×H×W`` in [0, 1]."""
         # a fixed backbone runs without autograd, unless the caller differentiates w.r.t. the
@@ -80,8 +119,9 @@ class PeakCAM(nn.Module):
         """Class activation maps from backbone features (computed now or cached)."""
         cam = self.classifier(self.head(feats))
         if self.upsample > 1:
+            # PRM's sub-pixel locating: the corner cells keep their place (align_corners)
             cam = F.interpolate(cam, scale_factor=self.upsample, mode="bilinear",
-                                align_corners=False)
+                                align_corners=True)
         return cam
 
     def cams(self, images: Tensor) -> Tensor:
@@ -92,7 +132,8 @@ class PeakCAM(nn.Module):
                 features: Tensor | None = None) -> dict[str, Tensor]:
         """Scores and peaks of ``images``, or of cached backbone ``features`` of them."""
         cam = self.cams(images) if features is None else self.cams_from_features(features)
-        scores, peaks = peak_stimulation(cam, self.peak_window, self.median_filter)
+        scores, peaks = peak_stimulation(cam, self.peak_window, self.median_filter,
+                                         self.stimulation)
         out = {"cams": cam, "scores": scores, "peaks": peaks}
         if labels is not None:
             out["loss"] = multilabel_loss(scores, labels)

@@ -360,15 +360,18 @@ def _train_gallery(run_dir: Path, ds: Dataset, split: str, n: int, progress: boo
 
 
 def _cams(model_path: Path, rows: list[tuple[ImageRecord, np.ndarray]]
-          ) -> dict[int, np.ndarray]:
-    """The classifier's CAMs (``C×h×w``) of the gallery images, on the CPU (a handful of
-    images; keeps the report independent of the training device)."""
+          ) -> dict[int, tuple[np.ndarray, tuple[float, float, float, float]]]:
+    """The classifier's CAMs (``C×h×w``) of the gallery images with the extent that puts
+    their cells where the peaks' geometry does; on the CPU (a handful of images; keeps the
+    report independent of the training device)."""
     from wiseseg.classifier.model_io import load_classifier
-    from wiseseg.classifier.peaks import image_cams
+    from wiseseg.classifier.peaks import cam_geometry, image_cams
 
     model, ccfg, _ = load_classifier(model_path, "cpu")
-    cams = image_cams(model, [im for _, im in rows], int(ccfg["input_size"]), "cpu")
-    return {r.id: c.numpy() for (r, _), c in zip(rows, cams)}
+    size = int(ccfg["input_size"])
+    cams = image_cams(model, [im for _, im in rows], size, "cpu")
+    return {r.id: (c.numpy(), cam_geometry(model, c, size).image_extent((r.height, r.width)))
+            for (r, _), c in zip(rows, cams)}
 
 
 def _val_gallery(run_dir: Path, ds: Dataset, split: str, n: int, progress: bool) -> str:

@@ -67,12 +67,14 @@ def combined_cam(cams: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     return (chosen / np.where(peak > 0, peak, 1)[:, None, None]).max(axis=0)
 
 
-def cam_panel(cams: Mapping[int, np.ndarray], peaks: Mapping[int, Sequence[dict]] | None
-              ) -> PanelFn:
-    """Cells of the labelled classes' CAM (``C×h×w`` per image id) with the peaks as crosses."""
+def cam_panel(cams: Mapping[int, tuple[np.ndarray, tuple[float, float, float, float]]],
+              peaks: Mapping[int, Sequence[dict]] | None) -> PanelFn:
+    """Cells of the labelled classes' CAM (per image id: ``C×h×w`` and the extent placing
+    its cells, see :func:`~wiseseg.report.overlays.draw_cam`) with the peaks as crosses."""
     def draw(ax: Axes, record: ImageRecord, image: np.ndarray) -> None:
         pts = [(p["y"], p["x"]) for p in (peaks or {}).get(record.id, ())]
-        draw_cam(ax, image, combined_cam(cams[record.id], sorted(record.labels)), pts)
+        cam, extent = cams[record.id]
+        draw_cam(ax, image, combined_cam(cam, sorted(record.labels)), pts, extent=extent)
 
     return draw
 

@@ -48,12 +48,17 @@ def draw_instances(ax, image: np.ndarray, masks: np.ndarray, labels: Sequence[st
 
 
 def draw_cam(ax, image: np.ndarray, cam: np.ndarray, peaks: Sequence[tuple[int, int]] = (),
-             title: str | None = None) -> None:
-    """A CAM (``h×w`` float, any size) stretched over the image with its peaks as crosses."""
+             title: str | None = None,
+             extent: tuple[float, float, float, float] | None = None) -> None:
+    """A CAM (``h×w`` float, any size) over the image with its peaks as crosses; ``extent``
+    (:meth:`~wiseseg.models.cam_geometry.CamGeometry.image_extent`) places its cells where
+    the peaks' geometry puts them (default: stretched over the image)."""
     h, w = image.shape[:2]
     ax.imshow(image)
-    ax.imshow(cam, cmap="jet", alpha=0.45, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+    ax.imshow(cam, cmap="jet", alpha=0.45, extent=extent or (-0.5, w - 0.5, h - 0.5, -0.5),
               interpolation="bilinear")
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
     if peaks:
         ys, xs = zip(*peaks)
         ax.scatter(xs, ys, marker="x", s=30, c="white", linewidths=1.8)
@@ -74,7 +79,8 @@ def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
 
 
 def cam_figure(image: np.ndarray, cams: np.ndarray, classes: Sequence[str],
-               shown: Sequence[int], peaks: Sequence[dict]):
+               shown: Sequence[int], peaks: Sequence[dict],
+               extent: tuple[float, float, float, float] | None = None):
     """Image plus one CAM panel per shown class, with that class's peaks."""
     n = 1 + len(shown)
     fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.4), squeeze=False)
@@ -83,5 +89,6 @@ def cam_figure(image: np.ndarray, cams: np.ndarray, classes: Sequence[str],
     axes[0, 0].set_title("image", fontsize=8)
     for ax, k in zip(axes[0, 1:], shown):
         pts = [(p["y"], p["x"]) for p in peaks if p["class"] == k]
-        draw_cam(ax, image, cams[k], pts, title=f"{classes[k]} ({len(pts)} peaks)")
+        draw_cam(ax, image, cams[k], pts, title=f"{classes[k]} ({len(pts)} peaks)",
+                 extent=extent)
     return fig
