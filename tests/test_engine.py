@@ -109,3 +109,27 @@ def test_warmup_then_cosine():
     assert f(55) == pytest.approx(0.5, abs=1e-6) and f(100) == pytest.approx(0.0, abs=1e-9)
     step = warmup_schedule(100, 0, "step", milestones=(0.5,))
     assert step(49) == 1.0 and step(50) == pytest.approx(0.1)
+
+
+def test_bias_rules_and_warmup_factor():
+    from wiseseg.engine.optim import build_optimizer, build_scheduler
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    net[0].weight.requires_grad_(False)  # frozen parameters are left out
+    cfg = {"lr": 0.01, "weight_decay": 1e-4, "momentum": 0.9, "optimizer": "sgd",
+           "warmup_steps": 10, "schedule": "constant"}
+    plain = build_optimizer([{"params": list(net.named_parameters())}], cfg)
+    assert len(plain.param_groups) == 1 and len(plain.param_groups[0]["params"]) == 3
+    mrcnn = build_optimizer([{"params": list(net.named_parameters()), "lr_mult": 0.5}],
+                            {**cfg, "bias_lr_mult": 2.0, "bias_weight_decay": 0.0})
+    weights, biases = mrcnn.param_groups
+    assert [p.shape for p in weights["params"]] == [(2, 4)]
+    assert len(biases["params"]) == 2
+    assert weights["lr"] == pytest.approx(0.005) and biases["lr"] == pytest.approx(0.01)
+    assert weights["weight_decay"] == 1e-4 and biases["weight_decay"] == 0.0
+    sched = build_scheduler(mrcnn, 100, {**cfg, "warmup_factor": 1 / 3})
+    assert weights["lr"] == pytest.approx(0.005 / 3)  # maskrcnn-benchmark starts at 1/3
+    for _ in range(10):
+        mrcnn.step()
+        sched.step()
+    assert weights["lr"] == pytest.approx(0.005)

@@ -47,6 +47,25 @@ def test_changed_setting_reruns_only_dependants(tiny_run):
     _rerun(tiny_run)  # back to the fixture's settings for the other tests
 
 
+def test_beyond_the_paper_options_run(tiny_run):
+    """PRM-scored candidates and a self-training round run end to end; the reference on true
+    masks does not rerun for settings that concern pseudo masks only."""
+    res = _rerun(tiny_run, "pseudo.prm_candidates=2", "segmenter.rounds=2",
+                 "segmenter.self_training_score=0.0")
+    ran = res.metrics["run"]["ran"]
+    assert ran[:2] == ["pseudo", "wise"] and "reference" not in ran
+    assert "classifier" not in ran and "proposals" not in ran
+    wise = tiny_run / "wise"
+    assert (wise / "round1" / "model.pt").is_file() and (wise / "model.pt").is_file()
+    relabelled = json.loads((wise / "pseudo.json").read_text())
+    assert relabelled["wiseseg"]["settings"]["self_training_round"] == 2
+    rounds = json.loads((wise / "stage.json").read_text())["summary"]["rounds"]
+    assert rounds[0]["images"] == len(relabelled["images"])
+    pseudo = json.loads((tiny_run / "pseudo" / "pseudo.json").read_text())
+    assert pseudo["wiseseg"]["settings"]["prm_candidates"] == 2
+    _rerun(tiny_run)  # back to the fixture's settings for the other tests
+
+
 def test_killed_run_resumes(tmp_path, tiny_run):
     """Kill `wiseseg run` during Mask R-CNN training; the rerun resumes that stage."""
     cfg = load_config(tiny_run / "config.yaml")

@@ -57,6 +57,30 @@ def test_candidates_on_a_hand_made_image():
     assert st.without_candidate[0]["y"] == 35  # the lost peak is reported, not dropped silently
 
 
+def test_prm_candidates_join_the_containing_ones():
+    """``prm_candidates`` adds the best proposals by retrieval value that do not contain the
+    peak; a peak no proposal contains gets candidates that way (a ring's peak in its hole)."""
+    nan = float("nan")
+    retrieval = [np.array([0.5, 0.4, 0.9, nan, 0.1]),   # peak 0: proposal 2 is the best other
+                 np.array([0.2, 0.3, 0.8, nan, 0.1]),   # peak 1: proposal 1 is the best other
+                 np.array([0.7, 0.1, 0.2, nan, 0.0]),   # peak 2 (contained by none): 0
+                 np.array([nan] * 5)]
+    st = CandidateStats()
+    img = build_candidates(7, (H, W), _peaks(), labels={0, 1}, proposal_masks=PROPS,
+                           proposal_scores=SCORES, min_area_px=16, max_area_frac=0.9,
+                           stats=st, retrieval=retrieval, prm_candidates=1)
+    left, right, lost = img.instances
+    assert [c.segmentation for c in left.candidates] == [PROPS[2], PROPS[0], PROPS[1]]
+    assert [c.segmentation for c in right.candidates] == [PROPS[2], PROPS[1]]
+    assert [c.segmentation for c in lost.candidates] == [PROPS[0]]
+    assert st.as_dict()["without_candidate"] == 0
+    # the paper's rule: nothing added
+    plain = build_candidates(7, (H, W), _peaks(), labels={0, 1}, proposal_masks=PROPS,
+                             proposal_scores=SCORES, min_area_px=16, max_area_frac=0.9,
+                             retrieval=retrieval, prm_candidates=0)
+    assert [len(i.candidates) for i in plain.instances] == [2, 1]
+
+
 def test_no_peaks_or_no_proposals():
     assert build_candidates(1, (H, W), [], {0}, PROPS, SCORES).instances == []
     st = CandidateStats()

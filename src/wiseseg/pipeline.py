@@ -35,7 +35,12 @@ class Stage:
     name: str
     fn: Callable[[RunContext, Path], dict]
     deps: tuple[str, ...] = ()
-    config: tuple[str, ...] = ()  # top-level config sections it reads
+    config: tuple[str, ...] | Callable[[RunContext], tuple[str, ...]] = ()
+    """The top-level config sections it reads (or a function of the run giving them, for a
+    section read only under some setting)."""
+    ignores: tuple[str, ...] = ()
+    """``section.key`` settings of those sections that it does not read (a change of them does
+    not rerun it)."""
     enabled: Callable[[RunContext], bool] = lambda ctx: True
 
 
@@ -77,10 +82,24 @@ def data_fingerprint(ds: Dataset, splits: Sequence[str]) -> dict:
                        for s in splits if s in ds.splits}}
 
 
+def stage_sections(stage: Stage, ctx: RunContext) -> tuple[str, ...]:
+    return stage.config(ctx) if callable(stage.config) else stage.config
+
+
+def stage_config(stage: Stage, ctx: RunContext) -> dict:
+    """The settings a stage reads: its sections, less the keys it ignores."""
+    out = {k: ctx.cfg.get(k) for k in stage_sections(stage, ctx)}
+    for dotted in stage.ignores:
+        section, _, key = dotted.partition(".")
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
+
+
 def stage_hash(stage: Stage, ctx: RunContext, data_fp: dict) -> str:
     return config_hash({
         "stage": stage.name, "version": __version__, "data": data_fp,
-        "config": {k: ctx.cfg.get(k) for k in stage.config},
+        "config": stage_config(stage, ctx),
         "seed": ctx.cfg.get("seed"), "deps": {d: ctx.hashes.get(d) for d in stage.deps},
     })
 
@@ -120,7 +139,7 @@ def run_stages(stages: Sequence[Stage], ctx: RunContext) -> RunContext:
         started = time.time()
         manifest = {"stage": stage.name, "hash": h, "complete": False,
                     "inputs": {dep: ctx.hashes.get(dep) for dep in stage.deps},
-                    "config": {k: ctx.cfg.get(k) for k in stage.config},
+                    "config": stage_config(stage, ctx),
                     "started": time.strftime("%Y-%m-%d %H:%M:%S"), "version": __version__}
         previous = float(m.get("seconds", 0.0)) if (m and resumed) else 0.0
         atomic_write_json(d / MANIFEST, manifest, indent=2)

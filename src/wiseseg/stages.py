@@ -101,22 +101,38 @@ def run_pseudo(ctx: RunContext, d: Path) -> dict:
     split = ds.weak(ctx.train_split)
     peaks = read_peaks(ctx.stage_dir("peaks") / f"peaks_{ctx.train_split}.json")
     store = ProposalStore.open(ctx.stage_dir("proposals"))
+    retrieval_fn = None
+    if _prm_candidates(ctx):
+        from wiseseg.classifier.model_io import load_classifier
+        from wiseseg.inference.prm_baseline import RetrievalSettings, retrieval_function
+
+        dev = _device(ctx)
+        model, ccfg, _ = load_classifier(ctx.stage_dir("classifier") / "model.pt", dev)
+        retrieval_fn = retrieval_function(model, ccfg["input_size"],
+                                          RetrievalSettings(**ctx.cfg["prm"]), dev)
     images, stats = build_pseudo_images(split, peaks["by_id"], store, ctx.cfg["pseudo"],
-                                        progress=ctx.progress)
+                                        progress=ctx.progress, retrieval_fn=retrieval_fn)
     coco = to_coco(images, split, ds.category_ids, stats, dict(ctx.cfg["pseudo"]))
     write_pseudo(d / "pseudo.json", coco)
     return {**stats.as_dict(), "instances": len(coco["annotations"]),
             "images_without_instance": sum(1 for im in images if not im.instances)}
 
 
+def _prm_candidates(ctx: RunContext) -> bool:
+    return int(ctx.cfg["pseudo"].get("prm_candidates", 0) or 0) > 0
+
+
 # ----------------------------------------------------------------------------- stage 2
-def _train_segmenter(ctx: RunContext, d: Path, masks: str) -> dict:
+def _train_segmenter(ctx: RunContext, d: Path, masks: str,
+                     instances: dict | None = None) -> dict:
     from wiseseg.pseudo.labels import read_pseudo
     from wiseseg.segmenter.train import train_segmenter
 
     ds = ctx.dataset
     split = ds.weak(ctx.train_split)
-    if masks == "pseudo":
+    if instances is not None:
+        inst = instances
+    elif masks == "pseudo":
         inst = read_pseudo(ctx.stage_dir("pseudo") / "pseudo.json", split, ds.category_ids)
     else:
         inst = dict(ds.ground_truth(ctx.train_split))
@@ -128,19 +144,53 @@ def _train_segmenter(ctx: RunContext, d: Path, masks: str) -> dict:
 
 
 def run_wise(ctx: RunContext, d: Path) -> dict:
-    return _train_segmenter(ctx, d, "pseudo")
+    """WISE's Mask R-CNN on the pseudo masks; with ``segmenter.rounds`` > 1, self-training
+    (:mod:`wiseseg.pseudo.self_training`): round r trains in ``d/round<r>/`` on the labels
+    made from round r − 1's confident predictions on the training images
+    (``d/round<r>/pseudo.json``); the last round trains in ``d`` (``d/model.pt``)."""
+    rounds = int(ctx.cfg["segmenter"].get("rounds", 1) or 1)
+    if rounds <= 1:
+        return _train_segmenter(ctx, d, "pseudo")
+    from wiseseg.pseudo.labels import read_pseudo, to_coco, write_pseudo
+    from wiseseg.pseudo.sampling import CandidateStats
+    from wiseseg.pseudo.self_training import relabel
+
+    ds = ctx.dataset
+    split = ds.weak(ctx.train_split)
+    labels = read_pseudo(ctx.stage_dir("pseudo") / "pseudo.json", split, ds.category_ids)
+    summary: dict = {"masks": "pseudo", "rounds": []}
+    model_dir = d / "round1"
+    _train_segmenter(ctx, model_dir, "pseudo", labels)
+    min_score = float(ctx.cfg["segmenter"].get("self_training_score", 0.5))
+    for r in range(2, rounds + 1):
+        preds_path = model_dir / "train_predictions.json"
+        if not preds_path.is_file():  # resumable: a finished round's predictions are kept
+            atomic_write_json(preds_path, _predict(ctx, model_dir, ctx.train_split,
+                                                   mask_threshold=0.5, min_score=min_score))
+        labels, st = relabel(labels, read_json(preds_path, "predictions"), split.records,
+                             ds.category_ids, min_score)
+        model_dir = d if r == rounds else d / f"round{r}"
+        write_pseudo(model_dir / "pseudo.json",
+                     to_coco(labels.values(), split, ds.category_ids, CandidateStats(),
+                             {"self_training_round": r, "min_score": min_score,
+                              "dup_iou": ctx.cfg["segmenter"].get("dup_iou", 0.8)}))
+        _train_segmenter(ctx, model_dir, "pseudo", labels)
+        summary["rounds"].append({"round": r, **st.as_dict()})
+    return summary
 
 
 def run_reference(ctx: RunContext, d: Path) -> dict:
     return _train_segmenter(ctx, d, "gt")
 
 
-def _predict(ctx: RunContext, model_dir: Path, split: str) -> list[dict]:
+def _predict(ctx: RunContext, model_dir: Path, split: str, **settings) -> list[dict]:
+    """Predictions of ``model_dir/model.pt`` on ``split``; ``settings`` (batch_size,
+    mask_threshold, min_score) replace the ``predict`` section's."""
     from wiseseg.inference.predict import predict, records_as_items
     from wiseseg.segmenter.model_io import load_segmenter
 
     dev = _device(ctx)
-    pc = ctx.cfg["predict"]
+    pc = {**ctx.cfg["predict"], **settings}
     model, _, _, _ = load_segmenter(model_dir / "model.pt", dev)
     recs = ctx.dataset.records(split)
     return predict(model, records_as_items(recs), ctx.dataset.category_ids, device=dev,
@@ -218,6 +268,10 @@ def run_evaluate(ctx: RunContext, d: Path) -> dict:
     return {k: {t: v[t] for t in ("mAP25", "mAP50", "mAP75", "ABO")} for k, v in out.items()}
 
 
+#: segmenter settings that concern pseudo masks only: the reference on true masks ignores them
+PSEUDO_ONLY = ("mode", "dup_iou", "rounds", "self_training_score")
+
+
 def _has_train_gt(ctx: RunContext) -> bool:
     return ctx.dataset.has_ground_truth(ctx.train_split)
 
@@ -230,9 +284,11 @@ STAGES = (
     Stage("classifier", run_classifier, config=("data", "classifier")),
     Stage("peaks", run_peaks, deps=("classifier",), config=("data", "peaks")),
     Stage("proposals", run_proposals, config=("data", "proposals")),
-    Stage("pseudo", run_pseudo, deps=("peaks", "proposals"), config=("pseudo",)),
+    Stage("pseudo", run_pseudo, deps=("peaks", "proposals"),
+          config=lambda ctx: ("pseudo", "prm") if _prm_candidates(ctx) else ("pseudo",)),
     Stage("wise", run_wise, deps=("pseudo",), config=("segmenter",)),
-    Stage("reference", run_reference, config=("data", "segmenter"), enabled=_reference_on),
+    Stage("reference", run_reference, config=("data", "segmenter"), enabled=_reference_on,
+          ignores=tuple(f"segmenter.{k}" for k in PSEUDO_ONLY)),
     Stage("predict_wise", run_predict_wise, deps=("wise", "proposals"), config=("predict",),
           enabled=lambda ctx: ctx.val_split in ctx.dataset.splits),
     Stage("predict_reference", run_predict_reference, deps=("reference",),

@@ -17,8 +17,8 @@ from wiseseg.data.images import load_image
 from wiseseg.data.transforms import color_jitter, resize_image, scale_into_canvas, to_tensor
 from wiseseg.engine.distributed import DistInfo, cleanup, setup_training
 from wiseseg.engine.hooks import CheckpointHook, EvalHook, MetricsLogHook, ProgressHook
-from wiseseg.engine.optim import build_optimizer
-from wiseseg.engine.trainer import Trainer, TrainerConfig, warmup_schedule
+from wiseseg.engine.optim import build_optimizer, build_scheduler
+from wiseseg.engine.trainer import Trainer, TrainerConfig
 from wiseseg.errors import ConfigError
 from wiseseg.models.freezing import is_fixed
 from wiseseg.models.peakcam import PeakCAM
@@ -128,9 +128,9 @@ def classifier_feature_cache(model: PeakCAM, data: ClassifierData, device,
 
 def classifier_optimizer(model, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     """The pretrained backbone at ``lr × backbone_lr_mult`` (PRM: 0.01), the rest at ``lr``."""
-    head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    head = [(n, p) for n, p in model.named_parameters() if not n.startswith("backbone.")]
     return build_optimizer([{"params": head},
-                            {"params": list(model.backbone.parameters()),
+                            {"params": list(model.backbone.named_parameters()),
                              "lr_mult": cfg["backbone_lr_mult"]}], cfg)
 
 
@@ -194,8 +194,7 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
         step_fn = cached_classifier_step
     max_steps = steps_for(cfg, len(data), dist.world_size)
     optimizer = classifier_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_schedule(max_steps, int(cfg["warmup_steps"]), cfg["schedule"]))
+    scheduler = build_scheduler(optimizer, max_steps, cfg)
     wrapped = _wrap_ddp(model, dist, dev)
     logger = MetricsLogHook(every=int(cfg.get("log_every", 10)))
     hooks = [ProgressHook("classifier", enabled=progress), logger,

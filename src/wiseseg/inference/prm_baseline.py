@@ -31,7 +31,7 @@ instances across images).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,6 +98,52 @@ def background(cam: np.ndarray, bg_factor: float) -> np.ndarray:
     return scaled < bg_factor * scaled.mean()
 
 
+class RetrievalCandidates:
+    """The proposals of one image prepared for PRM's retrieval: the first ``proposal_count``
+    whose area passes the limits, as flat masks and contour bands (see the module docstring).
+
+    Attributes:
+        index: positions of the kept proposals in the list given.
+        inner, rim: ``K×(H·W)`` float32 masks and contour bands.
+    """
+
+    def __init__(self, proposal_masks: Sequence[dict], size: tuple[int, int],
+                 s: RetrievalSettings = RetrievalSettings()):
+        h, w = size
+        self.size, self.settings = size, s
+        first = list(proposal_masks[: s.proposal_count])
+        areas = rle.area(first) if first else np.zeros(0)
+        ok = (areas >= s.min_area_frac * h * w) & (areas < s.max_area_frac * h * w)
+        self.index = np.flatnonzero(ok)
+        self.masks = [first[i] for i in self.index]
+        decoded = rle.decode_many(self.masks, size).reshape(len(self.masks), h, w)
+        self.inner = decoded.reshape(len(self.masks), h * w).astype(np.float32)
+        self.rim = contours(decoded, s.contour_side(size)).reshape(
+            len(self.masks), h * w).astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def values(self, prm: np.ndarray, bg: np.ndarray) -> np.ndarray:
+        """PRM's retrieval value of every candidate for one peak.
+
+        Args:
+            prm: float ``H×W`` response map at image size (renormalised to sum 1 here).
+            bg: bool ``H×W`` background of the peak's class (:func:`background`).
+
+        Returns:
+            float32 ``K``.
+        """
+        s = self.settings
+        r = prm.ravel().astype(np.float32)
+        total = float(r.sum())
+        if total > 0:
+            r = r / total
+        per_pixel = s.image_penalty() / float(self.size[0] * self.size[1])
+        return (s.balance * (self.inner @ r) + self.rim @ r
+                - per_pixel * (self.inner @ bg.ravel().astype(np.float32)))
+
+
 def retrieve(prms: np.ndarray, peaks: Sequence[Peak], cams: np.ndarray,
              proposal_masks: Sequence[dict], size: tuple[int, int],
              s: RetrievalSettings = RetrievalSettings(),
@@ -117,35 +163,22 @@ def retrieve(prms: np.ndarray, peaks: Sequence[Peak], cams: np.ndarray,
         instances ``{"category", "segmentation", "score", "retrieval"}`` after NMS, best
         retrieval first; empty for no peak or no usable proposal.
     """
-    h, w = size
     if not len(peaks) or not len(proposal_masks):
         return []
-    cand = list(proposal_masks[: s.proposal_count])
-    areas = rle.area(cand)
-    ok = (areas >= s.min_area_frac * h * w) & (areas < s.max_area_frac * h * w)
-    cand = [c for c, k in zip(cand, ok) if k]
-    if not cand:
+    cand = RetrievalCandidates(proposal_masks, size, s)
+    if not len(cand):
         return []
-    masks = rle.decode_many(cand, size)
-    inner = masks.reshape(len(cand), -1).astype(np.float32)
-    rim = contours(masks, s.contour_side(size)).reshape(len(cand), -1).astype(np.float32)
-    per_pixel = s.image_penalty() / float(h * w)
     bg_of: dict[int, np.ndarray] = {}
     found = []
     for prm, peak in zip(prms, peaks):
         if peak.category not in bg_of:
-            bg_of[peak.category] = background(cams[peak.category],
-                                              s.bg_factor).astype(np.float32).ravel()
-        r = prm.ravel().astype(np.float32)
-        total = float(r.sum())
-        if total > 0:
-            r = r / total
-        val = s.balance * (inner @ r) + rim @ r - per_pixel * (inner @ bg_of[peak.category])
+            bg_of[peak.category] = background(cams[peak.category], s.bg_factor)
+        val = cand.values(prm, bg_of[peak.category])
         j = int(np.argmax(val))
         conf = {"peak": peak.score, "retrieval": float(val[j]),
                 "class": float(class_probs[peak.category]) if class_probs is not None
                 else float("nan")}[s.score]
-        found.append({"category": peak.category, "segmentation": cand[j],
+        found.append({"category": peak.category, "segmentation": cand.masks[j],
                       "score": float(conf), "retrieval": float(val[j])})
     found.sort(key=lambda d: -d["retrieval"])
     kept: list[dict] = []
@@ -157,6 +190,73 @@ def retrieve(prms: np.ndarray, peaks: Sequence[Peak], cams: np.ndarray,
     return kept
 
 
+def response_maps_at(model, image: np.ndarray, peaks: Sequence[Peak], input_size: int,
+                     device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Peak response maps and class activation maps of one image at its own size.
+
+    Args:
+        image: ``H×W×3`` uint8.
+        peaks: peaks in the image's pixels; seeded at their ``cell`` when they have one.
+
+    Returns:
+        ``(prms float N×H×W, cams float C×H×W)``.
+    """
+    h, w = image.shape[:2]
+    x = to_tensor(resize_image(image, (input_size, input_size))).to(device)
+    with torch.no_grad():
+        cam = model.cams(x[None]).float()
+    cams_img = F.interpolate(cam, size=(h, w), mode="bicubic", align_corners=False)[0]
+    if not peaks:
+        return np.zeros((0, h, w), np.float32), cams_img.cpu().numpy()
+    geometry = cam_geometry(model, cam[0], input_size)
+    in_input = [Peak(p.category, *_to_input(p, (h, w), input_size), p.score, p.cell)
+                for p in peaks]
+    prms = peak_response_maps(model, x, in_input, geometry)
+    prms = F.interpolate(prms[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    return prms.cpu().numpy(), cams_img.cpu().numpy()
+
+
+def retrieval_function(model, input_size: int, s: RetrievalSettings = RetrievalSettings(),
+                       device="cpu") -> Callable:
+    """``fn(record, peak dicts, proposal masks) -> per peak, the retrieval value of every
+    proposal`` (``NaN`` for those outside PRM's area limits), for
+    :func:`~wiseseg.pseudo.labels.build_pseudo_images`. Every proposal is scored, not only
+    PRM's first ``proposal_count``."""
+    from dataclasses import replace
+
+    from wiseseg.data.images import load_image
+
+    every = replace(s, proposal_count=10**9)
+    model.eval()
+
+    def fn(record: ImageRecord, peaks: Sequence[dict], masks: Sequence[dict]):
+        image = load_image(record.path)
+        ps = [Peak(int(p["class"]), int(p["y"]), int(p["x"]), float(p["score"]),
+                   tuple(p["cell"]) if p.get("cell") is not None else None) for p in peaks]
+        prms, cams = response_maps_at(model, image, ps, input_size, device)
+        cand = RetrievalCandidates(masks, (record.height, record.width), every)
+        out = []
+        for prm, peak in zip(prms, ps):
+            vals = np.full(len(masks), np.nan)
+            if len(cand):
+                vals[cand.index] = cand.values(prm, background(cams[peak.category],
+                                                               s.bg_factor))
+            out.append(vals)
+        return out
+
+    return fn
+
+
+def _to_input(p: Peak, size: tuple[int, int], input_size: int) -> tuple[int, int]:
+    """A peak's pixel in the image → the network input's pixel (for peaks without a cell)."""
+    from wiseseg.models.cam_geometry import image_to_input
+
+    y = image_to_input(p.y, size[0], input_size)
+    x = image_to_input(p.x, size[1], input_size)
+    return (int(min(input_size - 1, max(0, round(y)))),
+            int(min(input_size - 1, max(0, round(x)))))
+
+
 def prm_instances(model, image: np.ndarray, record: ImageRecord, proposal_masks: list[dict],
                   input_size: int, peak_cfg: dict, s: RetrievalSettings = RetrievalSettings(),
                   device="cpu") -> tuple[list[dict], dict]:
@@ -165,23 +265,18 @@ def prm_instances(model, image: np.ndarray, record: ImageRecord, proposal_masks:
     with torch.no_grad():
         cam = model.cams(x[None]).float()
     scores, _ = peak_stimulation(cam, model.peak_window, model.median_filter)
-    probs = torch.sigmoid(scores[0])
-    classes = [int(c) for c in torch.nonzero(probs >= s.class_threshold).flatten()]
-    h, w = record.height, record.width
-    geometry = cam_geometry(model, cam[0], input_size)
+    probs = torch.sigmoid(scores[0]).cpu().numpy()
+    classes = [int(c) for c in np.flatnonzero(probs >= s.class_threshold)]
     # peaks in the image's pixels; each keeps its CAM cell, where its backpropagation starts
-    peaks = extract_peaks(cam[0].cpu(), classes, (h, w), geometry,
-                          window=model.peak_window, median_filter=model.median_filter,
+    peaks = extract_peaks(cam[0].cpu(), classes, (record.height, record.width),
+                          cam_geometry(model, cam[0], input_size), window=model.peak_window,
+                          median_filter=model.median_filter,
                           min_score=peak_threshold(peak_cfg), relative=peak_cfg["relative"],
                           max_per_class=peak_cfg.get("max_per_class"))
-    cams_img = F.interpolate(cam, size=(h, w), mode="bicubic", align_corners=False)[0]
-    info = {"peaks": peaks, "cams": cams_img.cpu().numpy(), "probs": probs.cpu().numpy()}
-    if not peaks:
-        return [], info
-    prms = peak_response_maps(model, x, peaks, geometry)
-    prms = F.interpolate(prms[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    inst = retrieve(prms.cpu().numpy(), peaks, info["cams"], proposal_masks, (h, w), s,
-                    class_probs=info["probs"].tolist())
+    prms, cams = response_maps_at(model, image, peaks, input_size, device)
+    info = {"peaks": peaks, "cams": cams, "probs": probs}
+    inst = retrieve(prms, peaks, cams, proposal_masks, (record.height, record.width), s,
+                    class_probs=probs.tolist())
     return inst, info
 
 

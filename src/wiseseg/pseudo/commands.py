@@ -35,20 +35,26 @@ def cmd_pseudo_masks(args) -> int:
         cfg["pseudo"]["mode"] = args.mode
     ds = open_dataset_from_args(args)
     split = ds.weak(args.split)
+    device = resolve_device(args.device or cfg["device"])
+    model, ccfg, classes = load_classifier(args.classifier, device)
+    check_classes(args.classifier, classes, ds.classes)
     if args.peaks:
         peaks = read_peaks(args.peaks)
         check_classes(args.peaks, peaks["classes"], ds.classes)
     else:
-        device = resolve_device(args.device or cfg["device"])
-        model, ccfg, classes = load_classifier(args.classifier, device)
-        check_classes(args.classifier, classes, ds.classes)
         peaks = compute_peaks(model, split, ccfg["input_size"], cfg["peaks"], use_labels=True,
                               device=device, progress=not args.quiet,
                               category_ids=ds.category_ids)
         peaks["by_id"] = {im["image_id"]: im["peaks"] for im in peaks["images"]}
     store = ProposalStore.open(args.proposals)
+    retrieval_fn = None
+    if int(cfg["pseudo"].get("prm_candidates", 0) or 0) > 0:
+        from wiseseg.inference.prm_baseline import RetrievalSettings, retrieval_function
+
+        retrieval_fn = retrieval_function(model, ccfg["input_size"],
+                                          RetrievalSettings(**cfg["prm"]), device)
     images, stats = build_pseudo_images(split, peaks["by_id"], store, cfg["pseudo"],
-                                        progress=not args.quiet)
+                                        progress=not args.quiet, retrieval_fn=retrieval_fn)
     coco = to_coco(images, split, ds.category_ids, stats, dict(cfg["pseudo"]))
     write_pseudo(args.out, coco)
     s = stats.as_dict()

@@ -11,7 +11,7 @@ the image-level label) and peaks without any candidate, listed one by one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +33,33 @@ from wiseseg.pseudo.sampling import (
 
 
 def build_pseudo_images(split: WeakSplit, peaks_by_id: dict[int, list[dict]], store,
-                        cfg: dict[str, Any], progress: bool = True
+                        cfg: dict[str, Any], progress: bool = True,
+                        retrieval_fn: Callable | None = None
                         ) -> tuple[list[PseudoImage], CandidateStats]:
     """Candidates for every image of the split (peaks from stage 1, proposals from ``store``,
-    a :class:`~wiseseg.proposals.ProposalStore`)."""
+    a :class:`~wiseseg.proposals.ProposalStore`).
+
+    ``retrieval_fn(record, peaks, proposal_masks) -> [values per proposal] per peak`` gives
+    PRM's retrieval values when ``cfg["prm_candidates"] > 0`` (see
+    :func:`~wiseseg.pseudo.sampling.build_candidates`).
+    """
     stats = CandidateStats()
     images = []
+    k = int(cfg.get("prm_candidates", 0) or 0)
+    if k > 0 and retrieval_fn is None:
+        raise ValueError("pseudo.prm_candidates > 0 needs the classifier's response maps")
     for rec in tqdm(split.records, desc="pseudo masks", unit="img", disable=not progress):
         peaks = peaks_by_id.get(rec.id, [])
         props = store.get(rec.id, size=(rec.height, rec.width)) if peaks else None
+        retrieval = retrieval_fn(rec, peaks, props.masks) if k > 0 and peaks else None
         images.append(build_candidates(
             rec.id, (rec.height, rec.width), peaks, rec.labels,
             props.masks if props is not None else [],
             props.scores if props is not None else np.zeros(0),
             min_area_px=int(cfg["min_area_px"]), min_area_frac=float(cfg["min_area_frac"]),
             max_area_frac=float(cfg["max_area_frac"]),
-            max_candidates=int(cfg["max_candidates"]), stats=stats))
+            max_candidates=int(cfg["max_candidates"]), stats=stats,
+            retrieval=retrieval, prm_candidates=k))
     return images, stats
 
 

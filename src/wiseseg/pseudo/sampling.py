@@ -26,6 +26,13 @@ the ground truth, over the best 3 26.8 (the arg-max 31.8); the ``cpu`` preset us
 Size filter: candidates must cover at least ``max(min_area_px, min_area_frac × H·W)`` pixels
 and at most ``max_area_frac × H·W`` (a proposal covering nearly the whole image is background,
 not an object).
+
+Beyond the paper, ``prm_candidates = k > 0`` adds, for every peak, the ``k`` proposals of
+highest PRM retrieval value (:mod:`wiseseg.inference.prm_baseline`: the peak's response map
+inside and along the proposal, less its background) that do not contain the peak — the
+objects a containing proposal cannot hold well (a ring's peak in its hole, thin or occluded
+objects). They join the candidates with their objectness as Eq. 1 weight; a peak with no
+containing proposal then still gets candidates.
 """
 
 from __future__ import annotations
@@ -98,7 +105,9 @@ def build_candidates(image_id: int, size: tuple[int, int], peaks: Iterable[dict]
                      proposal_scores: np.ndarray, min_area_px: int = 16,
                      min_area_frac: float = 0.0005, max_area_frac: float = 0.9,
                      max_candidates: int = 100,
-                     stats: CandidateStats | None = None) -> PseudoImage:
+                     stats: CandidateStats | None = None,
+                     retrieval: list[np.ndarray] | None = None,
+                     prm_candidates: int = 0) -> PseudoImage:
     """Candidates of every peak of a labelled class (see the module docstring).
 
     Args:
@@ -106,11 +115,16 @@ def build_candidates(image_id: int, size: tuple[int, int], peaks: Iterable[dict]
         labels: the image-level label; peaks of other classes are dropped and counted.
         proposal_masks: RLEs (at ``size``); proposal_scores: their objectness (≥ 0).
         stats: counters updated in place (peaks, dropped, peaks without any candidate).
+        retrieval: per peak (in the order given), PRM's retrieval value of every proposal
+            (``NaN`` where not computed); needed when ``prm_candidates > 0``.
+        prm_candidates: extra candidates per peak by retrieval value (module docstring).
     """
     stats = stats if stats is not None else CandidateStats()
     h, w = size
     labels = set(labels)
     out = PseudoImage(image_id=image_id, height=h, width=w)
+    if retrieval is not None:
+        peaks = [{**p, "_retrieval": r} for p, r in zip(peaks, retrieval)]
     peaks = sorted(peaks, key=lambda p: -float(p["score"]))
     if not peaks:
         return out
@@ -127,11 +141,18 @@ def build_candidates(image_id: int, size: tuple[int, int], peaks: Iterable[dict]
             continue
         y, x = int(p["y"]), int(p["x"])
         inside = np.nonzero(masks[:, y, x])[0] if len(masks) else np.zeros(0, int)
-        if inside.size == 0:
+        order = inside[np.argsort(-scores[inside], kind="stable")][:max_candidates]
+        if prm_candidates > 0 and p.get("_retrieval") is not None and len(keep):
+            r = np.asarray(p["_retrieval"], dtype=np.float64)[keep]
+            r[np.isin(np.arange(len(keep)), inside)] = np.nan  # containing ones are in
+            best = np.argsort(-np.nan_to_num(r, nan=-np.inf), kind="stable")
+            extra = [i for i in best if np.isfinite(r[i])][:prm_candidates]
+            order = np.concatenate([order, np.asarray(extra, dtype=int)])
+            order = order[np.argsort(-scores[order], kind="stable")]
+        if order.size == 0:
             stats.without_candidate.append({"image_id": image_id, "class": int(p["class"]),
                                             "y": y, "x": x, "score": float(p["score"])})
             continue
-        order = inside[np.argsort(-scores[inside], kind="stable")][:max_candidates]
         cands = [Candidate(proposal_masks[keep[i]], float(scores[i])) for i in order]
         out.instances.append(PseudoInstance(int(p["class"]), (y, x, float(p["score"])), cands))
     return out

@@ -6,15 +6,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from wiseseg import __version__
 from wiseseg.classifier.train import steps_for
 from wiseseg.data.dataset import ImageRecord
 from wiseseg.engine.distributed import cleanup, setup_training
 from wiseseg.engine.hooks import CheckpointHook, MetricsLogHook, ProgressHook
-from wiseseg.engine.optim import build_optimizer
-from wiseseg.engine.trainer import Trainer, TrainerConfig, warmup_schedule
+from wiseseg.engine.optim import build_optimizer, build_scheduler
+from wiseseg.engine.trainer import Trainer, TrainerConfig
 from wiseseg.errors import ConfigError
 from wiseseg.models.maskrcnn import MaskRCNNOnFeatures, body_is_fixed
 from wiseseg.pseudo.sampling import fix_draws
@@ -106,10 +104,9 @@ def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
                          hflip=cfg["hflip"], jitter=cfg["color_jitter"], mode=mode,
                          dup_iou=cfg.get("dup_iou", 0.8))
     model = build_segmenter(cfg, len(classes)).to(dev)
-    optimizer = build_optimizer([{"params": list(model.parameters())}], cfg)
+    optimizer = build_optimizer([{"params": list(model.named_parameters())}], cfg)
     max_steps = steps_for(cfg, len(data), dist.world_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_schedule(max_steps, int(cfg["warmup_steps"]), cfg["schedule"]))
+    scheduler = build_scheduler(optimizer, max_steps, cfg)
     step_fn, wrapped = segmenter_step, model
     if cfg.get("cache_features", False) and body_is_fixed(model):
         path = None
