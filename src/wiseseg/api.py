@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from wiseseg.config import load_config as _load_yaml
 from wiseseg.data import open_dataset
 from wiseseg.data.dataset import Dataset
 from wiseseg.errors import WisesegError
+from wiseseg.io import atomic_write_json
 from wiseseg.pipeline import RunContext, run_stages, save_run_config, stage_summary
 from wiseseg.report.collect import collect_metrics, results_table, write_metrics
 
@@ -45,6 +47,26 @@ def load_config(preset: str = "cpu", overrides: Sequence[str] = ()) -> dict:
     return apply_overrides(load_preset(preset), overrides)
 
 
+def _resolve_auto(cfg: dict, ds: Dataset, run_dir: Path, progress: bool) -> dict:
+    """The ``auto`` settings chosen from the data (:mod:`wiseseg.autoconfig`): printed, and
+    kept in ``RUN/auto.json``; the run's config holds the chosen numbers."""
+    from wiseseg.autoconfig import resolve_auto
+
+    if not ds.has_split(cfg["data"]["train_split"]):
+        return cfg  # the missing split is reported below
+    resolved, notes = resolve_auto(cfg, ds)
+    if notes:
+        for line in notes:
+            if progress or line.startswith("warning"):
+                print(("" if line.startswith("warning") else "auto: ") + line,
+                      file=sys.stderr)
+        atomic_write_json(run_dir / "auto.json", {"notes": notes, "chosen": {
+            sec: {k: resolved[sec][k] for k in resolved.get(sec, {})
+                  if cfg[sec].get(k) == "auto"}
+            for sec in ("classifier", "segmenter")}}, indent=2)
+    return resolved
+
+
 def run_pipeline(dataset: Dataset | str, cfg: dict | str, out: str | Path,
                  data_spec: str | None = None, reference: bool = True,
                  progress: bool = True) -> RunResult:
@@ -56,6 +78,7 @@ def run_pipeline(dataset: Dataset | str, cfg: dict | str, out: str | Path,
         dataset if isinstance(dataset, str) else str(ds.root))
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = _resolve_auto(cfg, ds, run_dir, progress)
     ds.has_split(cfg["data"]["val_split"])  # carves <split>-fit / -calib when asked for
     for split in (cfg["data"]["train_split"],):
         if not ds.has_split(split):

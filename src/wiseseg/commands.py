@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wiseseg.cli import add_data_args, add_run_args, command, open_dataset_from_args, run_config
+from wiseseg.commandline import (
+    add_data_args,
+    add_run_args,
+    command,
+    open_dataset_from_args,
+    run_config,
+)
 
 
 def _cfg_run(p: argparse.ArgumentParser) -> None:
@@ -22,7 +28,7 @@ def _cfg_run(p: argparse.ArgumentParser) -> None:
          _cfg_run)
 def cmd_run(args) -> int:
     from wiseseg.api import run_pipeline
-    from wiseseg.cli import resolve_preset_name
+    from wiseseg.commandline import resolve_preset_name
 
     cfg = run_config(args)
     ds = open_dataset_from_args(args)

@@ -6,12 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from wiseseg.cli import (
+from wiseseg.commandline import (
     add_backbone_args,
     add_data_args,
     add_run_args,
     command,
     open_dataset_from_args,
+    resolve_auto_config,
     run_config,
 )
 
@@ -33,6 +34,7 @@ def cmd_train_classifier(args) -> int:
 
     cfg = run_config(args, section="classifier")
     ds = open_dataset_from_args(args)
+    cfg = resolve_auto_config(cfg, ds, args.train_split, args.quiet)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(out / "config.yaml", cfg)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from wiseseg.cli import add_data_args, command, open_dataset_from_args
+from wiseseg.commandline import add_data_args, command, open_dataset_from_args
 
 
 def _cfg_make_shapes(p: argparse.ArgumentParser) -> None:

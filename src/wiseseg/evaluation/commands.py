@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wiseseg.cli import add_data_args, command, open_dataset_from_args
+from wiseseg.commandline import add_data_args, command, open_dataset_from_args
 
 
 def _cfg_evaluate(p: argparse.ArgumentParser) -> None:

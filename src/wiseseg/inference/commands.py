@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wiseseg.cli import add_data_args, add_run_args, command, open_dataset_from_args, run_config
+from wiseseg.commandline import (
+    add_data_args,
+    add_run_args,
+    command,
+    open_dataset_from_args,
+    run_config,
+)
 from wiseseg.errors import WisesegError
 
 

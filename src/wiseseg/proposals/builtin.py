@@ -79,7 +79,7 @@ class BuiltinSettings:
                 raise ConfigError(f"builtin proposals: bad segmentation ({cs!r}, {k}); colour "
                                   f"space one of {', '.join(COLOUR_SPACES)} and scale > 0")
         for cs, letters in self.strategies:
-            if cs not in COLOUR_SPACES or not letters or set(letters) - set("CTSF"):
+            if cs not in COLOUR_SPACES or not letters or set(letters) - set("CTSFBD"):
                 raise ConfigError(f"builtin proposals: bad strategy ({cs!r}, {letters!r}); "
                                   f"colour space one of {', '.join(COLOUR_SPACES)} and "
                                   f"similarity letters from CTSF")
@@ -136,7 +136,59 @@ def working_image(image: np.ndarray, work_pixels: int) -> np.ndarray:
 
 
 def _strategy(letters: str) -> Strategy:
-    return Strategy(*(float(c in letters) for c in "CTSF"))
+    return Strategy(*(float(c in letters) for c in "CTSFBD"))
+
+
+_BACKBONE = {}
+
+
+def deep_features(image: np.ndarray, layer: str = "c4") -> np.ndarray:
+    """ImageNet features of the image upsampled to stride 4: (h/4)×(w/4)×F float32."""
+    import torch
+    import torch.nn.functional as F
+
+    from wiseseg.models.backbones import build_backbone
+    if "bb" not in _BACKBONE:
+        _BACKBONE["bb"] = build_backbone("efficientnet_lite0").eval()
+    bb = _BACKBONE["bb"]
+    h, w = image.shape[:2]
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        f = bb(bb.normalize(x), layer)[layer]
+        f = F.interpolate(f, size=((h + 3) // 4, (w + 3) // 4), mode="bilinear",
+                          align_corners=False)
+    return f[0].permute(1, 2, 0).numpy()
+
+
+def superpixel_features(labels: np.ndarray, n: int, feat: np.ndarray) -> np.ndarray:
+    """Mean of the stride-4 features over each superpixel's samples (its centre cell when it
+    has none)."""
+    h, w = labels.shape
+    sub = labels[2::4, 2::4] if h > 2 and w > 2 else labels[::4, ::4]
+    fh, fw = sub.shape
+    f = feat[:fh, :fw].reshape(-1, feat.shape[2])
+    cnt = np.bincount(sub.ravel(), minlength=n).astype(np.float32)
+    out = np.zeros((n, feat.shape[2]), np.float32)
+    np.add.at(out, sub.ravel(), f)
+    out /= np.maximum(cnt, 1)[:, None]
+    miss = np.flatnonzero(cnt == 0)
+    if len(miss):
+        from scipy import ndimage
+        cy, cx = (np.array(c) for c in zip(*ndimage.center_of_mass(
+            np.ones_like(labels), labels, miss)))
+        out[miss] = feat[np.minimum(cy.astype(int) // 4, feat.shape[0] - 1),
+                         np.minimum(cx.astype(int) // 4, feat.shape[1] - 1)]
+    return out
+
+
+def edge_map(lab01: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+    g = np.zeros(lab01.shape[:2], np.float32)
+    for c in range(3):
+        g += ndimage.gaussian_gradient_magnitude(lab01[..., c], 1.0) ** 2
+    g = np.sqrt(g)
+    q = float(np.percentile(g, 99)) or 1.0
+    return np.minimum(g / q, 1.0)
 
 
 def generate(image: np.ndarray, cfg: BuiltinSettings) -> tuple[np.ndarray, np.ndarray,
@@ -157,18 +209,23 @@ def generate(image: np.ndarray, cfg: BuiltinSettings) -> tuple[np.ndarray, np.nd
     spaces = colour_spaces(image, names)
     codes = texture_codes(orientation_responses(spaces["rgb"]))
     min_size = max(4, int(round(cfg.min_size * h * w)))
+    letters = "".join(s for _, s in cfg.strategies)
+    edges = edge_map(spaces["lab"]) if "B" in letters else None
+    feat = deep_features(image) if "D" in letters else None
 
     segs: list[tuple[Superpixels, dict[str, np.ndarray]]] = []
     problems = []
     for cs, k in cfg.segmentations:
-        sp = describe(segment(spaces[cs], k, cfg.sigma, min_size))
+        sp = describe(segment(spaces[cs], k, cfg.sigma, min_size), edges)
+        spf = superpixel_features(sp.labels, sp.n, feat) if feat is not None else None
         texture = texture_histograms(sp.labels, sp.n, codes)
         counts = {c: colour_histograms(sp.labels, sp.n, spaces[c], normalise=False)
                   for c in sorted({c for c, _ in cfg.strategies} | {"lab"})}
         hists = {c: h / np.maximum(h.sum(axis=1, keepdims=True), 1.0)
                  for c, h in counts.items()}
         segs.append((sp, counts))
-        problems += [Problem(sp, hists[c], texture, _strategy(s)) for c, s in cfg.strategies]
+        problems += [Problem(sp, hists[c], texture, _strategy(s), spf)
+                     for c, s in cfg.strategies]
     hierarchies = group(problems)
 
     regions, scores, boxes = [], [], []
@@ -197,7 +254,7 @@ def generate(image: np.ndarray, cfg: BuiltinSettings) -> tuple[np.ndarray, np.nd
     # them out below top_k.
     pool = 2 * cfg.top_k
     while True:
-        keep = suppress_duplicates(member[:pool], box[:pool], atom_area, cfg.nms_iou)
+        keep = suppress_duplicates(member[:pool], atom_area, cfg.nms_iou)
         if len(keep) >= cfg.top_k or pool >= len(member):
             break
         pool *= 2

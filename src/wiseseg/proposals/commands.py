@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from wiseseg.cli import add_data_args, command, open_dataset_from_args
+from wiseseg.commandline import add_data_args, command, open_dataset_from_args
 
 
 def _cfg(p: argparse.ArgumentParser) -> None:

@@ -54,13 +54,12 @@ def common_refinement(label_maps: list[np.ndarray]) -> tuple[np.ndarray, list[np
     return atoms, [lab.ravel()[first] for lab in label_maps]
 
 
-def suppress_duplicates(member: np.ndarray, boxes: np.ndarray, atom_area: np.ndarray,
-                         threshold: float) -> np.ndarray:
+def suppress_duplicates(member: np.ndarray, atom_area: np.ndarray,
+                        threshold: float) -> np.ndarray:
     """Greedy non-maximum suppression by mask IoU.
 
     Args:
         member: K×A bool regions over atoms, best first.
-        boxes: K×4 ``(y0, x0, y1, x1)`` region boxes.
         atom_area: A pixel counts.
         threshold: drop a region whose IoU with a kept, better one is ≥ this.
 
@@ -68,38 +67,29 @@ def suppress_duplicates(member: np.ndarray, boxes: np.ndarray, atom_area: np.nda
         Indices of the kept regions, in order.
     """
     k = len(member)
-    area = member.astype(np.float64) @ atom_area
-    # Cheap upper bounds first: the intersection is at most the smaller area and the boxes'
-    # overlap, so IoU ≥ t needs min(area) / max(area) ≥ t (pairs come from a window of the
-    # area-sorted list) and that bound to pass; only then are the masks compared.
-    by_area = np.argsort(area, kind="stable")
-    sorted_area = area[by_area]
-    hi = np.searchsorted(sorted_area, sorted_area / threshold * (1 + 1e-9), side="right")
-    count = hi - np.arange(k) - 1
-    first = np.repeat(np.arange(k), count)
-    second = first + 1 + (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count))
-    a, b = by_area[first], by_area[second]
-    lo = np.maximum(boxes[a, :2], boxes[b, :2])
-    up = np.minimum(boxes[a, 2:], boxes[b, 2:])
-    most = np.minimum(np.clip(up - lo, 0, None).prod(axis=1), np.minimum(area[a], area[b]))
-    close = most >= threshold * (area[a] + area[b] - most)
-    a, b = a[close], b[close]
-
-    # Sparse rows: regions are small sets of atoms, so the pairwise intersections cost their
-    # sizes, not the atom count.
-    rows = sparse.csr_matrix(member, dtype=np.float64)
-    weighted = rows.copy()
-    weighted.data = atom_area[weighted.indices]
-    inter = np.asarray(weighted[a].multiply(rows[b]).sum(axis=1)).ravel()
-    hit = inter / np.maximum(area[a] + area[b] - inter, 1e-9) >= threshold
-    better, worse = np.minimum(a[hit], b[hit]), np.maximum(a[hit], b[hit])
-    order = np.argsort(better, kind="stable")
+    if k == 0:
+        return np.zeros(0, np.int64)
+    # All pairwise intersections as one sparse product: regions are small sets of atoms, and
+    # the product only visits pairs that share an atom, so the cost follows the overlaps, not
+    # K² · A. Whole-number pixel counts below 2**24 add exactly in float32.
+    rows = sparse.csr_matrix(member, dtype=np.float32)
+    weights = atom_area.astype(np.float32)
+    area = np.asarray(rows @ weights).ravel()
+    inter = (rows.multiply(weights[None, :]).tocsr() @ rows.T).tocoo()
+    a, b, v = inter.row, inter.col, inter.data
+    upper = a < b
+    a, b, v = a[upper], b[upper], v[upper]
+    hit = v >= threshold * (area[a] + area[b] - v)
+    better, worse = a[hit], b[hit]
+    order = np.lexsort((worse, better))
     better, worse = better[order], worse[order]
-    starts = np.flatnonzero(np.r_[True, better[1:] != better[:-1]]) if len(better) else []
-    ends = np.append(starts[1:], len(better)) if len(better) else []
     suppressed = np.zeros(k, bool)
-    # In rank order of the better region, whose own fate is final by the time it is reached.
-    for s, e in zip(starts, ends):
-        if not suppressed[better[s]]:
-            suppressed[worse[s:e]] = True
+    if len(better):
+        starts = np.flatnonzero(np.r_[True, better[1:] != better[:-1]])
+        ends = np.append(starts[1:], len(better))
+        # In rank order of the better region, whose own fate is final by the time it is
+        # reached.
+        for s, e in zip(starts, ends):
+            if not suppressed[better[s]]:
+                suppressed[worse[s:e]] = True
     return np.flatnonzero(~suppressed)

@@ -36,6 +36,8 @@ class Strategy:
     texture: float = 1.0
     size: float = 1.0
     fill: float = 1.0
+    boundary: float = 0.0
+    deep: float = 0.0
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Problem:
     colour: np.ndarray
     texture: np.ndarray
     strategy: Strategy
+    features: np.ndarray | None = None
 
 
 @dataclass
@@ -83,12 +86,15 @@ def group(problems: Sequence[Problem]) -> list[Hierarchy]:
     box = np.zeros((cap, 4), np.int64)
     col = np.zeros((cap, problems[0].colour.shape[1]), np.float32)
     tex = np.zeros((cap, problems[0].texture.shape[1]), np.float32)
+    n_feat = max((p.features.shape[1] for p in problems if p.features is not None), default=1)
+    feat = np.zeros((cap, n_feat), np.float32)
     member = np.zeros((cap, width), bool)  # columns: superpixel ids local to the problem
     children = np.full((cap, 2), -1, np.int64)
     weights = np.array([[p.strategy.colour, p.strategy.texture, p.strategy.size,
-                         p.strategy.fill] for p in problems], np.float64)
+                         p.strategy.fill, p.strategy.boundary, p.strategy.deep]
+                        for p in problems], np.float64)
     area = np.array([float(p.sp.sizes.sum()) for p in problems])
-    ea_parts, eb_parts = [], []
+    ea_parts, eb_parts, es_parts, el_parts = [], [], [], []
     for k, p in enumerate(problems):
         s = slice(base[k], base[k + 1])
         pid[s] = k
@@ -96,13 +102,21 @@ def group(problems: Sequence[Problem]) -> list[Hierarchy]:
         box[s] = p.sp.boxes
         col[s] = p.colour
         tex[s] = p.texture
+        if p.features is not None:
+            feat[s] = p.features
         member[np.arange(base[k], base[k + 1]), np.arange(p.sp.n)] = True
         ea_parts.append(p.sp.pairs[:, 0] + base[k])
         eb_parts.append(p.sp.pairs[:, 1] + base[k])
+        es_parts.append(p.sp.pair_edge)
+        el_parts.append(p.sp.pair_len)
     ea = np.concatenate(ea_parts).astype(np.int64)
     eb = np.concatenate(eb_parts).astype(np.int64)
+    # Boundary between two regions: summed edge strength and length of their shared outline.
+    esum = np.concatenate(es_parts).astype(np.float64)
+    elen = np.concatenate(el_parts).astype(np.float64)
 
-    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def similarity(a: np.ndarray, b: np.ndarray, bsum: np.ndarray,
+                   blen: np.ndarray) -> np.ndarray:
         w = weights[pid[a]]
         joint = size[a] + size[b]
         lo = np.minimum(box[a, :2], box[b, :2])
@@ -112,9 +126,13 @@ def group(problems: Sequence[Problem]) -> list[Hierarchy]:
         return (w[:, 0] * np.minimum(col[a], col[b]).sum(axis=1)
                 + w[:, 1] * np.minimum(tex[a], tex[b]).sum(axis=1)
                 + w[:, 2] * (1.0 - joint / img)
-                + w[:, 3] * (1.0 - (box_area - joint) / img))
+                + w[:, 3] * (1.0 - (box_area - joint) / img)
+                + w[:, 4] * (1.0 - np.minimum(bsum / np.maximum(blen, 1e-9), 1.0))
+                + w[:, 5] * np.maximum(np.einsum("ij,ij->i", feat[a], feat[b]), 0.0)
+                / np.maximum(np.linalg.norm(feat[a], axis=1) * np.linalg.norm(feat[b], axis=1),
+                             1e-12))
 
-    sim = similarity(ea, eb)
+    sim = similarity(ea, eb, esum, elen)
     span = 2.0 * (float(np.abs(weights).sum(axis=1).max()) + 1.0)
     count = total
     while len(ea):
@@ -142,6 +160,7 @@ def group(problems: Sequence[Problem]) -> list[Hierarchy]:
         wa = (size[a] / size[t])[:, None].astype(np.float32)
         col[t] = wa * col[a] + (1 - wa) * col[b]
         tex[t] = wa * tex[a] + (1 - wa) * tex[b]
+        feat[t] = wa * feat[a] + (1 - wa) * feat[b]
         box[t, :2] = np.minimum(box[a, :2], box[b, :2])
         box[t, 2:] = np.maximum(box[a, 2:], box[b, 2:])
         member[t] = member[a] | member[b]
@@ -155,17 +174,22 @@ def group(problems: Sequence[Problem]) -> list[Hierarchy]:
         remap[b] = t
         ra, rb = remap[ea], remap[eb]
         touched = (ra != ea) | (rb != eb)
-        kept_a, kept_b, kept_sim = ea[~touched], eb[~touched], sim[~touched]
-        ra, rb = ra[touched], rb[touched]
-        inner = ra != rb
+        kept = ~touched
+        kept_a, kept_b, kept_sim = ea[kept], eb[kept], sim[kept]
+        kept_s, kept_l = esum[kept], elen[kept]
+        inner = touched & (ra != rb)
         ra, rb = ra[inner], rb[inner]
-        keys = np.sort(np.minimum(ra, rb) * cap + np.maximum(ra, rb))
-        if len(keys) > 1:
-            keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
+        keys, inv = np.unique(np.minimum(ra, rb) * cap + np.maximum(ra, rb),
+                              return_inverse=True)
+        # The outline between two new neighbours is the union of their parts' outlines.
+        new_s = np.bincount(inv, esum[inner], len(keys))
+        new_l = np.bincount(inv, elen[inner], len(keys))
         new_a, new_b = keys // cap, keys % cap
         ea = np.concatenate([kept_a, new_a])
         eb = np.concatenate([kept_b, new_b])
-        sim = np.concatenate([kept_sim, similarity(new_a, new_b)])
+        esum = np.concatenate([kept_s, new_s])
+        elen = np.concatenate([kept_l, new_l])
+        sim = np.concatenate([kept_sim, similarity(new_a, new_b, new_s, new_l)])
 
     merged_pid = pid[total:count]
     out = []

@@ -155,6 +155,8 @@ class Superpixels:
         pairs: E×2 int64 adjacent superpixel ids (4-neighbourhood), ``a < b``, unique.
         pair_len: E float64, number of pixel sides the pair shares.
         border: n float64, pixel sides on the image border.
+        pair_edge: E float64, summed edge strength over the pixel sides the pair shares
+            (zeros when no edge map was given).
     """
 
     labels: np.ndarray
@@ -164,9 +166,10 @@ class Superpixels:
     pairs: np.ndarray
     pair_len: np.ndarray
     border: np.ndarray
+    pair_edge: np.ndarray
 
 
-def describe(labels: np.ndarray) -> Superpixels:
+def describe(labels: np.ndarray, edges: np.ndarray | None = None) -> Superpixels:
     """Sizes, boxes, adjacency and border contact of a label image.
 
     Args:
@@ -187,7 +190,14 @@ def describe(labels: np.ndarray) -> Superpixels:
     keys, inverse = np.unique(lo * n + hi, return_inverse=True)
     pairs = np.stack([keys // n, keys % n], axis=1)
     pair_len = np.bincount(inverse, minlength=len(keys)).astype(np.float64)
+    if edges is None:
+        pair_edge = np.zeros(len(keys))
+    else:
+        # A pixel side's strength: the mean of the edge map on its two pixels.
+        ea = np.concatenate([edges[:, :-1].ravel(), edges[:-1, :].ravel()])[cut]
+        eb = np.concatenate([edges[:, 1:].ravel(), edges[1:, :].ravel()])[cut]
+        pair_edge = np.bincount(inverse, 0.5 * (ea + eb), minlength=len(keys))
 
     rim = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     border = np.bincount(rim, minlength=n).astype(np.float64)
-    return Superpixels(labels, n, sizes, boxes, pairs, pair_len, border)
+    return Superpixels(labels, n, sizes, boxes, pairs, pair_len, border, pair_edge)

@@ -6,7 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from wiseseg.cli import add_data_args, add_run_args, command, open_dataset_from_args, run_config
+from wiseseg.commandline import (
+    add_data_args,
+    add_run_args,
+    command,
+    open_dataset_from_args,
+    run_config,
+)
 
 
 def _cfg_pseudo(p: argparse.ArgumentParser) -> None:

@@ -253,6 +253,9 @@ def _environment(run_dir: Path, metrics: dict, cfg: dict) -> str:
     out = H.kv_table(sorted(env.items())) if env else H.note("Unknown.")
     cfg_path = run_dir / "config.yaml"
     text = cfg_path.read_text() if cfg_path.is_file() else yaml.safe_dump(cfg, sort_keys=False)
+    auto = (metrics.get("auto") or {}).get("notes")
+    if auto:
+        out += H.details("settings chosen from the data (auto.json)", H.pre("\n".join(auto)))
     return out + H.details("merged configuration (config.yaml)", H.pre(text))
 
 

@@ -60,6 +60,7 @@ def collect_metrics(run_dir: Path) -> dict:
         "pseudo": (stages.get("pseudo") or {}).get("summary"),
         "pseudo_quality": _maybe(run_dir / "pseudo_quality" / "quality.json"),
         "refine": (stages.get("predict_wise") or {}).get("summary", {}).get("refine"),
+        "auto": _maybe(run_dir / "auto.json"),
         "curves": {name: _curve(run_dir / name / "metrics.jsonl")
                    for name in ("classifier", "wise", "reference")},
         "stages": stages,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wiseseg.cli import (
+from wiseseg.commandline import (
     add_backbone_args,
     add_data_args,
     add_run_args,
     command,
     open_dataset_from_args,
+    resolve_auto_config,
     run_config,
 )
 
@@ -38,6 +39,7 @@ def cmd_train_segmenter(args) -> int:
     if args.mode:
         cfg["segmenter"]["mode"] = args.mode
     ds = open_dataset_from_args(args)
+    cfg = resolve_auto_config(cfg, ds, args.split, args.quiet)
     split = ds.weak(args.split)
     if args.pseudo:
         instances, masks = read_pseudo(args.pseudo, split, ds.category_ids), "pseudo"

@@ -1,0 +1,209 @@
+"""Settings that follow the data: the ``auto`` values of a preset, resolved for one dataset.
+
+A preset may set ``classifier.input_size``, ``classifier.epochs``, ``segmenter.min_size``,
+``segmenter.max_size``, ``segmenter.anchor_sizes`` and ``segmenter.epochs`` to ``auto``.
+:func:`resolve_auto` replaces them with numbers chosen from the training split's image sizes
+and object sizes (``data-stats`` measures both), within the time budget of the ``auto``
+section, and returns one line per choice saying why. The run prints the lines and saves them
+(``RUN/auto.json``); the resolved numbers are what the run's config and stage hashes hold.
+
+The rules (constants in the ``auto`` section):
+
+- **object size**: the median, 10th and 90th percentile of ``√(area / image area)`` of the
+  training split's instances when it has masks; without masks the objects are assumed to
+  span ``assumed_object`` of the image side, and the run says so.
+- **classifier input**: the square side at which the median object spans ``cam_cells`` cells
+  of the CAM (the backbone's stride at the CAM's feature level), rounded up to a multiple of
+  32, at least ``min_input``, at most ``max_upscale`` × the median image side and
+  ``max_input``. A warning when even then the median object covers fewer than 3 cells.
+- **Mask R-CNN size**: the scale at which the median object is ``object_px`` pixels across
+  (never below 1× of the median image, at most ``max_upscale`` × and ``max_input``),
+  applied to the median image's shorter and longer sides.
+- **anchors**: five sizes (one per FPN level) doubling from the power of two nearest to the
+  10th-percentile object at training size (at least 8 pixels).
+- **epochs**: the time budget (``budget_minutes``, for a 2-core CPU like the one the cost
+  constants were measured on by ``benchmarks/step_time.py``) is split between the classifier
+  (``classifier_share``) and the two Mask R-CNNs (WISE and the reference); epochs = budget ÷
+  (images × seconds per image at the chosen size), within ``[min_epochs, max_epochs]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from wiseseg.data.dataset import Dataset
+from wiseseg.errors import ConfigError
+
+AUTO = "auto"
+AUTO_KEYS = (("classifier", "input_size"), ("classifier", "epochs"),
+             ("segmenter", "min_size"), ("segmenter", "max_size"),
+             ("segmenter", "anchor_sizes"), ("segmenter", "epochs"))
+
+#: Seconds per training image per megapixel of input on the reference 2-core CPU, with the
+#: backbone's features cached (``benchmarks/step_time.py``): one classifier epoch and one
+#: Mask R-CNN epoch; and the one-off cost of computing the cached features per image and
+#: flip. Refreshed by hand from that script's output when the models change.
+COST = {"classifier_epoch": 0.05, "segmenter_epoch": 1.6, "classifier_cache": 0.9,
+        "segmenter_cache": 0.9}
+
+
+@dataclass(frozen=True)
+class DataSizes:
+    """Sizes of a training split (pixels; object sides as fractions of the image side)."""
+
+    images: int
+    image_side: float  # median √(H·W)
+    short_side: float  # median shorter side
+    long_side: float  # median longer side
+    object: float  # median √(object area / image area)
+    object_p10: float
+    object_p90: float
+    measured: bool  # from masks (else assumed)
+
+
+def measure_sizes(ds: Dataset, split: str, assumed_object: float = 0.25) -> DataSizes:
+    """The image and object sizes of ``split`` (objects from its masks when it has them)."""
+    from wiseseg import rle
+
+    recs = ds.records(split)
+    if not recs:
+        raise ConfigError(f"split {split!r} is empty: nothing to choose settings from")
+    hw = np.array([(r.height, r.width) for r in recs], dtype=np.float64)
+    side = float(np.median(np.sqrt(hw[:, 0] * hw[:, 1])))
+    short, long = float(np.median(hw.min(axis=1))), float(np.median(hw.max(axis=1)))
+    fractions = []
+    if ds.has_ground_truth(split):
+        gts = ds.ground_truth(split)
+        for r in recs:
+            segs = [i.segmentation for i in gts[r.id].instances]
+            if segs:
+                fractions.extend(np.sqrt(rle.area(segs) / float(r.height * r.width)).tolist())
+    if fractions:
+        p10, p50, p90 = np.quantile(np.asarray(fractions), [0.1, 0.5, 0.9])
+        return DataSizes(len(recs), side, short, long, float(p50), float(p10), float(p90),
+                         True)
+    a = float(assumed_object)
+    return DataSizes(len(recs), side, short, long, a, a / 2, min(1.0, 2 * a), False)
+
+
+def _round_up(v: float, step: int = 32) -> int:
+    return int(math.ceil(v / step) * step)
+
+
+def is_auto(cfg: dict) -> bool:
+    return any(cfg.get(sec, {}).get(key) == AUTO for sec, key in AUTO_KEYS)
+
+
+def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
+                 cam_stride: int | None = None) -> tuple[dict, list[str]]:
+    """``cfg`` with its ``auto`` values replaced (see the module docstring), and the reasons.
+
+    Args:
+        cfg: a merged run configuration.
+        ds: the dataset.
+        split: the training split measured (default ``data.train_split``).
+        cam_stride: the classifier's stride at its CAM level (default: from the backbone's
+            ``output_stride`` and feature level; 8 for the ``cpu`` preset).
+
+    Returns:
+        ``(resolved config, [one line per choice or warning])``; the input is not modified.
+    """
+    if not is_auto(cfg):
+        return cfg, []
+    a = cfg.get("auto") or {}
+    need = ("budget_minutes", "cam_cells", "object_px", "max_upscale", "min_input",
+            "max_input", "assumed_object", "classifier_share", "min_epochs", "max_epochs")
+    missing = [k for k in need if k not in a]
+    if missing:
+        raise ConfigError(f"settings marked auto need the auto section's {', '.join(missing)}")
+    out = copy.deepcopy(cfg)
+    c, g = out["classifier"], out["segmenter"]
+    sizes = measure_sizes(ds, split or cfg["data"]["train_split"], float(a["assumed_object"]))
+    notes = []
+    obj_px = sizes.object * sizes.image_side
+    where = "the training masks" if sizes.measured else \
+        f"no masks: assumed {sizes.object:.0%} of the image side"
+    notes.append(f"data: {sizes.images} training images, median {sizes.short_side:.0f}×"
+                 f"{sizes.long_side:.0f} px; median object {obj_px:.0f} px across "
+                 f"({sizes.object:.0%} of the image side, p10 {sizes.object_p10:.0%}, p90 "
+                 f"{sizes.object_p90:.0%}; {where})")
+    stride = cam_stride or _cam_stride(c)
+    cap = min(float(a["max_input"]), float(a["max_upscale"]) * sizes.image_side)
+
+    if c.get("input_size") == AUTO:
+        want = float(a["cam_cells"]) * stride / max(sizes.object, 1e-3)
+        size = max(int(a["min_input"]), min(_round_up(want), _round_up(cap) if cap >= 32
+                                            else 32))
+        size = min(size, int(a["max_input"]))
+        c["input_size"] = size
+        cells = sizes.object * size / stride
+        notes.append(f"classifier at {size}×{size} px: the median object spans {cells:.1f} "
+                     f"CAM cells of {stride} px (aim: {a['cam_cells']})")
+    cells = sizes.object * int(c["input_size"]) / stride
+    if cells < 3:
+        notes.append(f"warning: the median object covers {cells:.1f} CAM cells at "
+                     f"{c['input_size']} px (fewer than 3): peaks will merge neighbouring "
+                     f"objects and miss small ones; raise classifier.input_size")
+
+    if g.get("min_size") == AUTO or g.get("max_size") == AUTO:
+        scale = float(a["object_px"]) / max(obj_px, 1.0)
+        scale = min(max(scale, 1.0), float(a["max_upscale"]),
+                    float(a["max_input"]) / sizes.long_side)
+        scale = max(scale, min(1.0, float(a["max_input"]) / sizes.long_side))
+        if g.get("min_size") == AUTO:
+            g["min_size"] = max(32, int(round(sizes.short_side * scale)))
+        if g.get("max_size") == AUTO:
+            g["max_size"] = max(int(g["min_size"]), int(round(sizes.long_side * scale)))
+        notes.append(f"Mask R-CNN at {g['min_size']}/{g['max_size']} px (×{scale:.2f}): the "
+                     f"median object is {obj_px * scale:.0f} px across (aim: "
+                     f"{a['object_px']}; at most {a['max_input']} px, {a['max_upscale']}×)")
+        if obj_px * scale < 16:
+            notes.append(f"warning: the median object is {obj_px * scale:.0f} px across at "
+                         f"Mask R-CNN's training size: too small for its 14×14 mask head to "
+                         f"learn much; raise auto.max_input or segmenter.min_size")
+    train_scale = min(float(g["min_size"]) / sizes.short_side,
+                      float(g["max_size"]) / sizes.long_side)
+    if g.get("anchor_sizes") == AUTO:
+        small = max(8.0, sizes.object_p10 * sizes.image_side * train_scale)
+        base = 2 ** round(math.log2(small))
+        g["anchor_sizes"] = [int(base * 2 ** k) for k in range(5)]
+        notes.append(f"anchors {g['anchor_sizes']} px: from the 10th-percentile object "
+                     f"({small:.0f} px at training size)")
+
+    budget = float(a["budget_minutes"]) * 60.0
+    n = sizes.images
+    if c.get("epochs") == AUTO:
+        mp = int(c["input_size"]) ** 2 / 1e6
+        per_epoch = COST["classifier_epoch"] * mp * n
+        setup = COST["classifier_cache"] * mp * n * 2
+        share = float(a["classifier_share"]) * budget - setup
+        c["epochs"] = _epochs(share, per_epoch, a)
+        notes.append(f"classifier {c['epochs']} epochs: ~{per_epoch:.1f} s each + "
+                     f"{setup:.0f} s of cached features, within "
+                     f"{float(a['classifier_share']):.0%} of the {a['budget_minutes']}-minute "
+                     f"budget")
+    if g.get("epochs") == AUTO:
+        mp = (sizes.short_side * train_scale) * (sizes.long_side * train_scale) / 1e6
+        per_epoch = COST["segmenter_epoch"] * mp * n
+        setup = COST["segmenter_cache"] * mp * n * 2
+        share = ((1 - float(a["classifier_share"])) * budget - setup) / 2  # WISE + reference
+        g["epochs"] = _epochs(share, per_epoch, a)
+        notes.append(f"Mask R-CNN {g['epochs']} epochs: ~{per_epoch:.0f} s each (two models, "
+                     f"WISE and the reference) + {setup:.0f} s of cached features, within the "
+                     f"rest of the budget")
+    return out, notes
+
+
+def _epochs(seconds: float, per_epoch: float, a: dict) -> int:
+    e = int(seconds // max(per_epoch, 1e-9))
+    return int(min(max(e, int(a["min_epochs"])), int(a["max_epochs"])))
+
+
+def _cam_stride(c: dict) -> int:
+    """The CAM's stride from the classifier settings (backbone output stride, feature level)."""
+    level = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}.get(str(c.get("feature", "c5")), 32)
+    return min(level, int(c.get("output_stride", 32)))

@@ -1,0 +1,102 @@
+"""Settings that follow the data: what `auto` resolves to for small and large objects, with
+and without masks, the reasons given, the warning, and the run recording them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from wiseseg import api, rle
+from wiseseg.autoconfig import is_auto, measure_sizes, resolve_auto
+from wiseseg.config import load_preset
+from wiseseg.data.dataset import Dataset, GroundTruth, ImageRecord, Instance
+from wiseseg.errors import ConfigError
+
+AUTO_OVERRIDES = ["classifier.input_size=auto", "classifier.epochs=auto",
+                  "segmenter.min_size=auto", "segmenter.max_size=auto",
+                  "segmenter.anchor_sizes=auto", "segmenter.epochs=auto"]
+
+
+def _dataset(tmp_path, h, w, side, n=20, masks=True) -> Dataset:
+    """n images of h×w, each with one square object of ``side`` pixels."""
+    recs, gts = [], {}
+    for i in range(n):
+        recs.append(ImageRecord(i + 1, f"im{i}", tmp_path / f"im{i}.jpg", h, w,
+                                frozenset({0})))
+        m = np.zeros((h, w), bool)
+        m[:side, :side] = True
+        gts[i + 1] = GroundTruth(i + 1, (Instance(0, rle.encode(m)),))
+    ds = Dataset("t", tmp_path, ("thing",), "coco")
+    ds._records["train"] = tuple(recs)
+    ds._gt["train"] = gts if masks else None
+    return ds
+
+
+def _cfg(*extra):
+    return api.load_config("cpu", [*AUTO_OVERRIDES, *extra])
+
+
+def test_small_objects_in_large_images_get_larger_inputs(tmp_path):
+    ds = _dataset(tmp_path, 480, 640, side=28)
+    cfg, notes = resolve_auto(_cfg(), ds)
+    c, g = cfg["classifier"], cfg["segmenter"]
+    sizes = measure_sizes(ds, "train")
+    assert sizes.measured and sizes.object == pytest.approx(28 / np.sqrt(480 * 640))
+    # 5 cells of 8 px over an object of 5 % of the side: ~800 px, capped at max_input
+    assert c["input_size"] == cfg["auto"]["max_input"]
+    # Mask R-CNN would want the objects 48 px across (×1.7), but max_input caps the long side
+    assert (g["min_size"], g["max_size"]) == (384, 512)
+    assert g["anchor_sizes"][0] >= 16 and len(g["anchor_sizes"]) == 5
+    assert all(isinstance(cfg[s]["epochs"], int) for s in ("classifier", "segmenter"))
+    assert cfg["auto"]["min_epochs"] <= c["epochs"] <= cfg["auto"]["max_epochs"]
+    assert any("median object 28 px" in n for n in notes)
+    assert any(n.startswith("classifier at") for n in notes)
+    assert not is_auto(cfg)
+
+
+def test_large_objects_keep_small_inputs_and_warn_when_too_small(tmp_path):
+    ds = _dataset(tmp_path, 128, 128, side=64)
+    cfg, notes = resolve_auto(_cfg(), ds)
+    assert cfg["classifier"]["input_size"] == cfg["auto"]["min_input"]
+    assert cfg["segmenter"]["min_size"] == 128  # never below the images' own size
+    assert not any(n.startswith("warning") for n in notes)
+    tiny = _dataset(tmp_path, 128, 128, side=3)
+    _, notes = resolve_auto(_cfg("auto.max_input=128"), tiny)
+    assert any(n.startswith("warning: the median object covers") for n in notes)
+
+
+def test_without_masks_the_object_size_is_assumed_and_said(tmp_path):
+    ds = _dataset(tmp_path, 300, 400, side=50, masks=False)
+    cfg, notes = resolve_auto(_cfg(), ds)
+    assert "assumed 25% of the image side" in notes[0]
+    assert isinstance(cfg["classifier"]["input_size"], int)
+
+
+def test_fixed_settings_are_left_alone_and_bad_sections_fail(tmp_path):
+    ds = _dataset(tmp_path, 128, 128, side=30)
+    cfg = api.load_config("cpu", [])
+    same, notes = resolve_auto(cfg, ds)
+    assert same is cfg and notes == []
+    broken = _cfg()
+    del broken["auto"]["budget_minutes"]
+    with pytest.raises(ConfigError, match="budget_minutes"):
+        resolve_auto(broken, ds)
+
+
+def test_run_records_the_choices(tmp_path):
+    from .conftest import TINY_OVERRIDES, TINY_SPEC
+
+    keep = [o for o in TINY_OVERRIDES if not o.startswith(("classifier.input_size",
+                                                            "segmenter.min_size",
+                                                            "segmenter.max_size"))]
+    cfg = api.load_config("cpu", [*keep, "classifier.input_size=auto",
+                                  "segmenter.min_size=auto", "segmenter.max_size=auto",
+                                  "auto.max_input=64"])
+    res = api.run_pipeline(TINY_SPEC, cfg, tmp_path / "run", progress=False)
+    auto = json.loads((tmp_path / "run" / "auto.json").read_text())
+    assert auto["chosen"]["classifier"]["input_size"] == 64
+    assert res.metrics["auto"]["notes"] == auto["notes"]
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "input_size: 64" in saved and "auto" in load_preset("cpu")
