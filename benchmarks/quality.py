@@ -30,8 +30,9 @@ REFINE_THRESHOLDS = (0.0, 0.3, 0.5, 0.7)
 
 
 def _fmt(values: list[float]) -> str:
+    """Percent, mean ± sample standard deviation (ddof = 1) over the seeds."""
     a = 100 * np.asarray(values, dtype=float)
-    return f"{a.mean():.1f} ± {a.std():.1f}" if len(a) > 1 else f"{a.mean():.1f}"
+    return f"{a.mean():.1f} ± {a.std(ddof=1):.1f}" if len(a) > 1 else f"{a.mean():.1f}"
 
 
 def refine_sweep(run_dir: Path, ds, split: str) -> dict[str, float]:

@@ -185,3 +185,18 @@ def test_rle_area_of_many_masks():
     for i in range(300):
         masks[i].flat[: i % 20] = True
     assert rle.area(rle.encode_many(masks)).tolist() == [float(i % 20) for i in range(300)]
+
+
+def test_calibration_part_is_carved_from_train():
+    from wiseseg.data import open_dataset
+
+    ds = open_dataset("shapes:train=20,val=4,size=48,seed=2", progress=False)
+    assert "train-calib" not in ds.splits and ds.has_split("train-calib")
+    fit, calib = ds.records("train-fit"), ds.records("train-calib")
+    assert len(calib) == 3 and len(fit) == 17  # 15 % of 20
+    assert not {r.id for r in fit} & {r.id for r in calib}
+    assert {r.id for r in fit} | {r.id for r in calib} == {r.id for r in ds.records("train")}
+    assert set(ds.ground_truth("train-calib")) == {r.id for r in calib}
+    again = open_dataset("shapes:train=20,val=4,size=48,seed=2", progress=False)
+    assert again.records("train-calib") == calib  # seeded: the same images every time
+    assert not ds.has_split("test-calib") and not ds.has_split("val-other")

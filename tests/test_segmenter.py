@@ -10,6 +10,7 @@ import torch
 from wiseseg import rle
 from wiseseg.config import apply_overrides, load_preset
 from wiseseg.data import open_dataset
+from wiseseg.data.dataset import ImageRecord
 from wiseseg.inference.predict import detections_to_results, predict, records_as_items
 from wiseseg.inference.refine import refine_predictions
 from wiseseg.pseudo.sampling import Candidate, PseudoImage, PseudoInstance
@@ -147,3 +148,18 @@ def test_refinement_rule():
     assert refine_predictions(pred, props, min_iou=0.0)[1]["refined"] is False  # IoU 0
     assert refine_predictions([], props) == []
     assert refine_predictions(pred, [])[0]["refined"] is False
+
+
+def test_images_with_a_label_but_no_pseudo_mask_can_be_skipped(ds):
+    from wiseseg.errors import ConfigError
+    from wiseseg.segmenter.train import without_pseudo_masks
+
+    recs = list(ds.records("train"))
+    pseudo = _pseudo_from_gt(ds, "train")
+    labelled = next(r for r in recs if r.labels)
+    pseudo[labelled.id] = PseudoImage(labelled.id, 48, 48)  # peaks found nothing
+    negative = ImageRecord(999, "neg", labelled.path, 48, 48, frozenset())
+    kept = without_pseudo_masks([*recs, negative], {**pseudo, 999: PseudoImage(999, 48, 48)})
+    assert labelled not in kept and negative in kept and len(kept) == len(recs)
+    with pytest.raises(ConfigError, match="no training image"):
+        without_pseudo_masks([labelled], {labelled.id: PseudoImage(labelled.id, 48, 48)})

@@ -269,7 +269,7 @@ def run_evaluate(ctx: RunContext, d: Path) -> dict:
 
 
 #: segmenter settings that concern pseudo masks only: the reference on true masks ignores them
-PSEUDO_ONLY = ("mode", "dup_iou", "rounds", "self_training_score")
+PSEUDO_ONLY = ("mode", "dup_iou", "rounds", "self_training_score", "skip_unlabelled")
 
 
 def _has_train_gt(ctx: RunContext) -> bool:

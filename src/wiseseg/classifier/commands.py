@@ -102,7 +102,8 @@ def cmd_show_peaks(args) -> int:
     recs = ds.records(args.split)[: max(0, args.limit)]
     for r in recs:
         image = load_image(r.path)
-        cam = image_cams(model, [image], ccfg["input_size"], device)[0]
+        cam = image_cams(model, [image], ccfg["input_size"], device,
+                         flip=bool(pcfg.get("flip", False)))[0]
         peaks = [{"class": p.category, "y": p.y, "x": p.x}
                  for p in peaks_for_image(model, cam, r, pcfg, use_labels=True,
                                           input_size=ccfg["input_size"])]

@@ -23,11 +23,18 @@ from wiseseg.models.peak_ops import Peak, extract_peaks
 from wiseseg.models.peakcam import PeakCAM
 
 
-def image_cams(model: PeakCAM, images: list, input_size: int, device) -> torch.Tensor:
-    """CAMs ``B×C×h×w`` (float, CPU) of RGB uint8 images resized to the classifier input."""
+def image_cams(model: PeakCAM, images: list, input_size: int, device,
+               flip: bool = False) -> torch.Tensor:
+    """CAMs ``B×C×h×w`` (float, CPU) of RGB uint8 images resized to the classifier input;
+    ``flip``: averaged with the CAM of the mirrored image, mirrored back (test-time
+    augmentation; the geometry is unchanged, every convention being symmetric up to a
+    sub-pixel offset)."""
     x = torch.stack([to_tensor(resize_image(im, (input_size, input_size))) for im in images])
     with torch.no_grad():
-        return model.cams(x.to(device)).float().cpu()
+        cams = model.cams(x.to(device)).float()
+        if flip:
+            cams = (cams + model.cams(x.flip(-1).to(device)).float().flip(-1)) / 2
+    return cams.cpu()
 
 
 def cam_geometry(model: PeakCAM, cam: torch.Tensor, input_size: int) -> CamGeometry:
@@ -51,10 +58,12 @@ def peaks_for_image(model: PeakCAM, cam: torch.Tensor, record: ImageRecord, cfg:
     if input_size is None:
         raise ValueError("peaks_for_image needs the classifier's input size")
     return extract_peaks(cam, classes, (record.height, record.width),
-                         cam_geometry(model, cam, input_size), window=model.peak_window,
+                         cam_geometry(model, cam, input_size),
+                         window=int(cfg.get("window") or model.peak_window),
                          median_filter=model.median_filter,
                          min_score=peak_threshold(cfg), relative=cfg["relative"],
-                         max_per_class=cfg.get("max_per_class"))
+                         max_per_class=cfg.get("max_per_class"),
+                         exclusive=bool(cfg.get("exclusive", False)))
 
 
 def peak_threshold(cfg: dict) -> float:
@@ -79,7 +88,8 @@ def compute_peaks(model: PeakCAM, split: WeakSplit, input_size: int, cfg: dict[s
     bar = tqdm(total=len(recs), desc="peaks", unit="img", disable=not progress)
     for start in range(0, len(recs), batch_size):
         chunk = recs[start:start + batch_size]
-        cams = image_cams(model, [load_image(r.path) for r in chunk], input_size, device)
+        cams = image_cams(model, [load_image(r.path) for r in chunk], input_size, device,
+                          flip=bool(cfg.get("flip", False)))
         scores, _ = peak_stimulation(cams, model.peak_window, model.median_filter)
         probs = torch.sigmoid(scores)
         for r, cam, prob in zip(chunk, cams, probs):

@@ -268,11 +268,14 @@ def prm_instances(model, image: np.ndarray, record: ImageRecord, proposal_masks:
     probs = torch.sigmoid(scores[0]).cpu().numpy()
     classes = [int(c) for c in np.flatnonzero(probs >= s.class_threshold)]
     # peaks in the image's pixels; each keeps its CAM cell, where its backpropagation starts
+    # (the CAM of the image itself, not flip-averaged: the response maps backpropagate from it)
     peaks = extract_peaks(cam[0].cpu(), classes, (record.height, record.width),
-                          cam_geometry(model, cam[0], input_size), window=model.peak_window,
+                          cam_geometry(model, cam[0], input_size),
+                          window=int(peak_cfg.get("window") or model.peak_window),
                           median_filter=model.median_filter,
                           min_score=peak_threshold(peak_cfg), relative=peak_cfg["relative"],
-                          max_per_class=peak_cfg.get("max_per_class"))
+                          max_per_class=peak_cfg.get("max_per_class"),
+                          exclusive=bool(peak_cfg.get("exclusive", False)))
     prms, cams = response_maps_at(model, image, peaks, input_size, device)
     info = {"peaks": peaks, "cams": cams, "probs": probs}
     inst = retrieve(prms, peaks, cams, proposal_masks, (record.height, record.width), s,

@@ -105,7 +105,7 @@ class Peak:
 def extract_peaks(cam: Tensor, classes: list[int] | None, image_size: tuple[int, int],
                   geometry: CamGeometry, window: int = 3, median_filter: bool = True,
                   min_score: float = float("-inf"), relative: float = 0.0,
-                  max_per_class: int | None = None) -> list[Peak]:
+                  max_per_class: int | None = None, exclusive: bool = False) -> list[Peak]:
     """Peaks of one image's CAM, mapped to the pixels of the image.
 
     Args:
@@ -119,6 +119,8 @@ def extract_peaks(cam: Tensor, classes: list[int] | None, image_size: tuple[int,
             strict ``>``; PRM's demo uses 30 on its raw CAM scale).
         relative: also drop peaks below ``relative ×`` the class's highest peak.
         max_per_class: keep at most this many (highest first).
+        exclusive: beyond PRM, keep a peak of class k only where k's CAM is the highest of
+            the requested classes (two labelled classes cannot both claim one cell).
 
     Returns:
         Peaks sorted by class, then by decreasing score; empty when no class is given.
@@ -131,6 +133,13 @@ def extract_peaks(cam: Tensor, classes: list[int] | None, image_size: tuple[int,
     if tuple(geometry.cam_size) != (h, w):
         raise ValueError(f"CAM of {h}×{w} cells but the geometry is for {geometry.cam_size}")
     peaks = local_peaks(cam[None], window, median_filter)[0]
+    if exclusive and len(set(classes)) > 1:
+        chosen = sorted(set(classes))
+        winner = torch.full_like(peaks, False)
+        best = cam[chosen].argmax(dim=0)
+        for n, k in enumerate(chosen):
+            winner[k] = best == n
+        peaks &= winner
     out: list[Peak] = []
     for k in sorted(set(classes)):
         ys, xs = torch.nonzero(peaks[k], as_tuple=True)

@@ -72,6 +72,23 @@ def feature_cache_for(model, data: SegmenterData, device, path: Path | None,
     return cache
 
 
+def without_pseudo_masks(records: list[ImageRecord], instances: dict[int, object]
+                         ) -> list[ImageRecord]:
+    """The training images less those whose image-level label names a class but that got no
+    pseudo mask: their objects are unknown, and training them as background would teach the
+    detector to miss objects (the official WISE code skips them too). Negative images (an
+    empty label) stay: they are known background."""
+    from wiseseg.pseudo.sampling import PseudoImage
+
+    kept = [r for r in records
+            if not r.labels or not isinstance(instances.get(r.id), PseudoImage)
+            or instances[r.id].instances]
+    if not kept:
+        raise ConfigError("no training image has a pseudo mask: nothing to train on "
+                          "(see the pseudo stage's peaks_without_candidate)")
+    return kept
+
+
 def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
                     classes: tuple[str, ...], cfg: dict[str, Any], out_dir: str | Path,
                     masks: str = "pseudo", seed: int = 0, deterministic: bool = False,
@@ -88,6 +105,8 @@ def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
             backbone body (every stage frozen, frozen BatchNorm) the body's features are
             computed once per image and flip and the rest trains on them (same model, several
             times faster per step; colour jitter is then not applied).
+        ``cfg["skip_unlabelled"]``: leave out the images whose label names a class but that
+            got no pseudo mask (:func:`without_pseudo_masks`).
         feature_cache_dir: where the feature cache file is kept (shared by the stages that
             train on the same images with the same body); None keeps it in memory only.
     """
@@ -100,6 +119,8 @@ def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
     mode = cfg.get("mode", "sample")
     if masks == "pseudo" and mode == "fixed":
         fix_draws(instances.values(), seed)
+    if masks == "pseudo" and cfg.get("skip_unlabelled", False):
+        records = without_pseudo_masks(records, instances)
     data = SegmenterData(records, instances, cfg["min_size"], cfg["max_size"],
                          hflip=cfg["hflip"], jitter=cfg["color_jitter"], mode=mode,
                          dup_iou=cfg.get("dup_iou", 0.8))

@@ -1,0 +1,137 @@
+"""Choose stage 1's measured settings on a calibration part of the training split, never on
+the split the tables report.
+
+For each classifier variant (preset overrides, e.g. another input size or sub-pixel factor)
+the classifier is trained on ``<train>-fit`` and its peaks are scored on ``<train>-calib``
+(:func:`wiseseg.data.dataset.calibration_split`: a seeded 15 % of the training images) for a
+grid of peak settings: the CAM geometry convention, test-time flip averaging of the CAM, the
+relative and absolute peak thresholds and the peak window. The criterion is the smaller of
+peak recall and peak precision (both must reach 85 % for the target); the table lists every
+combination, best first, with the training time, so a variant's gain can be weighed against
+its cost.
+
+usage: python benchmarks/calibrate_peaks.py [--data shapes] [--preset cpu]
+           [--variants "classifier.input_size=128" "classifier.input_size=256" ...]
+           [--out runs/calibrate-peaks] [--name shapes]
+Writes benchmarks/results/calibrate_peaks_<name>.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from wiseseg import api
+from wiseseg.classifier.metrics import peak_quality
+from wiseseg.classifier.model_io import load_classifier
+from wiseseg.classifier.peaks import image_cams
+from wiseseg.classifier.train import train_classifier
+from wiseseg.data.images import load_image
+from wiseseg.io import atomic_write_json
+from wiseseg.models.cam_geometry import CONVENTIONS
+from wiseseg.models.peak_ops import extract_peaks
+
+RELATIVE = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
+ABSOLUTE = (None, 0.0, 1.0)
+WINDOWS = (3, 5)
+EXCLUSIVE = (False, True)
+
+
+def calib_cams(model, records, size: int, flip: bool) -> torch.Tensor:
+    """CAMs of the calibration images (flip: averaged with the flipped image's CAM)."""
+    out = []
+    for i in range(0, len(records), 32):
+        imgs = [load_image(r.path) for r in records[i:i + 32]]
+        cams = image_cams(model, imgs, size, "cpu")
+        if flip:
+            cams = (cams + image_cams(model, [im[:, ::-1] for im in imgs], size,
+                                      "cpu").flip(-1)) / 2
+        out.append(cams)
+    return torch.cat(out)
+
+
+def score_grid(model, ds, split: str, size: int, max_per_class: int) -> list[dict]:
+    records = ds.records(split)
+    gts = ds.ground_truth(split)
+    rows = []
+    for flip in (False, True):
+        t0 = time.time()
+        cams = calib_cams(model, records, size, flip)
+        cam_seconds = (time.time() - t0) / len(records)
+        for conv in CONVENTIONS:
+            geo = model.geometry((size, size), tuple(cams.shape[-2:]), conv)
+            for rel, ab, win, ex in itertools.product(RELATIVE, ABSOLUTE, WINDOWS, EXCLUSIVE):
+                by_id = {}
+                for r, cam in zip(records, cams):
+                    peaks = extract_peaks(cam, sorted(r.labels), (r.height, r.width), geo,
+                                          window=win, median_filter=model.median_filter,
+                                          min_score=float("-inf") if ab is None else ab,
+                                          relative=rel, max_per_class=max_per_class,
+                                          exclusive=ex)
+                    by_id[r.id] = [{"class": p.category, "y": p.y, "x": p.x} for p in peaks]
+                q = peak_quality(by_id, gts, records)
+                rows.append({"flip": flip, "geometry": conv, "relative": rel,
+                             "min_score": ab, "window": win, "exclusive": ex,
+                             "recall": q["peak_recall"], "precision": q["peak_precision"],
+                             "count_mae": q["count_mae"], "cam_seconds": cam_seconds})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="shapes")
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--variants", nargs="+", default=[""],
+                    help="each a space-separated list of overrides ('' = the preset)")
+    ap.add_argument("--out", default="runs/calibrate-peaks")
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    ds = api.open_dataset(args.data, progress=False)
+    name = args.name or ds.name
+    fit, calib = "train-fit", "train-calib"
+    ds.has_split(fit)
+    results = []
+    for variant in args.variants:
+        overrides = shlex.split(variant)
+        cfg = api.load_config(args.preset, [*overrides, f"seed={args.seed}"])
+        c = cfg["classifier"]
+        out = Path(args.out) / (variant.replace(" ", "_").replace("=", "-") or "preset")
+        t0 = time.time()
+        path = train_classifier(ds.weak(fit), c, out, seed=args.seed, resume=False,
+                                progress=False, feature_cache_dir=out / "cache")
+        train_s = time.time() - t0
+        model, ccfg, _ = load_classifier(path)
+        rows = score_grid(model, ds, calib, int(ccfg["input_size"]),
+                          cfg["peaks"].get("max_per_class"))
+        for r in rows:
+            r.update(variant=variant or "(preset)", train_seconds=round(train_s, 1))
+        results += rows
+        best = max(rows, key=lambda r: min(r["recall"], r["precision"]))
+        print(f"{variant or '(preset)'}: trained in {train_s:.0f} s; best recall "
+              f"{100 * best['recall']:.1f} precision {100 * best['precision']:.1f}", flush=True)
+    results.sort(key=lambda r: -min(r["recall"], r["precision"]))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    atomic_write_json(Path(f"benchmarks/results/calibrate_peaks_{name}.json"),
+                      {"commit": commit, "data": args.data, "preset": args.preset,
+                       "fit": fit, "calib": calib, "calib_images": len(ds.records(calib)),
+                       "rows": results}, indent=1)
+    print(f"\ncommit {commit}; {args.data}: trained on {fit} "
+          f"({len(ds.records(fit))} images), scored on {calib} ({len(ds.records(calib))})\n")
+    print("| variant | flip | geometry | relative | min score | window | exclusive | recall | "
+          "precision | count MAE | train s |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results[:25]:
+        print(f"| {r['variant']} | {r['flip']} | {r['geometry']} | {r['relative']} | "
+              f"{r['min_score']} | {r['window']} | {r['exclusive']} | {100 * r['recall']:.1f} | "
+              f"{100 * r['precision']:.1f} | {r['count_mae']:.2f} | {r['train_seconds']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""`wiseseg run` on real photographs with instance masks, image-level labels derived from the
+masks: Table 1 (PRM, WISE, WISE+Refine, Mask R-CNN (GT)), stage 1 (peaks), proposal and
+pseudo-mask quality (Table 3), wall time and peak memory of each run.
+
+Default settings only (the ``cpu`` preset with its data-following ``auto`` settings): nothing
+is tuned on the validation images. Each run is a separate process, so its peak memory is its
+own.
+
+Data: COCO-layout folders made by the converters in ``benchmarks/data/`` (their README says
+where to get each dataset and its licence; no image is in this repository), e.g.
+``python benchmarks/data/pennfudan.py PennFudanPed /data/pennfudan``.
+
+usage: python benchmarks/real.py DATA [DATA ...] [--seeds 0] [--preset cpu]
+           [--out runs/bench-real] [key=value ...]
+Writes benchmarks/results/real_<name>.json (one per dataset) and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from wiseseg.io import atomic_write_json
+
+ROWS = ("PRM", "WISE", "WISE+Refine", "Mask R-CNN (GT)")
+METRICS = ("mAP25", "mAP50", "mAP75", "ABO")
+
+
+def fmt(values: list[float], scale: float = 100.0) -> str:
+    """Mean ± sample standard deviation (ddof = 1) over seeds, or the one value."""
+    a = scale * np.asarray([v for v in values if v is not None], dtype=float)
+    if a.size == 0:
+        return "—"
+    return f"{a.mean():.1f} ± {a.std(ddof=1):.1f}" if a.size > 1 else f"{a.mean():.1f}"
+
+
+def run_once(data: str, out: Path, preset: str, seed: int, overrides: list[str]) -> dict:
+    """One `wiseseg run` in a child process; its wall time and peak RSS."""
+    cmd = [sys.executable, "-m", "wiseseg", "run", "--data", data, "--out", str(out),
+           "--preset", preset, "--seed", str(seed), "-q", *overrides]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # max over children
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"seed": seed, "wall_seconds": round(wall, 1), "peak_rss_mb_upto_now": round(rss),
+            "stderr_auto": [ln for ln in proc.stderr.splitlines()
+                            if ln.startswith(("auto:", "warning"))], "metrics": metrics}
+
+
+def summarise(name: str, runs: list[dict]) -> str:
+    lines = [f"### {name}\n", "| Method | " + " | ".join(METRICS) + " |",
+             "|---|" + "---|" * len(METRICS)]
+    for row in ROWS:
+        vals = [r["metrics"]["results"].get(row) for r in runs]
+        if all(vals):
+            lines.append(f"| {row} | " + " | ".join(fmt([v[k] for v in vals])
+                                                    for k in METRICS) + " |")
+    res = [r["metrics"]["results"] for r in runs]
+    if all("WISE" in x and "Mask R-CNN (GT)" in x for x in res):
+        ratio = [x["WISE"]["mAP50"] / max(x["Mask R-CNN (GT)"]["mAP50"], 1e-9) for x in res]
+        lines.append(f"\nWISE / Mask R-CNN (GT) mAP50: {fmt(ratio, 1.0)}")
+    pk = [r["metrics"]["peaks"].get("val") for r in runs if r["metrics"].get("peaks")]
+    if pk and all(pk):
+        lines.append(f"peaks (val): recall {fmt([p['peak_recall'] for p in pk])}, precision "
+                     f"{fmt([p['peak_precision'] for p in pk])}")
+    pr = [r["metrics"].get("proposals") for r in runs]
+    if all(pr):
+        keys = sorted(k for k in pr[0] if "recall" in k or k in ("abo", "auc"))
+        lines.append("proposals (val): " + ", ".join(
+            f"{k} {fmt([p[k] for p in pr])}" for k in keys if isinstance(pr[0][k], float)))
+    pq = [r["metrics"].get("pseudo_quality") for r in runs]
+    if all(pq):
+        lines.append(f"Table 3 (train): pseudo masks mAP50 "
+                     f"{fmt([q['pseudo_mAP50'] for q in pq])}, WISE on the same images "
+                     f"{fmt([q.get('model_mAP50') for q in pq])}")
+    walls = [r["wall_seconds"] for r in runs]
+    lines.append(f"wall time per run {np.mean(walls):.0f} s (max {max(walls):.0f}); peak RSS "
+                 f"{max(r['peak_rss_mb_upto_now'] for r in runs)} MB")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data", nargs="+", help="COCO- or VOC-layout dataset folders")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--out", default="runs/bench-real")
+    ap.add_argument("overrides", nargs="*", default=[])
+    args = ap.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    for data in args.data:
+        name = Path(data).name
+        runs = []
+        for seed in args.seeds:
+            r = run_once(data, Path(args.out) / name / f"seed{seed}", args.preset, seed,
+                         args.overrides)
+            runs.append(r)
+            res = r["metrics"]["results"]
+            print(f"{name} seed {seed}: " + ", ".join(
+                f"{k} {100 * v['mAP50']:.1f}" for k, v in res.items()) +
+                f" ({r['wall_seconds']:.0f} s)", flush=True)
+        atomic_write_json(Path(f"benchmarks/results/real_{name}.json"),
+                          {"commit": commit, "data": data, "preset": args.preset,
+                           "overrides": args.overrides, "seeds": args.seeds,
+                           "runs": [{**r, "metrics": {k: r["metrics"].get(k) for k in (
+                               "results", "peaks", "proposals", "pseudo_quality", "auto",
+                               "stages", "total_seconds", "environment")}} for r in runs]},
+                          indent=1)
+        print(f"\ncommit {commit}\n" + summarise(name, runs) + "\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
