@@ -10,11 +10,11 @@ import pytest
 from wiseseg import rle
 from wiseseg.errors import ConfigError
 from wiseseg.proposals import Proposals, build_proposal_source, roc_auc
-from wiseseg.proposals.builtin import BuiltinSource
+from wiseseg.proposals.builtin import QUALITIES, BuiltinSource, edge_map, superpixel_features
 from wiseseg.proposals.dedup import common_refinement, suppress_duplicates, unique_rows
 from wiseseg.proposals.grouping import Problem, Strategy, group
 from wiseseg.proposals.masks import encode_regions, nearest_index
-from wiseseg.proposals.objectness import size_prior
+from wiseseg.proposals.objectness import FEATURES, score
 from wiseseg.proposals.quality import mask_iou
 from wiseseg.proposals.superpixels import describe
 
@@ -101,7 +101,6 @@ def test_suppression_matches_plain_greedy_nms():
     member[10] = member[3]  # exact duplicates and near-duplicates too
     member[11] = member[3] ^ (np.arange(40) == 5)
     member = member[member.any(axis=1)]
-    boxes = np.tile([0, 0, 12, 12], (len(member), 1))  # boxes that never rule a pair out
     for t in (0.5, 0.8):
         inter = (member[:, None] & member[None]).astype(float) @ area
         sizes = member.astype(float) @ area
@@ -110,7 +109,7 @@ def test_suppression_matches_plain_greedy_nms():
         for i in range(len(member)):
             if all(iou[i, j] < t for j in kept):
                 kept.append(i)
-        assert suppress_duplicates(member, boxes, area, t).tolist() == kept
+        assert suppress_duplicates(member, area, t).tolist() == kept
 
 
 def test_atoms_and_unique_rows():
@@ -133,8 +132,9 @@ def test_objects_appear_among_the_proposals(scene_proposals):
     assert props.size == img.shape[:2] and 0 < len(props) <= 300
     iou = rle.iou(props.masks, [rle.encode(o) for o in objects])
     assert np.all(iou.max(axis=0) >= 0.85), iou.max(axis=0)
-    # The solid disk, the clearest object, is among the best-ranked proposals.
-    assert iou[:10, 0].max() >= 0.85
+    # Every object is among the best-ranked tenth of the proposals (the learned objectness
+    # ranks natural objects; this synthetic scene only checks that it is not upside down).
+    assert np.all(iou[:30].max(axis=0) >= 0.85), iou[:30].max(axis=0)
     # Objectness ranks object-like proposals above the rest.
     assert roc_auc(props.scores, iou.max(axis=1) >= 0.5) > 0.6
     assert np.all(props.scores >= 0) and np.all(props.scores <= 1)
@@ -205,11 +205,97 @@ def test_settings_validated_and_fingerprinted():
     a, b = BuiltinSource(), build_proposal_source("builtin", top_k=300)
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != BuiltinSource(nms_iou=0.7).fingerprint()
+    for key, value in [("deep_layer", "c3"), ("min_size", 1e-3), ("work_pixels", 9999),
+                       ("quality", "accurate"), ("strategies", (("lab", "BD"),)),
+                       ("pool_factor", 5)]:
+        assert a.fingerprint() != BuiltinSource(**{key: value}).fingerprint(), key
 
 
-def test_size_prior_shape():
-    s = size_prior(np.array([1e-5, 5e-4, 5e-3, 0.1, 0.5, 0.9, 1.0]))
-    assert s.tolist() == pytest.approx([0, 0, 1, 1, 1, 0, 0])
+def test_quality_presets_and_specs():
+    fast, accurate = BuiltinSource(), build_proposal_source("builtin:accurate")
+    assert fast.config.quality == "fast" and accurate.config.quality == "accurate"
+    for key, value in QUALITIES["accurate"].items():
+        assert getattr(accurate.config, key) == value
+    assert fast.fingerprint() == build_proposal_source("builtin:fast").fingerprint()
+    assert fast.fingerprint() != accurate.fingerprint()
+    # A setting given beside the quality overrides the preset's value, and is fingerprinted.
+    tuned = build_proposal_source("builtin:accurate", top_k=1000, work_pixels=90_000)
+    assert tuned.config.work_pixels == 90_000 and tuned.config.min_size == accurate.config.min_size
+    assert BuiltinSource(quality="accurate").settings() == accurate.settings()
+    with pytest.raises(ConfigError, match="unknown quality"):
+        build_proposal_source("builtin:best")
+    with pytest.raises(ConfigError, match="disagree"):
+        build_proposal_source("builtin:fast", quality="accurate")
+    with pytest.raises(ConfigError, match="deep_layer"):
+        BuiltinSource(deep_layer="c5")
+    with pytest.raises(ConfigError, match="quality"):
+        BuiltinSource(quality="slow")
+
+
+def test_objectness_model_shape_and_range():
+    from wiseseg.proposals.objectness_model import MODEL
+
+    assert tuple(MODEL["features"]) == FEATURES
+    hidden = len(MODEL["b1"])
+    assert len(MODEL["w1"]) == hidden and all(len(r) == len(FEATURES) for r in MODEL["w1"])
+    x = np.random.default_rng(0).normal(size=(50, len(FEATURES))).astype(np.float32)
+    s = score(x)
+    assert s.shape == (50,) and s.dtype == np.float32 and np.all((s >= 0) & (s <= 1))
+    with pytest.raises(ValueError, match="features"):
+        score(x, {**MODEL, "features": list(FEATURES[::-1])})
+
+
+def test_edge_map_and_superpixel_features():
+    img = np.zeros((20, 30, 3), np.float32)
+    img[:, 15:] = 1.0
+    e = edge_map(img)
+    assert e.shape == (20, 30) and e.max() == pytest.approx(1.0) and e[:, :5].max() < 0.01
+    assert np.all(edge_map(np.zeros((4, 4, 3), np.float32)) == 0)
+    labels = np.zeros((9, 9), np.int32)
+    labels[4, 4] = 1  # one pixel, no 4×4 sample of its own: takes the cell under it
+    sp = describe(labels)
+    feat = np.arange(3 * 3 * 2, dtype=np.float32).reshape(3, 3, 2)
+    f = superpixel_features(sp, feat)
+    assert f.shape == (2, 2)
+    assert f[1].tolist() == feat[1, 1].tolist()
+
+
+def test_boundary_similarity_follows_edges():
+    # Four superpixels in a row, identical colour; the edge between 1 and 2 is strong, so
+    # with the boundary term alone {0, 1} and {2, 3} form before everything merges.
+    labels = np.repeat(np.arange(4, dtype=np.int32)[None], 4, axis=0).repeat(3, axis=1)
+    edges = np.zeros(labels.shape, np.float32)
+    edges[:, 5:7] = 1.0
+    sp = describe(labels, edges)
+    assert sp.pair_edge.tolist() == pytest.approx([0.0, 4.0, 0.0])
+    hist = np.full((4, 75), 1 / 75, np.float32)
+    tex = np.full((4, 240), 1 / 240, np.float32)
+    (h,) = group([Problem(sp, hist, tex, Strategy(0, 0, 0, 0, boundary=1.0))])
+    regions = {tuple(np.flatnonzero(r)) for r in h.member[4:]}
+    assert {(0, 1), (2, 3), (0, 1, 2, 3)} == regions
+
+
+def test_deep_similarity_merges_alike_features():
+    labels = np.repeat(np.arange(4, dtype=np.int32)[None], 4, axis=0).repeat(3, axis=1)
+    sp = describe(labels)
+    hist = np.full((4, 75), 1 / 75, np.float32)
+    tex = np.full((4, 240), 1 / 240, np.float32)
+    feats = np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1]], np.float32)
+    (h,) = group([Problem(sp, hist, tex, Strategy(0, 0, 0, 0, deep=1.0), feats)])
+    assert {tuple(np.flatnonzero(r)) for r in h.member[4:]} == {(0, 1), (2, 3), (0, 1, 2, 3)}
+
+
+def test_grouping_ends_when_every_similarity_ties():
+    # A ring of equal similarities: per-region tie breaking could leave a cycle a → b → c → a
+    # without a mutual pair; the total order on edges always merges, and the loop ends.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 30, (24, 24)).astype(np.int32)
+    _, labels = np.unique(labels, return_inverse=True)
+    sp = describe(labels.reshape(24, 24).astype(np.int32))
+    hist = np.full((sp.n, 75), 1 / 75, np.float32)
+    tex = np.full((sp.n, 240), 1 / 240, np.float32)
+    (h,) = group([Problem(sp, hist, tex, Strategy(1, 1, 0, 0))])
+    assert h.member[-1].all() and len(h.member) == 2 * sp.n - 1
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -219,6 +219,20 @@ def test_cli(tiny, tmp_path, run_cli):
     code, _, err = run_cli("proposals", "--data", SPEC, "--out", out, "--method",
                            f"json:{tmp_path / 'nowhere'}")
     assert code == 2 and "nowhere" in err
+    # The built-in generator's qualities: bad ones are one-line errors, good ones run.
+    for method, sets, needle in [("builtin:best", [], "unknown quality"),
+                                 ("builtin:fast", ["--set", "quality=accurate"], "disagree"),
+                                 ("builtin", ["--set", "deep_layer=c9"], "deep_layer"),
+                                 ("builtin", ["--set", "strategies=[[lab, XQ]]"], "strategy")]:
+        code, _, err = run_cli("proposals", "--data", SPEC, "--out", out, "--method", method,
+                               *sets)
+        assert code == 2 and err.count("\n") == 1 and needle in err, err
+    code, stdout, _ = run_cli("proposals", "--data", SPEC, "--split", "val", "--out",
+                              tmp_path / "acc", "--method", "builtin:accurate", "--top-k", "50",
+                              "-q", "--workers", "1")
+    assert code == 0 and "4 computed" in stdout
+    manifest = json.loads((tmp_path / "acc" / "manifest.json").read_text())
+    assert manifest["settings"]["quality"] == "accurate" and manifest["top_k"] == 50
 
 
 # --------------------------------------------------------------------------- shards

@@ -16,7 +16,7 @@ from wiseseg.rle import RLE
 
 #: Bumped whenever any source's output for the same settings changes; part of every
 #: fingerprint, so caches made by older code are recomputed.
-PROPOSALS_VERSION = 1
+PROPOSALS_VERSION = 2
 
 
 @dataclass

@@ -18,8 +18,9 @@ def _cfg(p: argparse.ArgumentParser) -> None:
     add_data_args(p, split=True)
     p.add_argument("--out", required=True, help="output directory (the proposal cache)")
     p.add_argument("--method", default="builtin",
-                   help="builtin (default), mcg:DIR, cob:DIR or json:DIR (precomputed files "
-                        "named <DIR>/<image name>.mat or .json), sam:CHECKPOINT or "
+                   help="builtin (default; = builtin:fast), builtin:accurate, mcg:DIR, cob:DIR "
+                        "or json:DIR (precomputed files named <DIR>/<image name>.mat or "
+                        ".json), sam:CHECKPOINT or "
                         "sam:vit_b|vit_l|vit_h:CHECKPOINT (Segment Anything, needs the "
                         "'sam' extra)")
     p.add_argument("--set", dest="settings", action="append", default=[],

@@ -69,18 +69,32 @@ def suppress_duplicates(member: np.ndarray, atom_area: np.ndarray,
     k = len(member)
     if k == 0:
         return np.zeros(0, np.int64)
-    # All pairwise intersections as one sparse product: regions are small sets of atoms, and
-    # the product only visits pairs that share an atom, so the cost follows the overlaps, not
-    # K² · A. Whole-number pixel counts below 2**24 add exactly in float32.
     rows = sparse.csr_matrix(member, dtype=np.float32)
+    # Whole-number pixel counts below 2**24 add exactly in float32.
     weights = atom_area.astype(np.float32)
     area = np.asarray(rows @ weights).ravel()
-    inter = (rows.multiply(weights[None, :]).tocsr() @ rows.T).tocoo()
-    a, b, v = inter.row, inter.col, inter.data
-    upper = a < b
-    a, b, v = a[upper], b[upper], v[upper]
-    hit = v >= threshold * (area[a] + area[b] - v)
-    better, worse = a[hit], b[hit]
+    weighted = rows.multiply(weights[None, :]).tocsr()
+    # IoU ≥ t needs min(area) / max(area) ≥ t. Regions are binned by log area with bins
+    # log(1/t) wide, so such pairs lie in one bin or two neighbouring ones, and the
+    # intersections are sparse products bin by bin: they visit only pairs of similar size
+    # that share an atom. (One product over all regions costs Σ_atoms (regions holding
+    # it)², which explodes with the many large regions of the upper hierarchy levels.)
+    width = -np.log(threshold) if threshold < 1 else 1e-6
+    bins = np.floor(np.log(np.maximum(area, 1.0)) / width).astype(np.int64)
+    found_a, found_b = [], []
+    for b in np.unique(bins):
+        here = np.flatnonzero(bins == b)
+        near = np.flatnonzero((bins == b) | (bins == b + 1))
+        inter = (weighted[here] @ rows[near].T).tocoo()
+        i, j, v = here[inter.row], near[inter.col], inter.data
+        # A pair within bin b comes twice (i, j and j, i), a pair across bins b and b+1
+        # once (from the lower bin).
+        once = np.where(bins[j] == b, i < j, True)
+        hit = once & (v >= threshold * (area[i] + area[j] - v))
+        found_a.append(np.minimum(i[hit], j[hit]))
+        found_b.append(np.maximum(i[hit], j[hit]))
+    better = np.concatenate(found_a)
+    worse = np.concatenate(found_b)
     order = np.lexsort((worse, better))
     better, worse = better[order], worse[order]
     suppressed = np.zeros(k, bool)

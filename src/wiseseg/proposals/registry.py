@@ -7,14 +7,16 @@ import inspect
 from wiseseg.errors import ConfigError
 from wiseseg.proposals.base import ProposalSource
 
-SPECS = ("builtin", "mcg:DIR", "cob:DIR", "json:DIR", "sam:CHECKPOINT")
+SPECS = ("builtin", "builtin:fast", "builtin:accurate", "mcg:DIR", "cob:DIR", "json:DIR",
+         "sam:CHECKPOINT")
 
 
 def build_proposal_source(spec: str, **kwargs) -> ProposalSource:
     """The source named by ``spec``.
 
     Args:
-        spec: ``builtin``, ``mcg:DIR`` (MCG/SCG ``.mat``), ``cob:DIR`` (COB ``.mat``),
+        spec: ``builtin`` (= ``builtin:fast``), ``builtin:accurate``, ``mcg:DIR`` (MCG/SCG
+            ``.mat``), ``cob:DIR`` (COB ``.mat``),
             ``json:DIR`` (per-image JSON of RLEs and scores) or ``sam:CHECKPOINT`` /
             ``sam:MODEL_TYPE:CHECKPOINT`` (Segment Anything; model type ``vit_b``, ``vit_l``,
             ``vit_h`` or ``custom``, read from the checkpoint when not given).
@@ -29,9 +31,19 @@ def build_proposal_source(spec: str, **kwargs) -> ProposalSource:
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kind, sep, arg = str(spec).partition(":")
     loaders = {"mcg": MCGSource, "cob": COBSource, "json": JSONSource}
-    if kind == "builtin" and not sep:
+    if kind == "builtin":
+        from wiseseg.proposals.builtin import QUALITIES
+
+        if sep and arg not in QUALITIES:
+            raise ConfigError(f"proposal method {spec!r}: unknown quality {arg!r} (known: "
+                              f"{', '.join(QUALITIES)})")
         allowed = set(inspect.signature(BuiltinSettings).parameters)
         _check_kwargs(spec, kwargs, allowed)
+        if sep:
+            if kwargs.get("quality", arg) != arg:
+                raise ConfigError(f"proposal method {spec!r} and quality="
+                                  f"{kwargs['quality']!r} disagree")
+            kwargs["quality"] = arg
         return BuiltinSource(**kwargs)
     if kind in loaders and sep and arg:
         _check_kwargs(spec, kwargs, {"top_k", "score_map"})
