@@ -16,7 +16,7 @@ from wiseseg.errors import ConfigError
 
 AUTO_OVERRIDES = ["classifier.input_size=auto", "classifier.epochs=auto",
                   "segmenter.min_size=auto", "segmenter.max_size=auto",
-                  "segmenter.anchor_sizes=auto", "segmenter.epochs=auto"]
+                  "segmenter.anchor_sizes=auto", "segmenter.epochs=auto", "proposals.top_k=auto"]
 
 
 def _dataset(tmp_path, h, w, side, n=20, masks=True) -> Dataset:
@@ -52,6 +52,7 @@ def test_small_objects_in_large_images_get_larger_inputs(tmp_path):
     assert all(isinstance(cfg[s]["epochs"], int) for s in ("classifier", "segmenter"))
     assert cfg["auto"]["min_epochs"] <= c["epochs"] <= cfg["auto"]["max_epochs"]
     assert any("median object 28 px" in n for n in notes)
+    assert cfg["proposals"]["top_k"] == 1000  # photographs
     assert any(n.startswith("classifier at") for n in notes)
     assert not is_auto(cfg)
 
@@ -61,6 +62,7 @@ def test_large_objects_keep_small_inputs_and_warn_when_too_small(tmp_path):
     cfg, notes = resolve_auto(_cfg(), ds)
     assert cfg["classifier"]["input_size"] == cfg["auto"]["min_input"]
     assert cfg["segmenter"]["min_size"] == 128  # never below the images' own size
+    assert cfg["proposals"]["top_k"] == 300  # small images
     assert not any(n.startswith("warning") for n in notes)
     tiny = _dataset(tmp_path, 128, 128, side=3)
     _, notes = resolve_auto(_cfg("auto.max_input=128"), tiny)

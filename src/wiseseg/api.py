@@ -63,7 +63,7 @@ def _resolve_auto(cfg: dict, ds: Dataset, run_dir: Path, progress: bool) -> dict
         atomic_write_json(run_dir / "auto.json", {"notes": notes, "chosen": {
             sec: {k: resolved[sec][k] for k in resolved.get(sec, {})
                   if cfg[sec].get(k) == "auto"}
-            for sec in ("classifier", "segmenter")}}, indent=2)
+            for sec in ("classifier", "segmenter", "proposals")}}, indent=2)
     return resolved
 
 

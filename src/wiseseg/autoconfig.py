@@ -21,6 +21,7 @@ The rules (constants in the ``auto`` section):
   applied to the median image's shorter and longer sides.
 - **anchors**: five sizes (one per FPN level) doubling from the power of two nearest to the
   10th-percentile object at training size (at least 8 pixels).
+- **proposals**: ``top_k`` 300 for images of median side below 256 px, else 1000.
 - **epochs**: the time budget (``budget_minutes``, for a 2-core CPU like the one the cost
   constants were measured on by ``benchmarks/step_time.py``) is split between the classifier
   (``classifier_share``) and the two Mask R-CNNs (WISE and the reference); epochs = budget ÷
@@ -41,7 +42,11 @@ from wiseseg.errors import ConfigError
 AUTO = "auto"
 AUTO_KEYS = (("classifier", "input_size"), ("classifier", "epochs"),
              ("segmenter", "min_size"), ("segmenter", "max_size"),
-             ("segmenter", "anchor_sizes"), ("segmenter", "epochs"))
+             ("segmenter", "anchor_sizes"), ("segmenter", "epochs"), ("proposals", "top_k"))
+
+#: ``proposals.top_k``: small images hold few distinct regions (the shapes' 128² images reach
+#: 95 % recall@0.5 within 300), photographs need about 1000 (``benchmarks/proposals_real.py``).
+SMALL_IMAGE_SIDE = 256
 
 #: Seconds per training image per megapixel of input on the reference 2-core CPU, with the
 #: backbone's features cached (``benchmarks/step_time.py``): one classifier epoch and one
@@ -173,6 +178,12 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
         g["anchor_sizes"] = [int(base * 2 ** k) for k in range(5)]
         notes.append(f"anchors {g['anchor_sizes']} px: from the 10th-percentile object "
                      f"({small:.0f} px at training size)")
+
+    p = out.get("proposals", {})
+    if p.get("top_k") == AUTO:
+        p["top_k"] = 300 if sizes.image_side < SMALL_IMAGE_SIDE else 1000
+        notes.append(f"{p['top_k']} proposals per image (median image side "
+                     f"{sizes.image_side:.0f} px)")
 
     budget = float(a["budget_minutes"]) * 60.0
     n = sizes.images
