@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from wiseseg import api
+from wiseseg.autoconfig import resolve_auto
 from wiseseg.classifier.model_io import build_peakcam
 from wiseseg.io import atomic_write_json
 from wiseseg.segmenter.model_io import build_segmenter
@@ -54,7 +55,8 @@ def _seg_loss(model, imgs, targets):
     return sum(model(imgs, targets).values())
 
 
-def _epoch_seconds(stage: str, cached: bool, steps: int, data: str) -> dict[str, float]:
+def _epoch_seconds(stage: str, cached: bool, steps: int, data: str,
+                   overrides: tuple[str, ...] = ()) -> dict[str, float]:
     """Seconds per epoch of the ``cpu`` preset's real training of ``stage`` (``classifier`` or
     ``segmenter`` on true masks), timed over ``steps`` steps after the cache is built."""
     from wiseseg.classifier.train import train_classifier
@@ -63,7 +65,9 @@ def _epoch_seconds(stage: str, cached: bool, steps: int, data: str) -> dict[str,
 
     ds = api.open_dataset(data, progress=False)
     cfg = api.load_config("cpu", [f"{stage}.steps={steps}", f"{stage}.cache_features={cached}",
-                                  f"{stage}.checkpoint_every=100000"])[stage]
+                                  f"{stage}.checkpoint_every=100000", *overrides])
+    cfg, _ = resolve_auto(cfg, ds)
+    cfg = cfg[stage]
     split = ds.weak("train")
     times: dict[str, float] = {}
     real_fit = Trainer.fit
@@ -89,25 +93,34 @@ def _epoch_seconds(stage: str, cached: bool, steps: int, data: str) -> dict[str,
     finally:
         Trainer.fit = real_fit
     per_step = times["loop"] / steps
-    return {"seconds_per_step": per_step,
+    size = cfg["input_size"] if stage == "classifier" else f"{cfg['min_size']}"
+    return {"size": size, "seconds_per_step": per_step,
             "seconds_per_epoch": per_step * times["per_epoch_steps"],
             "setup_seconds": total - times["loop"]}
+
+
+#: (stage, input size override) pairs of the per-epoch table: the preset's sizes, and the
+#: classifier at 128 px / Mask R-CNN at 256 px for comparison.
+EPOCH_RUNS = (("classifier", ()), ("classifier", ("classifier.input_size=128",)),
+              ("segmenter", ()),
+              ("segmenter", ("segmenter.min_size=256", "segmenter.max_size=256")))
 
 
 def epoch_table(steps: int, data: str) -> list[dict]:
     rows = []
     print(f"\n`cpu` preset on `{data}` train, real training code, {torch.get_num_threads()} "
           f"threads, timed over {steps} steps\n")
-    print("| stage | backbone features | s / step | s / epoch | set-up (incl. cache) |")
-    print("|---|---|---|---|---|")
-    for stage in ("classifier", "segmenter"):
+    print("| stage | input | backbone features | s / step | s / epoch | set-up (incl. cache) |")
+    print("|---|---|---|---|---|---|")
+    for stage, overrides in EPOCH_RUNS:
         for cached in (False, True):
-            r = _epoch_seconds(stage, cached, steps, data)
-            rows.append({"stage": stage, "cached": cached, **{k: round(v, 3)
-                                                              for k, v in r.items()}})
-            print(f"| {stage} | {'cached' if cached else 'recomputed'} | "
+            r = _epoch_seconds(stage, cached, steps, data, overrides)
+            size = r.pop("size")
+            rows.append({"stage": stage, "input": size, "cached": cached,
+                         **{k: round(v, 3) for k, v in r.items()}})
+            print(f"| {stage} | {size} | {'cached' if cached else 'recomputed'} | "
                   f"{r['seconds_per_step']:.3f} | {r['seconds_per_epoch']:.1f} | "
-                  f"{r['setup_seconds']:.1f} |")
+                  f"{r['setup_seconds']:.1f} |", flush=True)
     return rows
 
 

@@ -78,7 +78,7 @@ def test_without_masks_the_object_size_is_assumed_and_said(tmp_path):
 
 def test_fixed_settings_are_left_alone_and_bad_sections_fail(tmp_path):
     ds = _dataset(tmp_path, 128, 128, side=30)
-    cfg = api.load_config("cpu", [])
+    cfg = api.load_config("cpu", ["classifier.input_size=384", "proposals.top_k=300"])
     same, notes = resolve_auto(cfg, ds)
     assert same is cfg and notes == []
     broken = _cfg()
@@ -95,7 +95,7 @@ def test_run_records_the_choices(tmp_path):
                                                             "segmenter.max_size"))]
     cfg = api.load_config("cpu", [*keep, "classifier.input_size=auto",
                                   "segmenter.min_size=auto", "segmenter.max_size=auto",
-                                  "auto.max_input=64"])
+                                  "auto.min_input=32", "auto.max_input=64"])
     res = api.run_pipeline(TINY_SPEC, cfg, tmp_path / "run", progress=False)
     auto = json.loads((tmp_path / "run" / "auto.json").read_text())
     assert auto["chosen"]["classifier"]["input_size"] == 64

@@ -14,8 +14,8 @@ The rules (constants in the ``auto`` section):
   span ``assumed_object`` of the image side, and the run says so.
 - **classifier input**: the square side at which the median object spans ``cam_cells`` cells
   of the CAM (the backbone's stride at the CAM's feature level), rounded up to a multiple of
-  32, at least ``min_input``, at most ``max_upscale`` × the median image side and
-  ``max_input``. A warning when even then the median object covers fewer than 3 cells.
+  32, within ``[min_input, max_input]``. A warning when even then the median object covers
+  fewer than 3 cells.
 - **Mask R-CNN size**: the scale at which the median object is ``object_px`` pixels across
   (never below 1× of the median image, at most ``max_upscale`` × and ``max_input``),
   applied to the median image's shorter and longer sides.
@@ -137,13 +137,13 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
                  f"({sizes.object:.0%} of the image side, p10 {sizes.object_p10:.0%}, p90 "
                  f"{sizes.object_p90:.0%}; {where})")
     stride = cam_stride or _cam_stride(c)
-    cap = min(float(a["max_input"]), float(a["max_upscale"]) * sizes.image_side)
 
     if c.get("input_size") == AUTO:
+        # no upscaling cap here: on shapes the peaks kept improving up to 3× (384 px for
+        # 128-px images, benchmarks/calibrate_peaks.py) — the ImageNet features see small
+        # objects better enlarged
         want = float(a["cam_cells"]) * stride / max(sizes.object, 1e-3)
-        size = max(int(a["min_input"]), min(_round_up(want), _round_up(cap) if cap >= 32
-                                            else 32))
-        size = min(size, int(a["max_input"]))
+        size = max(int(a["min_input"]), min(_round_up(want), int(a["max_input"])))
         c["input_size"] = size
         cells = sizes.object * size / stride
         notes.append(f"classifier at {size}×{size} px: the median object spans {cells:.1f} "

@@ -64,15 +64,34 @@ def run_peaks(ctx: RunContext, d: Path) -> dict:
     for split in dict.fromkeys([ctx.train_split, ctx.val_split]):
         if split not in ds.splits:
             continue
+        features = None
+        if split == ctx.train_split:
+            features = _classifier_features(ctx, model, ccfg, dev)
         peaks = compute_peaks(model, ds.weak(split), ccfg["input_size"], ctx.cfg["peaks"],
                               use_labels=True, device=dev, progress=ctx.progress,
-                              category_ids=ds.category_ids)
+                              category_ids=ds.category_ids, features=features)
         write_peaks(d / f"peaks_{split}.json", peaks)
         if ds.has_ground_truth(split):
             by_id = {im["image_id"]: im["peaks"] for im in peaks["images"]}
             summary[split] = peak_quality(by_id, ds.ground_truth(split), ds.records(split))
     atomic_write_json(d / "quality.json", summary, indent=2)
     return summary
+
+
+def _classifier_features(ctx: RunContext, model, ccfg: dict, dev):
+    """The training images' cached backbone features from stage 1 (the file its training
+    wrote; recomputed if it is gone), or None when stage 1 did not cache them."""
+    from wiseseg.classifier.train import ClassifierData, classifier_feature_cache
+    from wiseseg.models.freezing import is_fixed
+
+    if not (ccfg.get("cache_features") and not model.train_backbone
+            and is_fixed(model.backbone)):
+        return None
+    data = ClassifierData(ctx.dataset.weak(ctx.train_split), ccfg["input_size"],
+                          hflip=bool(ctx.cfg["peaks"].get("flip", False)))
+    return classifier_feature_cache(model, data, dev,
+                                    ctx.run_dir / "cache" / "classifier_features.pt",
+                                    ctx.progress)
 
 
 def run_proposals(ctx: RunContext, d: Path) -> dict:

@@ -72,11 +72,33 @@ def peak_threshold(cfg: dict) -> float:
     return float("-inf") if v is None else float(v)
 
 
+def cached_cams(model: PeakCAM, features, indices: list[int], device,
+                flip: bool = False) -> torch.Tensor:
+    """CAMs of samples ``indices`` of a training :class:`~wiseseg.engine.feature_cache.
+    FeatureCache` (the backbone features of the resized images, plain and flipped), as
+    :func:`image_cams` computes them from the images."""
+    dtype = next(model.parameters()).dtype
+
+    def run(flipped: bool) -> torch.Tensor:
+        x = torch.stack([features.get(i, flipped)["x"] for i in indices]).to(device, dtype)
+        return model.cams_from_features(x).float()
+
+    with torch.no_grad():
+        cams = run(False)
+        if flip:
+            cams = (cams + run(True).flip(-1)) / 2
+    return cams.cpu()
+
+
 def compute_peaks(model: PeakCAM, split: WeakSplit, input_size: int, cfg: dict[str, Any],
                   use_labels: bool = True, device: str | torch.device = "cpu",
                   batch_size: int = 16, progress: bool = True,
-                  category_ids: list[int] | None = None) -> dict:
-    """Peaks for every image of ``split`` (see module docstring for the format)."""
+                  category_ids: list[int] | None = None, features=None) -> dict:
+    """Peaks for every image of ``split`` (see module docstring for the format).
+
+    ``features``: the classifier's feature cache of exactly these images at ``input_size``
+    (training reuses it: the backbone is not run again).
+    """
     from tqdm import tqdm
 
     from wiseseg.models.peak_ops import peak_stimulation
@@ -88,8 +110,13 @@ def compute_peaks(model: PeakCAM, split: WeakSplit, input_size: int, cfg: dict[s
     bar = tqdm(total=len(recs), desc="peaks", unit="img", disable=not progress)
     for start in range(0, len(recs), batch_size):
         chunk = recs[start:start + batch_size]
-        cams = image_cams(model, [load_image(r.path) for r in chunk], input_size, device,
-                          flip=bool(cfg.get("flip", False)))
+        flip = bool(cfg.get("flip", False))
+        if features is not None:
+            cams = cached_cams(model, features, list(range(start, start + len(chunk))),
+                               device, flip)
+        else:
+            cams = image_cams(model, [load_image(r.path) for r in chunk], input_size, device,
+                              flip=flip)
         scores, _ = peak_stimulation(cams, model.peak_window, model.median_filter)
         probs = torch.sigmoid(scores)
         for r, cam, prob in zip(chunk, cams, probs):

@@ -191,20 +191,23 @@ def retrieve(prms: np.ndarray, peaks: Sequence[Peak], cams: np.ndarray,
 
 
 def response_maps_at(model, image: np.ndarray, peaks: Sequence[Peak], input_size: int,
-                     device="cpu") -> tuple[np.ndarray, np.ndarray]:
+                     device="cpu", cam: torch.Tensor | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Peak response maps and class activation maps of one image at its own size.
 
     Args:
         image: ``H×W×3`` uint8.
         peaks: peaks in the image's pixels; seeded at their ``cell`` when they have one.
+        cam: the image's CAM ``1×C×h×w`` when the caller has it already.
 
     Returns:
         ``(prms float N×H×W, cams float C×H×W)``.
     """
     h, w = image.shape[:2]
     x = to_tensor(resize_image(image, (input_size, input_size))).to(device)
-    with torch.no_grad():
-        cam = model.cams(x[None]).float()
+    if cam is None:
+        with torch.no_grad():
+            cam = model.cams(x[None]).float()
     cams_img = F.interpolate(cam, size=(h, w), mode="bicubic", align_corners=False)[0]
     if not peaks:
         return np.zeros((0, h, w), np.float32), cams_img.cpu().numpy()
@@ -276,7 +279,7 @@ def prm_instances(model, image: np.ndarray, record: ImageRecord, proposal_masks:
                           min_score=peak_threshold(peak_cfg), relative=peak_cfg["relative"],
                           max_per_class=peak_cfg.get("max_per_class"),
                           exclusive=bool(peak_cfg.get("exclusive", False)))
-    prms, cams = response_maps_at(model, image, peaks, input_size, device)
+    prms, cams = response_maps_at(model, image, peaks, input_size, device, cam)
     info = {"peaks": peaks, "cams": cams, "probs": probs}
     inst = retrieve(prms, peaks, cams, proposal_masks, (record.height, record.width), s,
                     class_probs=probs.tolist())

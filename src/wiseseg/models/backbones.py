@@ -72,7 +72,10 @@ class Backbone(nn.Module):
 
     def forward(self, x: Tensor, upto: str = "c5") -> OrderedDict[str, Tensor]:
         """The pyramid up to level ``upto`` (later levels are not computed)."""
-        return self._forward_fn(self.body, x, upto)
+        # channels-last (NHWC) activations, as the body's weights (see build_backbone): on a
+        # CPU the depthwise and 1×1 convolutions run ~2× faster at 384 px in this layout
+        return self._forward_fn(self.body, x.contiguous(memory_format=torch.channels_last),
+                                upto)
 
 
 def build_backbone(name: str, pretrained: str = "imagenet", weights: str | Path | None = None,
@@ -94,6 +97,7 @@ def build_backbone(name: str, pretrained: str = "imagenet", weights: str | Path 
     bb = _REGISTRY[name](pretrained=pretrained == "imagenet", output_stride=output_stride)
     if weights:
         load_backbone_weights(bb, weights)
+    bb.body.to(memory_format=torch.channels_last)
     return bb
 
 

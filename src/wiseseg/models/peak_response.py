@@ -28,23 +28,31 @@ _EPS = 1e-10
 
 
 class _ExcitationConv2d(torch.autograd.Function):
-    """Forward: an ordinary convolution. Backward: the excitation rule above."""
+    """Forward: an ordinary convolution. Backward: the excitation rule above.
+
+    The input's shift and the normaliser ``conv(x − min x, W⁺)`` depend on the forward pass
+    only; they are computed at the first backward and kept, so that backpropagating several
+    peaks through one retained forward pass (:func:`peak_response_maps`) pays for them once.
+    """
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
         ctx.save_for_backward(x, weight)
         ctx.conf = (stride, padding, dilation, groups)
+        ctx.memo = None
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conf
-        shifted = x - x.min()
-        pos_w = weight.clamp(min=0)
-        norm = F.conv2d(shifted, pos_w, None, stride, padding, dilation, groups)
-        ratio = torch.where(norm.abs() > _EPS, grad_out / (norm.abs() + _EPS),
-                            torch.zeros_like(grad_out))
+        if ctx.memo is None:
+            shifted = x - x.min()
+            pos_w = weight.clamp(min=0)
+            norm = F.conv2d(shifted, pos_w, None, stride, padding, dilation, groups).abs()
+            ctx.memo = (shifted, pos_w, norm > _EPS, norm + _EPS)
+        shifted, pos_w, nonzero, denom = ctx.memo
+        ratio = torch.where(nonzero, grad_out / denom, torch.zeros_like(grad_out))
         back = torch.nn.grad.conv2d_input(shifted.shape, pos_w, ratio, stride, padding,
                                           dilation, groups)
         return shifted * back, None, None, None, None, None, None
@@ -94,8 +102,11 @@ def excitation_backprop(model: nn.Module | None = None) -> Iterator[None]:
 
 
 def peak_response_maps(model: nn.Module, image: Tensor, peaks: list[Peak],
-                       geometry: CamGeometry | None = None, batch: int = 8) -> Tensor:
+                       geometry: CamGeometry | None = None) -> Tensor:
     """One response map per peak.
+
+    As PRM does, the image goes forward once and each peak is backpropagated through that
+    retained pass (a 1 at its CAM cell, zeros elsewhere).
 
     Args:
         model: a :class:`~wiseseg.models.peakcam.PeakCAM` (put in eval mode by the caller).
@@ -103,7 +114,6 @@ def peak_response_maps(model: nn.Module, image: Tensor, peaks: list[Peak],
         peaks: the peaks; each is seeded at its CAM ``cell`` when it has one, else at the
             cell that ``geometry`` assigns to its ``(y, x)``, taken as a position in
             ``image`` (required then).
-        batch: peaks back-propagated together (the image is repeated along the batch).
 
     Returns:
         float ``N×H×W`` ≥ 0, each summing to 1 (or all 0 when nothing flowed back);
@@ -114,17 +124,14 @@ def peak_response_maps(model: nn.Module, image: Tensor, peaks: list[Peak],
         return image.new_zeros((0, H, W))
     out = []
     with excitation_backprop(model), torch.enable_grad():
-        for start in range(0, len(peaks), batch):
-            chunk = peaks[start:start + batch]
-            x = image[None].repeat(len(chunk), 1, 1, 1).detach().requires_grad_(True)
-            cam = model.cams(x)
-            seed = torch.zeros_like(cam)
-            for b, p in enumerate(chunk):
-                i, j = seed_cell(p, tuple(cam.shape[-2:]), geometry, (H, W))
-                seed[b, p.category, i, j] = 1.0
-            (grad,) = torch.autograd.grad(cam, x, grad_outputs=seed)
-            out.append(grad.sum(dim=1).clamp(min=0))
-    maps = torch.cat(out, dim=0).detach()
+        x = image[None].detach().requires_grad_(True)
+        cam = model.cams(x)
+        for n, p in enumerate(peaks):
+            i, j = seed_cell(p, tuple(cam.shape[-2:]), geometry, (H, W))
+            (grad,) = torch.autograd.grad(cam[0, p.category, i, j], x,
+                                          retain_graph=n < len(peaks) - 1)
+            out.append(grad[0].sum(dim=0).clamp(min=0))
+    maps = torch.stack(out).detach()
     total = maps.sum(dim=(1, 2), keepdim=True)
     return torch.where(total > 0, maps / total.clamp(min=1e-12), maps)
 
