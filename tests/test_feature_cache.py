@@ -97,3 +97,32 @@ def test_cached_data_draws_like_plain_data(ds, tmp_path):
 def test_trainable_body_is_not_cached(ds):
     model = build_segmenter(_cfg("segmenter.frozen_stages=2"), len(ds.classes))
     assert not body_is_fixed(model)
+
+
+def test_frozen_batchnorm_in_place_matches_the_out_of_place_one():
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from wiseseg.models.freezing import FixedBatchNorm2d, freeze_batchnorm
+
+    bn = torch.nn.BatchNorm2d(5).eval()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    net = freeze_batchnorm(torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), bn))
+    assert type(net[1]) is FixedBatchNorm2d
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        conv = net[0](x)
+        expected = bn(conv.clone())
+        ref = FrozenBatchNorm2d(5)
+        ref.load_state_dict(net[1].state_dict())
+        assert torch.allclose(ref(conv.clone()), expected, atol=1e-6)
+        out = net[1](conv)
+    assert out.data_ptr() == conv.data_ptr()          # without autograd: in place
+    assert torch.allclose(out, expected, atol=1e-6)
+    y = net(x.requires_grad_())                         # with autograd: out of place, same values
+    assert torch.allclose(y, expected, atol=1e-6)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -108,7 +108,7 @@ def classifier_feature_cache(model: PeakCAM, data: ClassifierData, device,
     """The fixed backbone's ``feature`` map of every training image (resized to the input
     size), plain and flipped; loaded from ``path`` when it holds the same ones."""
     from wiseseg.config import config_hash
-    from wiseseg.engine.feature_cache import FeatureCache
+    from wiseseg.engine.feature_cache import FeatureCache, cache_batch_size
 
     fingerprint = config_hash({
         "backbone": {k: [list(v.shape), float(v.double().sum())]
@@ -123,7 +123,8 @@ def classifier_feature_cache(model: PeakCAM, data: ClassifierData, device,
         return [{"x": f} for f in model.backbone_features(x)]
 
     return FeatureCache.build(len(data), compute, fingerprint, flips=data.hflip, path=path,
-                              progress=progress, desc="backbone features")
+                              progress=progress,
+                              batch_size=cache_batch_size(device), desc="backbone features")
 
 
 def classifier_optimizer(model, cfg: dict[str, Any]) -> torch.optim.Optimizer:

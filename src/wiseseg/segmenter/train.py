@@ -49,7 +49,7 @@ def feature_cache_for(model, data: SegmenterData, device, path: Path | None,
     loaded from ``path`` when it holds the same ones)."""
     from wiseseg.config import config_hash
     from wiseseg.data.transforms import to_tensor
-    from wiseseg.engine.feature_cache import FeatureCache
+    from wiseseg.engine.feature_cache import FeatureCache, cache_batch_size
     from wiseseg.models.maskrcnn import body_features
 
     body_state = model.backbone.body.state_dict()
@@ -67,7 +67,7 @@ def feature_cache_for(model, data: SegmenterData, device, path: Path | None,
 
     model.eval()
     cache = FeatureCache.build(len(data), compute, fingerprint, flips=data.hflip,
-                               path=path, progress=progress, desc="backbone features")
+                               path=path, batch_size=cache_batch_size(device), progress=progress, desc="backbone features")
     model.train()
     return cache
 
