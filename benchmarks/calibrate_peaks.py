@@ -14,6 +14,10 @@ usage: python benchmarks/calibrate_peaks.py [--data shapes] [--preset cpu]
            [--variants "classifier.input_size=128" "classifier.input_size=256" ...]
            [--out runs/calibrate-peaks] [--name shapes]
 Writes benchmarks/results/calibrate_peaks_<name>.json and prints a markdown table.
+
+       python benchmarks/calibrate_peaks.py --summary RESULT.json [RESULT.json ...]
+prints, per classifier variant of the kept result files, recall / precision of each CAM
+geometry convention at the chosen peak settings (CHOSEN) and the variant's best combination.
 """
 
 from __future__ import annotations
@@ -83,6 +87,32 @@ def score_grid(model, ds, split: str, size: int, max_per_class: int) -> list[dic
     return rows
 
 
+#: the peak settings of the ``cpu`` preset (chosen from this script's table)
+CHOSEN = {"flip": True, "relative": 0.6, "min_score": 1.0, "window": 5, "exclusive": True}
+
+
+def summary(paths: list[str]) -> None:
+    """Geometry conventions side by side per variant, from kept result files."""
+    import json
+
+    rows = [r for p in paths for r in json.loads(Path(p).read_text())["rows"]]
+    print("| classifier variant | uniform | receptive | corners | best combination |\n"
+          "|---|---|---|---|---|")
+    for v in sorted({r["variant"] for r in rows}):
+        mine = [r for r in rows if r["variant"] == v]
+        cells = []
+        for g in ("uniform", "receptive", "corners"):
+            m = [r for r in mine if r["geometry"] == g
+                 and all(r[k] == x for k, x in CHOSEN.items())]
+            cells.append(f"{100 * m[0]['recall']:.1f} / {100 * m[0]['precision']:.1f}"
+                         if m else "—")
+        b = max(mine, key=lambda r: min(r["recall"], r["precision"]))
+        best = (f"{100 * b['recall']:.1f} / {100 * b['precision']:.1f} ({b['geometry']}, "
+                f"flip {b['flip']}, relative {b['relative']}, min {b['min_score']}, window "
+                f"{b['window']}, exclusive {b['exclusive']})")
+        print(f"| {v or '(preset)'} | " + " | ".join(cells) + f" | {best} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="shapes")
@@ -92,7 +122,11 @@ def main() -> None:
     ap.add_argument("--out", default="runs/calibrate-peaks")
     ap.add_argument("--name", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--summary", nargs="+", default=None, metavar="RESULT.json")
     args = ap.parse_args()
+    if args.summary:
+        summary(args.summary)
+        return
     ds = api.open_dataset(args.data, progress=False)
     name = args.name or ds.name
     fit, calib = "train-fit", "train-calib"

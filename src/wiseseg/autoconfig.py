@@ -20,12 +20,13 @@ The rules (constants in the ``auto`` section):
   (never below 1× of the median image, at most ``max_upscale`` × and ``max_input``),
   applied to the median image's shorter and longer sides.
 - **anchors**: five sizes (one per FPN level) doubling from the power of two nearest to the
-  10th-percentile object at training size (at least 8 pixels).
+  10th-percentile object at training size (at least 16 pixels).
 - **proposals**: ``top_k`` 300 for images of median side below 256 px, else 1000.
 - **epochs**: the time budget (``budget_minutes``, for a 2-core CPU like the one the cost
   constants were measured on by ``benchmarks/step_time.py``) is split between the classifier
-  (``classifier_share``) and the two Mask R-CNNs (WISE and the reference); epochs = budget ÷
-  (images × seconds per image at the chosen size), within ``[min_epochs, max_epochs]``.
+  (``classifier_share``) and the Mask R-CNNs (one per self-training round of WISE, and the
+  reference); epochs = budget ÷ (images × seconds per image at the chosen size), within
+  ``[min_epochs, max_epochs]``.
 """
 
 from __future__ import annotations
@@ -48,12 +49,15 @@ AUTO_KEYS = (("classifier", "input_size"), ("classifier", "epochs"),
 #: 95 % recall@0.5 within 300), photographs need about 1000 (``benchmarks/proposals_real.py``).
 SMALL_IMAGE_SIDE = 256
 
-#: Seconds per training image per megapixel of input on the reference 2-core CPU, with the
-#: backbone's features cached (``benchmarks/step_time.py``): one classifier epoch and one
-#: Mask R-CNN epoch; and the one-off cost of computing the cached features per image and
-#: flip. Refreshed by hand from that script's output when the models change.
-COST = {"classifier_epoch": 0.05, "segmenter_epoch": 1.6, "classifier_cache": 0.9,
-        "segmenter_cache": 0.9}
+#: Seconds per training image on the reference 2-core CPU, with the backbone's features
+#: cached: a classifier epoch and the one-off cache (per image and flip) grow with the input's
+#: megapixels; a Mask R-CNN epoch costs a fixed part (RPN sampling, RoI heads, losses) plus a
+#: part per megapixel. Measured on the shapes demo (lite0 classifier at 384 px: 8 epochs in
+#: ~25 s, cache 0.04 s an image; Mask R-CNN at 128 px: 0.077 s an image) and
+#: ``benchmarks/step_time.py`` (Mask R-CNN at 256 px: 1.39× the time at 128 px); refreshed by
+#: hand when the models change.
+COST = {"classifier_epoch_mp": 0.05, "classifier_cache_mp": 0.3,
+        "segmenter_epoch": 0.067, "segmenter_epoch_mp": 0.61, "segmenter_cache_mp": 0.3}
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,8 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
     train_scale = min(float(g["min_size"]) / sizes.short_side,
                       float(g["max_size"]) / sizes.long_side)
     if g.get("anchor_sizes") == AUTO:
-        small = max(8.0, sizes.object_p10 * sizes.image_side * train_scale)
+        # at least 16 px: smaller anchors only add negatives on a stride-4 level
+        small = max(16.0, sizes.object_p10 * sizes.image_side * train_scale)
         base = 2 ** round(math.log2(small))
         g["anchor_sizes"] = [int(base * 2 ** k) for k in range(5)]
         notes.append(f"anchors {g['anchor_sizes']} px: from the 10th-percentile object "
@@ -189,8 +194,8 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
     n = sizes.images
     if c.get("epochs") == AUTO:
         mp = int(c["input_size"]) ** 2 / 1e6
-        per_epoch = COST["classifier_epoch"] * mp * n
-        setup = COST["classifier_cache"] * mp * n * 2
+        per_epoch = COST["classifier_epoch_mp"] * mp * n
+        setup = COST["classifier_cache_mp"] * mp * n * 2
         share = float(a["classifier_share"]) * budget - setup
         c["epochs"] = _epochs(share, per_epoch, a)
         notes.append(f"classifier {c['epochs']} epochs: ~{per_epoch:.1f} s each + "
@@ -199,13 +204,15 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
                      f"budget")
     if g.get("epochs") == AUTO:
         mp = (sizes.short_side * train_scale) * (sizes.long_side * train_scale) / 1e6
-        per_epoch = COST["segmenter_epoch"] * mp * n
-        setup = COST["segmenter_cache"] * mp * n * 2
-        share = ((1 - float(a["classifier_share"])) * budget - setup) / 2  # WISE + reference
+        per_epoch = (COST["segmenter_epoch"] + COST["segmenter_epoch_mp"] * mp) * n
+        setup = COST["segmenter_cache_mp"] * mp * n * 2
+        # every self-training round trains a Mask R-CNN, and so does the reference
+        models = max(1, int(g.get("rounds", 1) or 1)) + 1
+        share = ((1 - float(a["classifier_share"])) * budget - setup) / models
         g["epochs"] = _epochs(share, per_epoch, a)
-        notes.append(f"Mask R-CNN {g['epochs']} epochs: ~{per_epoch:.0f} s each (two models, "
-                     f"WISE and the reference) + {setup:.0f} s of cached features, within the "
-                     f"rest of the budget")
+        notes.append(f"Mask R-CNN {g['epochs']} epochs: ~{per_epoch:.0f} s each ({models} "
+                     f"models: {models - 1} of WISE, the reference) + {setup:.0f} s of cached "
+                     f"features, within the rest of the budget")
     return out, notes
 
 
