@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from wiseseg.models.backbones import Backbone

@@ -67,7 +67,8 @@ def feature_cache_for(model, data: SegmenterData, device, path: Path | None,
 
     model.eval()
     cache = FeatureCache.build(len(data), compute, fingerprint, flips=data.hflip,
-                               path=path, batch_size=cache_batch_size(device), progress=progress, desc="backbone features")
+                               path=path, batch_size=cache_batch_size(device),
+                               progress=progress, desc="backbone features")
     model.train()
     return cache
 
