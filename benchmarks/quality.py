@@ -3,8 +3,9 @@ row of the paper's Table 1, the pseudo-mask analysis (Table 3), peak quality, th
 the refinement threshold, wall time and peak memory.
 
 usage: python benchmarks/quality.py [--data shapes] [--preset cpu] [--seeds 0 1 2]
-                                    [--out runs/bench-quality] [key=value ...]
-Prints markdown tables and writes benchmarks/results/quality.json.
+                                    [--out runs/bench-quality] [--name NAME] [key=value ...]
+Prints markdown tables and writes benchmarks/results/quality.json (quality_NAME.json with
+--name, e.g. for a variant of the data).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default="runs/bench-quality")
+    ap.add_argument("--name", default=None, help="results file quality_NAME.json")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     ds = api.open_dataset(args.data)
@@ -72,7 +74,8 @@ def main() -> None:
     out = {"commit": commit, "data": args.data, "preset": args.preset,
            "overrides": args.overrides, "seeds": per_seed,
            "peak_rss_mb": round(rss, 1), "peak_rss_children_mb": round(rss_children, 1)}
-    atomic_write_json(Path("benchmarks/results/quality.json"), out, indent=2)
+    name = f"quality_{args.name}.json" if args.name else "quality.json"
+    atomic_write_json(Path("benchmarks/results") / name, out, indent=2)
 
     print(f"commit {commit}, {args.data}, preset {args.preset}, seeds {args.seeds}\n")
     print("| Method | " + " | ".join(METRICS) + " |\n|---|" + "---|" * len(METRICS))
