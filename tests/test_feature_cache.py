@@ -26,6 +26,7 @@ def ds():
 
 def _cfg(*extra):
     return apply_overrides(load_preset("cpu"), ["segmenter.min_size=64", "segmenter.max_size=64",
+                                                "segmenter.anchor_sizes=[16,32,64,128,256]",
                                                 *extra])["segmenter"]
 
 

@@ -20,7 +20,8 @@ from wiseseg.segmenter.train import train_segmenter
 
 SPEC = "shapes:train=6,val=3,size=48,seed=4"
 TINY = ["segmenter.steps=2", "segmenter.batch_size=2", "segmenter.min_size=48",
-        "segmenter.max_size=48", "segmenter.checkpoint_every=1", "segmenter.warmup_steps=1"]
+        "segmenter.max_size=48", "segmenter.anchor_sizes=[16,32,64,128,256]",
+        "segmenter.checkpoint_every=1", "segmenter.warmup_steps=1"]
 
 
 def _cfg(*extra):
@@ -163,3 +164,12 @@ def test_images_with_a_label_but_no_pseudo_mask_can_be_skipped(ds):
     assert labelled not in kept and negative in kept and len(kept) == len(recs)
     with pytest.raises(ConfigError, match="no training image"):
         without_pseudo_masks([labelled], {labelled.id: PseudoImage(labelled.id, 48, 48)})
+
+
+def test_unresolved_auto_setting_is_a_clear_error():
+    from wiseseg.errors import ConfigError
+    from wiseseg.segmenter.model_io import build_segmenter
+
+    cfg = apply_overrides(load_preset("cpu"), ["segmenter.min_size=48", "segmenter.max_size=48"])
+    with pytest.raises(ConfigError, match="segmenter.anchor_sizes is 'auto'"):
+        build_segmenter(cfg["segmenter"], num_classes=2, pretrained=False)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from wiseseg.engine.checkpoint import load_model, save_model
+from wiseseg.errors import ConfigError
 from wiseseg.models.maskrcnn import build_maskrcnn
 
 KIND = "wiseseg.maskrcnn"
@@ -23,6 +24,11 @@ _MODEL_KEYS = ("backbone", "pretrained", "backbone_weights", "frozen_stages", "f
 def build_segmenter(cfg: dict[str, Any], num_classes: int, pretrained: bool = True):
     """Mask R-CNN from settings (``pretrained=False``: no ImageNet loading, for checkpoints)."""
     kw = {k: cfg[k] for k in _MODEL_KEYS if k in cfg}
+    unresolved = [k for k, v in kw.items() if v == "auto"]
+    if unresolved:
+        raise ConfigError(f"segmenter.{unresolved[0]} is 'auto': choose it from the data with "
+                          f"wiseseg.autoconfig.resolve_auto(cfg, dataset) (wiseseg run and the "
+                          f"commands do) or set a value")
     if not pretrained:
         kw["pretrained"], kw["backbone_weights"] = "none", None
     kw["mask_layers"] = tuple(kw.get("mask_layers", (256, 256, 256, 256)))
