@@ -47,15 +47,12 @@ MIN_GT_PIXELS = 100
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of ``xyxy`` boxes (|a|×|b|)."""
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    """IoU of ``xyxy`` boxes (|a|×|b| float64), by torchvision."""
+    import torch
+    from torchvision.ops import box_iou as tv_box_iou
+
+    return tv_box_iou(torch.as_tensor(a, dtype=torch.float64).reshape(-1, 4),
+                      torch.as_tensor(b, dtype=torch.float64).reshape(-1, 4)).numpy()
 
 
 def gt_boxes(masks: list[dict]) -> np.ndarray:
