@@ -10,11 +10,12 @@ import torch
 from wiseseg.config import apply_overrides, load_preset
 from wiseseg.data import open_dataset
 from wiseseg.data.transforms import to_tensor
-from wiseseg.engine.feature_cache import FeatureCache, pad_stack
+from wiseseg.engine.feature_cache import FeatureCache
 from wiseseg.models.maskrcnn import MaskRCNNOnFeatures, body_features, body_is_fixed
 from wiseseg.segmenter.data import CachedSegmenterData, SegmenterData
 from wiseseg.segmenter.model_io import build_segmenter
 from wiseseg.segmenter.train import feature_cache_for
+from wiseseg.tensors import pad_stack
 
 SPEC = "shapes:train=4,val=1,size=64,seed=3"
 

