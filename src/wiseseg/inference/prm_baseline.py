@@ -44,7 +44,7 @@ from wiseseg.classifier.peaks import cam_geometry, peak_threshold
 from wiseseg.data.dataset import ImageRecord
 from wiseseg.data.transforms import resize_image, to_tensor
 from wiseseg.models.peak_ops import Peak, extract_peaks, peak_stimulation
-from wiseseg.models.peak_response import peak_response_maps
+from wiseseg.models.peak_response import PeakBackprop, peak_batch_size
 
 PRM_SIDE = 448  # the input side PRM's constants are stated for
 SCORES = ("peak", "class", "retrieval")
@@ -191,7 +191,8 @@ def retrieve(prms: np.ndarray, peaks: Sequence[Peak], cams: np.ndarray,
 
 
 def response_maps_at(model, image: np.ndarray, peaks: Sequence[Peak], input_size: int,
-                     device="cpu", cam: torch.Tensor | None = None
+                     device="cpu", cam: torch.Tensor | None = None,
+                     backprop: PeakBackprop | None = None, peak_batch: int | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Peak response maps and class activation maps of one image at its own size.
 
@@ -199,22 +200,27 @@ def response_maps_at(model, image: np.ndarray, peaks: Sequence[Peak], input_size
         image: ``H×W×3`` uint8.
         peaks: peaks in the image's pixels; seeded at their ``cell`` when they have one.
         cam: the image's CAM ``1×C×h×w`` when the caller has it already.
+        backprop: the image's retained excitation pass when the caller has it already (no
+            forward pass is made here then; its CAM is used unless ``cam`` is given).
+        peak_batch: peaks per backward call (default: :func:`peak_batch_size` of ``device``).
 
     Returns:
         ``(prms float N×H×W, cams float C×H×W)``.
     """
     h, w = image.shape[:2]
-    x = to_tensor(resize_image(image, (input_size, input_size))).to(device)
+    if backprop is None and (cam is None or peaks):
+        x = to_tensor(resize_image(image, (input_size, input_size))).to(device)
+        backprop = PeakBackprop(model, x)  # the one forward pass: CAM and response maps
     if cam is None:
-        with torch.no_grad():
-            cam = model.cams(x[None]).float()
+        cam = backprop.cam.float()
     cams_img = F.interpolate(cam, size=(h, w), mode="bicubic", align_corners=False)[0]
     if not peaks:
         return np.zeros((0, h, w), np.float32), cams_img.cpu().numpy()
     geometry = cam_geometry(model, cam[0], input_size)
     in_input = [Peak(p.category, *_to_input(p, (h, w), input_size), p.score, p.cell)
                 for p in peaks]
-    prms = peak_response_maps(model, x, in_input, geometry)
+    batch = peak_batch or peak_batch_size(device)
+    prms = backprop.maps(in_input, geometry, batch)
     prms = F.interpolate(prms[None], size=(h, w), mode="bilinear", align_corners=False)[0]
     return prms.cpu().numpy(), cams_img.cpu().numpy()
 
@@ -262,11 +268,14 @@ def _to_input(p: Peak, size: tuple[int, int], input_size: int) -> tuple[int, int
 
 def prm_instances(model, image: np.ndarray, record: ImageRecord, proposal_masks: list[dict],
                   input_size: int, peak_cfg: dict, s: RetrievalSettings = RetrievalSettings(),
-                  device="cpu") -> tuple[list[dict], dict]:
-    """The PRM baseline on one image; also returns the CAMs / peaks / PRMs for figures."""
+                  device="cpu", peak_batch: int | None = None) -> tuple[list[dict], dict]:
+    """The PRM baseline on one image; also returns the CAMs / peaks / PRMs for figures.
+
+    The image goes forward once, under the excitation rule with its pass retained: the peaks
+    are read from that CAM and backpropagated through that pass."""
     x = to_tensor(resize_image(image, (input_size, input_size))).to(device)
-    with torch.no_grad():
-        cam = model.cams(x[None]).float()
+    backprop = PeakBackprop(model, x)
+    cam = backprop.cam.float()
     scores, _ = peak_stimulation(cam, model.peak_window, model.median_filter)
     probs = torch.sigmoid(scores[0]).cpu().numpy()
     classes = [int(c) for c in np.flatnonzero(probs >= s.class_threshold)]
@@ -279,7 +288,9 @@ def prm_instances(model, image: np.ndarray, record: ImageRecord, proposal_masks:
                           min_score=peak_threshold(peak_cfg), relative=peak_cfg["relative"],
                           max_per_class=peak_cfg.get("max_per_class"),
                           exclusive=bool(peak_cfg.get("exclusive", False)))
-    prms, cams = response_maps_at(model, image, peaks, input_size, device, cam)
+    prms, cams = response_maps_at(model, image, peaks, input_size, device,
+                                  backprop=backprop, peak_batch=peak_batch)
+    del backprop  # frees the retained pass before the retrieval
     info = {"peaks": peaks, "cams": cams, "probs": probs}
     inst = retrieve(prms, peaks, cams, proposal_masks, (record.height, record.width), s,
                     class_probs=probs.tolist())
@@ -288,8 +299,10 @@ def prm_instances(model, image: np.ndarray, record: ImageRecord, proposal_masks:
 
 def prm_baseline(model, records: Sequence[ImageRecord], store, input_size: int, peak_cfg: dict,
                  category_ids: Sequence[int], s: RetrievalSettings = RetrievalSettings(),
-                 device="cpu", progress: bool = True) -> list[dict]:
-    """COCO results of the PRM baseline over ``records`` (proposals from ``store``)."""
+                 device="cpu", progress: bool = True, peak_batch: int | None = None
+                 ) -> list[dict]:
+    """COCO results of the PRM baseline over ``records`` (proposals from ``store``);
+    ``peak_batch`` peaks per backward call (default: :func:`peak_batch_size`)."""
     from tqdm import tqdm
 
     from wiseseg.data.images import load_image
@@ -299,7 +312,7 @@ def prm_baseline(model, records: Sequence[ImageRecord], store, input_size: int, 
     for rec in tqdm(records, desc="PRM baseline", unit="img", disable=not progress):
         masks = store.get(rec.id, size=(rec.height, rec.width)).masks
         inst, _ = prm_instances(model, load_image(rec.path), rec, masks, input_size, peak_cfg,
-                                s, device)
+                                s, device, peak_batch)
         for d in inst:
             results.append({"image_id": rec.id, "category_id": int(category_ids[d["category"]]),
                             "segmentation": d["segmentation"],

@@ -30,15 +30,25 @@ _EPS = 1e-10
 class _ExcitationConv2d(torch.autograd.Function):
     """Forward: an ordinary convolution. Backward: the excitation rule above.
 
-    The input's shift and the normaliser ``conv(x − min x, W⁺)`` depend on the forward pass
-    only; they are computed at the first backward and kept, so that backpropagating several
-    peaks through one retained forward pass (:func:`peak_response_maps`) pays for them once.
+    The input's shift, the positive weights and the reciprocal of the normaliser
+    ``conv(x − min x, W⁺)`` (0 where it vanishes) depend on the forward pass only; they are
+    computed at the first backward and kept, so that backpropagating several peaks through
+    one retained forward pass (:func:`peak_response_maps`) pays for them once. They are kept
+    channels-last, as the backbones run, and the rule's transposed convolution is
+    ``conv_transpose2d`` (oneDNN) rather than ``conv2d_input`` — on a CPU the latter takes a
+    slow path for depthwise and channels-last convolutions (lite0 at 384 px: a peak's
+    backpropagation ~1.8× faster, same values to float rounding).
+
+    ``replicated``: the batch holds copies of one image (one peak seeded per copy, see
+    :meth:`PeakBackprop.maps`); the forward-only terms are then computed on the first copy
+    and broadcast over the batch.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
-        ctx.save_for_backward(x, weight)
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, replicated=False):
+        ctx.save_for_backward(x[:1] if replicated else x, weight)
         ctx.conf = (stride, padding, dilation, groups)
+        ctx.in_size = tuple(x.shape[-2:])
         ctx.memo = None
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
@@ -47,15 +57,30 @@ class _ExcitationConv2d(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conf
         if ctx.memo is None:
-            shifted = x - x.min()
-            pos_w = weight.clamp(min=0)
+            fmt = torch.channels_last if x.dim() == 4 else torch.contiguous_format
+            shifted = (x - x.min()).contiguous(memory_format=fmt)
+            pos_w = weight.clamp(min=0).contiguous(memory_format=fmt)
             norm = F.conv2d(shifted, pos_w, None, stride, padding, dilation, groups).abs()
-            ctx.memo = (shifted, pos_w, norm > _EPS, norm + _EPS)
-        shifted, pos_w, nonzero, denom = ctx.memo
-        ratio = torch.where(nonzero, grad_out / denom, torch.zeros_like(grad_out))
-        back = torch.nn.grad.conv2d_input(shifted.shape, pos_w, ratio, stride, padding,
-                                          dilation, groups)
-        return shifted * back, None, None, None, None, None, None
+            inv = torch.where(norm > _EPS, 1.0 / (norm + _EPS), torch.zeros_like(norm))
+            ctx.memo = (shifted, pos_w, inv.contiguous(memory_format=fmt),
+                        _output_padding(ctx.in_size, norm.shape[-2:], weight.shape[-2:],
+                                        stride, padding, dilation))
+        shifted, pos_w, inv, output_padding = ctx.memo
+        back = F.conv_transpose2d(grad_out * inv, pos_w, None, stride, padding, output_padding,
+                                  groups, dilation)
+        return shifted * back, None, None, None, None, None, None, None
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _output_padding(in_size, out_size, kernel, stride, padding, dilation) -> tuple[int, int]:
+    """The ``output_padding`` that makes ``conv_transpose2d`` of a ``out_size`` map return
+    the convolution's ``in_size`` (the rows / columns a strided convolution did not reach)."""
+    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
+    return tuple(int(in_size[i]) - ((int(out_size[i]) - 1) * s[i] - 2 * p[i]
+                                    + d[i] * (int(kernel[i]) - 1) + 1) for i in range(2))
 
 
 class _ExcitationMode(TorchFunctionMode):
@@ -63,7 +88,13 @@ class _ExcitationMode(TorchFunctionMode):
 
     Intercepting the convolution *function* rather than replacing module ``forward`` methods
     keeps each module's own forward intact — EfficientNet-Lite's ``SameConv2d`` pads its input
-    before convolving, and the rule then sees the padded input, as the network does."""
+    before convolving, and the rule then sees the padded input, as the network does.
+
+    ``replicated``: the batch holds copies of one image (see :class:`_ExcitationConv2d`)."""
+
+    def __init__(self, replicated: bool = False):
+        super().__init__()
+        self.replicated = replicated
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -71,7 +102,8 @@ class _ExcitationMode(TorchFunctionMode):
             x, weight, bias, stride, padding, dilation, groups = _conv_args(args, kwargs)
             if isinstance(padding, str):
                 x, padding = _explicit_padding(x, weight, padding, dilation)
-            return _ExcitationConv2d.apply(x, weight, bias, stride, padding, dilation, groups)
+            return _ExcitationConv2d.apply(x, weight, bias, stride, padding, dilation, groups,
+                                           self.replicated)
         return func(*args, **kwargs)
 
 
@@ -101,12 +133,73 @@ def excitation_backprop(model: nn.Module | None = None) -> Iterator[None]:
         yield
 
 
+class PeakBackprop:
+    """One image's forward pass under the excitation rule, retained so that its peaks can be
+    backpropagated (:meth:`maps`) — and its CAM read (:attr:`cam`) without a second forward.
+
+    Args:
+        model: a :class:`~wiseseg.models.peakcam.PeakCAM` (put in eval mode by the caller).
+        image: float ``3×H×W`` in [0, 1], the network input (already resized).
+
+    Attributes:
+        cam: float ``1×C×h×w``, detached: the same values as ``model.cams(image[None])``.
+    """
+
+    def __init__(self, model: nn.Module, image: Tensor):
+        self.size = tuple(image.shape[-2:])
+        self._model = model
+        with excitation_backprop(model), torch.enable_grad():
+            self._x = image[None].detach().requires_grad_(True)
+            self._cam = model.cams(self._x)
+        self.cam = self._cam.detach()
+
+    def maps(self, peaks: list[Peak], geometry: CamGeometry | None = None,
+             batch: int = 1) -> Tensor:
+        """One response map per peak (see :func:`peak_response_maps`).
+
+        ``batch`` = 1: each peak is backpropagated through the retained pass, one backward
+        call per peak. ``batch`` > 1: up to ``batch`` peaks at a time, the image replicated
+        along the batch dimension (one more forward pass of that batch) with one seed per
+        copy, and one backward call — the same maps to float rounding, in fewer, larger
+        operations (for accelerators; on a CPU it measured ~3× slower, the work being
+        memory-bound). The pass is kept, so this can be called again."""
+        H, W = self.size
+        if not peaks:
+            return self._cam.new_zeros((0, H, W)).detach()
+        if batch < 1:
+            raise ValueError(f"batch must be ≥ 1, got {batch}")
+        cells = [seed_cell(p, tuple(self._cam.shape[-2:]), geometry, (H, W)) for p in peaks]
+        out = []
+        with torch.enable_grad():
+            if batch == 1:
+                for p, (i, j) in zip(peaks, cells):
+                    (grad,) = torch.autograd.grad(self._cam[0, p.category, i, j], self._x,
+                                                  retain_graph=True)
+                    out.append(grad.sum(dim=1).clamp(min=0))
+            else:
+                for start in range(0, len(peaks), batch):
+                    chunk = range(start, min(len(peaks), start + batch))
+                    # the image once per peak along the batch, one seed per copy
+                    with _ExcitationMode(replicated=True):
+                        x = self._x.detach().repeat(len(chunk), 1, 1, 1).requires_grad_(True)
+                        cam = self._model.cams(x)
+                    seeds = torch.zeros_like(cam)
+                    for k, n in enumerate(chunk):
+                        seeds[k, peaks[n].category, cells[n][0], cells[n][1]] = 1.0
+                    (grad,) = torch.autograd.grad(cam, x, seeds)
+                    out.append(grad.sum(dim=1).clamp(min=0))
+        maps = torch.cat(out).detach()
+        total = maps.sum(dim=(1, 2), keepdim=True)
+        return torch.where(total > 0, maps / total.clamp(min=1e-12), maps)
+
+
 def peak_response_maps(model: nn.Module, image: Tensor, peaks: list[Peak],
-                       geometry: CamGeometry | None = None) -> Tensor:
+                       geometry: CamGeometry | None = None, batch: int = 1) -> Tensor:
     """One response map per peak.
 
     As PRM does, the image goes forward once and each peak is backpropagated through that
-    retained pass (a 1 at its CAM cell, zeros elsewhere).
+    retained pass (a 1 at its CAM cell, zeros elsewhere); with ``batch`` > 1 that many peaks
+    share one batched backward (:meth:`PeakBackprop.maps`; the same maps to float rounding).
 
     Args:
         model: a :class:`~wiseseg.models.peakcam.PeakCAM` (put in eval mode by the caller).
@@ -122,18 +215,14 @@ def peak_response_maps(model: nn.Module, image: Tensor, peaks: list[Peak],
     _, H, W = image.shape
     if not peaks:
         return image.new_zeros((0, H, W))
-    out = []
-    with excitation_backprop(model), torch.enable_grad():
-        x = image[None].detach().requires_grad_(True)
-        cam = model.cams(x)
-        for n, p in enumerate(peaks):
-            i, j = seed_cell(p, tuple(cam.shape[-2:]), geometry, (H, W))
-            (grad,) = torch.autograd.grad(cam[0, p.category, i, j], x,
-                                          retain_graph=n < len(peaks) - 1)
-            out.append(grad[0].sum(dim=0).clamp(min=0))
-    maps = torch.stack(out).detach()
-    total = maps.sum(dim=(1, 2), keepdim=True)
-    return torch.where(total > 0, maps / total.clamp(min=1e-12), maps)
+    return PeakBackprop(model, image).maps(peaks, geometry, batch)
+
+
+def peak_batch_size(device) -> int:
+    """Peaks per backward call (:meth:`PeakBackprop.maps`): 1 on a CPU, where one call per
+    peak measured fastest (benchmarks/prm_speed.py), 8 on an accelerator (not measured here;
+    the maps are the same either way)."""
+    return 1 if torch.device(device).type == "cpu" else 8
 
 
 def seed_cell(peak: Peak, cam_size: tuple[int, int], geometry: CamGeometry | None,

@@ -1,0 +1,120 @@
+"""Seconds of the PRM baseline stage on a finished run's classifier and proposals.
+
+usage: python benchmarks/prm_speed.py RUN_DIR [--images 40] [--threads 2] [--batch 1 4]
+                                      [--profile] [--label after]
+
+Times :func:`wiseseg.inference.prm_baseline.prm_baseline` (the PRM stage's work, less writing
+its JSON) on the first ``--images`` images of the run's validation split, counts the peaks
+backpropagated, and extrapolates to the whole split. ``--batch`` times each peak batch size
+(``peak_batch`` of the code under test; code without it is timed once). ``--profile`` adds
+the top cProfile entries. Each call appends one entry per batch size to
+benchmarks/results/prm_speed.json (``--result``), so runs of two versions of the code (e.g.
+``PYTHONPATH=<old checkout>/src``) sit side by side; the machine is shared, so compare
+entries measured back to back at similar load averages (recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import inspect
+import json
+import os
+import pstats
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--images", type=int, default=40, help="first N val images (0: all)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--batch", type=int, nargs="*", default=[1])
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--label", default="")
+    ap.add_argument("--result", type=Path,
+                    default=ROOT / "benchmarks" / "results" / "prm_speed.json")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    import wiseseg
+    import wiseseg.inference.prm_baseline as prm
+    from wiseseg.classifier.model_io import load_classifier
+    from wiseseg.config import load_config
+    from wiseseg.data import open_dataset
+    from wiseseg.proposals import ProposalStore
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.run_dir / "config.yaml")
+    ds = open_dataset(cfg["data"]["spec"], progress=False)
+    split = cfg["data"]["val_split"]
+    records = list(ds.records(split))
+    n_split = len(records)
+    if args.images:
+        records = records[: args.images]
+    model, ccfg, _ = load_classifier(args.run_dir / "classifier" / "model.pt", "cpu")
+    store = ProposalStore.open(args.run_dir / "proposals")
+    settings = prm.RetrievalSettings(**cfg["prm"])
+    has_batch = "peak_batch" in inspect.signature(prm.prm_baseline).parameters
+
+    peaks_seen = [0]
+    original = prm.response_maps_at
+
+    def counting(model, image, peaks, *a, **k):
+        peaks_seen[0] += len(peaks)
+        return original(model, image, peaks, *a, **k)
+
+    prm.response_maps_at = counting
+    entries = []
+    for batch in (args.batch if has_batch else [None]):
+        kw = {"peak_batch": batch} if has_batch else {}
+        peaks_seen[0] = 0
+        load_before = [round(v, 2) for v in os.getloadavg()]
+        prof = cProfile.Profile() if args.profile else None
+        t0 = time.perf_counter()
+        if prof:
+            prof.enable()
+        preds = prm.prm_baseline(model, records, store, ccfg["input_size"], cfg["peaks"],
+                                 ds.category_ids, settings, device="cpu", progress=False, **kw)
+        if prof:
+            prof.disable()
+        secs = time.perf_counter() - t0
+        entry = {
+            "label": args.label, "wiseseg": str(Path(wiseseg.__file__).parent),
+            "run_dir": str(args.run_dir), "images": len(records), "split_images": n_split,
+            "input_size": ccfg["input_size"], "peaks": peaks_seen[0],
+            "predictions": len(preds), "peak_batch": batch,
+            "torch_threads": torch.get_num_threads(), "seconds": round(secs, 2),
+            "seconds_per_image": round(secs / max(1, len(records)), 4),
+            "seconds_per_peak": round(secs / max(1, peaks_seen[0]), 4),
+            "split_seconds_extrapolated": round(secs / max(1, len(records)) * n_split, 1),
+            "load_before": load_before, "load_after": [round(v, 2) for v in os.getloadavg()],
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        if prof:
+            raw = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+            top = sorted(raw.items(), key=lambda kv: -kv[1][2])[:25]
+            entry["top_tottime"] = [
+                {"function": f"{Path(f).name}:{line}({fn})", "calls": v[1],
+                 "tottime": round(v[2], 2), "cumtime": round(v[3], 2)}
+                for (f, line, fn), v in top]
+        entries.append(entry)
+        print(f"{args.label or 'run'} batch={batch}: {secs:.1f} s for {len(records)} images, "
+              f"{peaks_seen[0]} peaks ({entry['seconds_per_peak']:.3f} s/peak; "
+              f"{entry['split_seconds_extrapolated']:.0f} s for the {n_split}-image split)")
+    prm.response_maps_at = original
+    old = json.loads(args.result.read_text()) if args.result.is_file() else []
+    args.result.parent.mkdir(parents=True, exist_ok=True)
+    args.result.write_text(json.dumps(old + entries, indent=2) + "\n")
+    print(f"wrote {args.result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

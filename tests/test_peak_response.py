@@ -1,0 +1,92 @@
+"""Peak backpropagation: the excitation rule of one convolution as written in the PRM paper,
+batched peaks giving the per-peak maps, one retained forward pass serving the CAM and every
+peak, and zero peaks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wiseseg.models.backbones import build_backbone
+from wiseseg.models.peak_ops import Peak
+from wiseseg.models.peak_response import (
+    PeakBackprop,
+    _ExcitationConv2d,
+    peak_batch_size,
+    peak_response_maps,
+)
+from wiseseg.models.peakcam import PeakCAM
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    out = {}
+    for name, feature in (("resnet18", "c3"), ("efficientnet_lite0", "c4")):
+        out[name] = PeakCAM(build_backbone(name, "none"), num_classes=3, feature=feature,
+                            head_channels=(16,)).eval()
+    return out
+
+
+@pytest.mark.parametrize("conf", [
+    dict(stride=1, padding=1, dilation=1, groups=1, k=3, size=(9, 11)),
+    dict(stride=2, padding=0, dilation=1, groups=6, k=3, size=(10, 13)),  # depthwise, odd
+    dict(stride=2, padding=2, dilation=2, groups=2, k=3, size=(12, 9)),
+    dict(stride=1, padding=0, dilation=1, groups=1, k=1, size=(7, 7)),
+])
+def test_excitation_rule_of_one_convolution(conf):
+    """P(x_i) = (x_i − min x) · Σ_j w_ij⁺ P(y_j) / Σ_i' (x_i' − min x) w_i'j⁺, written with
+    ``conv2d_input`` (the transposed convolution) on a contiguous tensor."""
+    torch.manual_seed(1)
+    s, p, d, g, k = conf["stride"], conf["padding"], conf["dilation"], conf["groups"], conf["k"]
+    x = torch.randn(1, 6, *conf["size"]).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(12, 6 // g, k, k)
+    x.requires_grad_(True)
+    y = _ExcitationConv2d.apply(x, w, None, s, p, d, g)
+    assert torch.allclose(y, F.conv2d(x, w, None, s, p, d, g))
+    seed = torch.rand_like(y)
+    (got,) = torch.autograd.grad(y, x, seed)
+    shifted = (x - x.min()).detach().contiguous()
+    pos = w.clamp(min=0)
+    norm = F.conv2d(shifted, pos, None, s, p, d, g).abs()
+    ratio = torch.where(norm > 1e-10, seed / (norm + 1e-10), torch.zeros_like(seed))
+    want = shifted * torch.nn.grad.conv2d_input(x.shape, pos, ratio, s, p, d, g)
+    assert got.shape == x.shape
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+def test_batched_peaks_equal_one_peak_at_a_time(models, name):
+    model = models[name]
+    torch.manual_seed(2)
+    image = torch.rand(3, 64, 64)
+    bp = PeakBackprop(model, image)
+    with torch.no_grad():
+        assert torch.allclose(bp.cam, model.cams(image[None]), atol=1e-5)
+    h, w = bp.cam.shape[-2:]
+    cells = [(0, 0), (h - 1, w - 1), (h // 2, w // 3), (1, w - 2), (h // 2, w // 3)]
+    peaks = [Peak(n % 3, 0, 0, 1.0, cell=c) for n, c in enumerate(cells)]
+    one = bp.maps(peaks, batch=1)
+    assert one.shape == (5, 64, 64) and (one >= 0).all()
+    assert torch.allclose(one.sum(dim=(1, 2)), torch.ones(5), atol=1e-4)
+    scale = float(one.abs().max())
+    for batch in (2, 5, 8):  # a remainder chunk, all at once, more than there are
+        many = bp.maps(peaks, batch=batch)
+        assert torch.allclose(many, one, rtol=1e-4, atol=1e-6 * scale), batch
+    # the retained pass serves again, and the one-call function gives the same maps
+    assert torch.allclose(bp.maps(peaks[:2]), one[:2], rtol=1e-5, atol=1e-7 * scale)
+    assert torch.allclose(peak_response_maps(model, image, peaks, batch=3), one, rtol=1e-4,
+                          atol=1e-6 * scale)
+
+
+def test_zero_peaks(models):
+    model = models["resnet18"]
+    image = torch.rand(3, 48, 40)
+    assert peak_response_maps(model, image, []).shape == (0, 48, 40)
+    bp = PeakBackprop(model, image)
+    for batch in (1, 4):
+        assert bp.maps([], batch=batch).shape == (0, 48, 40)
+    with pytest.raises(ValueError, match="batch"):
+        bp.maps([Peak(0, 0, 0, 1.0, cell=(0, 0))], batch=0)
+    assert peak_batch_size("cpu") == 1
