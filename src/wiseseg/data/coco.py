@@ -24,6 +24,7 @@ from pathlib import Path
 from pycocotools import mask as mask_utils
 
 from wiseseg import rle
+from wiseseg.data.coco_check import check_polygon, clean_coco
 from wiseseg.data.dataset import (
     BadItems,
     Dataset,
@@ -121,8 +122,7 @@ def _image_dirs(json_path: Path, split: str) -> list[Path]:
 def _segmentation_to_rle(seg, h: int, w: int, source: Path, ann_id) -> dict:
     try:
         if isinstance(seg, list):
-            if not seg or any(len(p) < 6 or len(p) % 2 for p in seg):
-                raise ValueError("polygon needs at least 3 (x, y) points")
+            check_polygon(seg, h, w)  # before pycocotools, which trusts its input
             return rle.normalize(mask_utils.merge(mask_utils.frPyObjects(seg, h, w)))
         if isinstance(seg, dict) and "counts" in seg and "size" in seg:
             if [int(s) for s in seg["size"]] != [h, w]:
@@ -132,7 +132,7 @@ def _segmentation_to_rle(seg, h: int, w: int, source: Path, ann_id) -> dict:
                 raise ValueError(bad)
             return rle.normalize(seg)
         raise ValueError("segmentation is neither a polygon list nor an RLE")
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, OverflowError) as e:
         raise DataError(source, f"annotation {ann_id}: bad segmentation ({e})") from None
 
 
@@ -149,12 +149,10 @@ def read_coco(path: Path, skip_bad: bool = False) -> Dataset:
     seen_ids: dict[int, str] = {}
     for split, jf in files.items():
         try:
-            data = json.loads(jf.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            data = json.loads(jf.read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise DataError(jf, f"cannot read COCO JSON ({e})") from None
-        for key in ("images", "annotations", "categories"):
-            if not isinstance(data.get(key), list):
-                raise DataError(jf, f"COCO JSON has no {key!r} list")
+        data = clean_coco(data, jf, bad)  # types, duplicates; bad entries to `bad`
         cats = sorted(data["categories"], key=lambda c: c["id"])
         names = tuple(str(c["name"]) for c in cats)
         if classes is None:

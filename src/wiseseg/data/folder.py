@@ -31,6 +31,27 @@ def _class_dirs(d: Path) -> list[Path]:
     )
 
 
+def _has_images(d: Path) -> bool:
+    return any(q.suffix.lower() in IMAGE_SUFFIXES for q in d.rglob("*"))
+
+
+def _check_other_dirs(loc: Path, root: Path, bad: BadItems, need_images: bool) -> None:
+    """Folders of ``loc`` that are not class folders must not hide data: one holding
+    images only in sub-folders, or (without classes.txt, where the folders name the
+    classes) an empty one, is an error (skipped with a warning under ``--skip-bad``)."""
+    classes = set(_class_dirs(loc))
+    for d in sorted(p for p in loc.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if d in classes or (loc == root and d.name in ("train", "val", "test")):
+            continue
+        if _has_images(d):
+            bad.handle(DataError(d, "holds images only in sub-folders, which are not read; "
+                                    "a class folder holds its images directly"))
+        elif need_images:
+            bad.handle(DataError(d, "empty class folder: the class would have no images; "
+                                    "add images, remove the folder, or list the classes in "
+                                    "classes.txt"))
+
+
 def class_folder_names(root: Path) -> list[str]:
     """Names of the sub-folders of ``root`` that directly hold images (sorted)."""
     return [p.name for p in _class_dirs(root)] if root.is_dir() else []
@@ -71,7 +92,7 @@ def read_folder(root: Path, skip_bad: bool = False) -> Dataset:
             if kind == "dirs":
                 names.update(p.name for p in _class_dirs(loc))
             else:
-                with loc.open(newline="") as fh:
+                with loc.open(newline="", encoding="utf-8-sig") as fh:
                     for row in csv.DictReader(fh):
                         names.update(s.strip() for s in (row.get("labels") or "").split(";"))
         names.discard("")
@@ -79,41 +100,64 @@ def read_folder(root: Path, skip_bad: bool = False) -> Dataset:
     if not classes:
         raise WisesegError(f"{root}: no class names found")
 
-    entries: dict[str, list[tuple[str, Path, frozenset[int], Path]]] = {}
+    bad = BadItems(skip_bad)
+    entries: dict[str, list[tuple[str, Path, frozenset[int], str]]] = {}
     for split, (kind, loc) in splits.items():
         rows = entries.setdefault(split, [])
         if kind == "dirs":
             index = {c: i for i, c in enumerate(classes)}
+            _check_other_dirs(loc, root, bad, need_images=not (root / "classes.txt").exists())
             for cdir in _class_dirs(loc):
                 if cdir.name not in index:
                     raise DataError(cdir, f"class folder {cdir.name!r} is not in classes.txt")
+                safe_join(root, cdir.relative_to(root).as_posix(), cdir)  # no link out
                 for img in sorted(cdir.iterdir()):
-                    if img.suffix.lower() in IMAGE_SUFFIXES:
+                    if img.suffix.lower() in IMAGE_SUFFIXES and not img.is_dir():
                         rel = img.relative_to(root).as_posix()
-                        rows.append((rel, img, frozenset({index[cdir.name]}), cdir))
+                        try:
+                            path = safe_join(root, rel, cdir)
+                        except DataError as e:
+                            bad.handle(DataError(img, f"{e.problem} (a link out of the "
+                                                      f"dataset)"))
+                            continue
+                        rows.append((rel, path, frozenset({index[cdir.name]}), str(cdir)))
+                    elif img.is_dir() and not img.name.startswith(".") and _has_images(img):
+                        bad.handle(DataError(img, "images in a sub-folder of a class folder "
+                                                  "are not read; move them into "
+                                                  f"{cdir.name}/ or into a class folder of "
+                                                  "their own"))
         else:
-            with loc.open(newline="") as fh:
+            with loc.open(newline="", encoding="utf-8-sig") as fh:
                 reader = csv.DictReader(fh)
                 if reader.fieldnames is None or not {"image", "labels"} <= set(reader.fieldnames):
-                    raise DataError(loc, "CSV needs a header with columns image,labels")
+                    raise DataError(loc, "CSV needs a header with columns image,labels "
+                                         f"(got {reader.fieldnames})")
                 for line, row in enumerate(reader, start=2):
                     rel = (row["image"] or "").strip()
                     if not rel:
                         raise DataError(loc, f"line {line}: empty image path")
-                    labels = parse_label_list(row["labels"] or "", classes, f"{loc}:{line}")
-                    rows.append((rel, safe_join(root, rel, loc), labels, loc))
+                    if row["labels"] is None:
+                        raise DataError(loc, f"line {line}: no labels field (write "
+                                             f"'{rel},' for a negative image)")
+                    labels = parse_label_list(row["labels"], classes, f"{loc}:{line}")
+                    try:
+                        rows.append((rel, safe_join(root, rel, loc), labels, f"{loc}:{line}"))
+                    except DataError as e:
+                        bad.handle(DataError(f"{loc}:{line}", e.problem))
 
     ids = assign_ids([rel for rows in entries.values() for rel, *_ in rows])
-    bad = BadItems(skip_bad)
     ds = Dataset(name=root.name, root=root, classes=classes, layout="folder")
     for split, rows in entries.items():
         merged: dict[str, ImageRecord] = {}
-        for rel, path, labels, _src in rows:
-            if rel in merged:  # the same file listed twice (e.g. two CSV rows): union of labels
-                old = merged[rel]
-                merged[rel] = ImageRecord(old.id, old.name, old.path, old.height, old.width,
-                                          old.labels | labels)
+        where: dict[Path, tuple[str, str]] = {}
+        for rel, path, labels, src in rows:
+            if path in where:  # one file twice, also as an alias (images/../images/a.jpg)
+                first_rel, first_src = where[path]
+                bad.handle(DataError(src, f"{rel!r} is the file already listed as "
+                                          f"{first_rel!r} ({first_src}); list every image "
+                                          f"once, with all its labels ('a;b')"))
                 continue
+            where[path] = (rel, src)
             try:
                 h, w = check_image(path)
             except DataError as e:

@@ -120,27 +120,35 @@ def read_voc(path: Path, skip_bad: bool = False) -> Dataset:
     seg_dir = root / "ImageSets" / "Segmentation"
     if not seg_dir.is_dir():
         raise DataError(seg_dir, "missing (the split lists live here)")
+    bad = BadItems(skip_bad)
     split_entries: dict[str, list[tuple[str, frozenset[int] | None, Path]]] = {}
     for f in sorted(seg_dir.glob("*.txt")):
-        ids = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()]
-        split_entries[f.stem] = [(i, None, f) for i in ids]
+        lines = [(n, ln.strip()) for n, ln in enumerate(f.read_text(encoding="utf-8-sig")
+                                                         .splitlines(), start=1) if ln.strip()]
+        split_entries[f.stem] = [(i, None, f) for _, i in _unique_ids(lines, f, bad)]
     for f in sorted(seg_dir.glob("*.csv")):
         if f.stem in split_entries:
             raise DataError(f, f"split {f.stem!r} is given both as .txt and .csv")
-        rows = []
-        with f.open(newline="") as fh:
+        rows, lines = {}, []
+        with f.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None or not {"image", "labels"} <= set(reader.fieldnames):
                 raise DataError(f, "CSV needs a header with columns image,labels")
-            for row in reader:
-                rows.append((row["image"].strip(), parse_label_list(row["labels"], classes, f), f))
-        split_entries[f.stem] = rows
+            for line, row in enumerate(reader, start=2):
+                if row["image"] is None or row["labels"] is None:
+                    bad.handle(DataError(f, f"line {line}: needs two fields image,labels "
+                                            f"(empty labels for a negative image), got "
+                                            f"{[v for v in row.values() if v is not None]}"))
+                    continue
+                name = row["image"].strip()
+                rows[(line, name)] = parse_label_list(row["labels"], classes, f"{f}:{line}")
+                lines.append((line, name))
+        split_entries[f.stem] = [(i, rows[(n, i)], f) for n, i in _unique_ids(lines, f, bad)]
     if not split_entries:
         raise DataError(seg_dir, "no split lists (<split>.txt or <split>.csv)")
 
     all_names = [n for entries in split_entries.values() for n, _, _ in entries]
     ids = assign_ids(all_names)
-    bad = BadItems(skip_bad)
     ds = Dataset(name=root.name, root=root, classes=classes, layout="voc")
     cache: dict[tuple, tuple[ImageRecord, GroundTruth | None]] = {}
     for split, entries in split_entries.items():
@@ -168,6 +176,22 @@ def read_voc(path: Path, skip_bad: bool = False) -> Dataset:
         ds._gt[split] = gts if all_have_masks else None
     ds.skipped = bad.items
     return ds
+
+
+def _unique_ids(lines: list[tuple[int, str]], source: Path, bad: BadItems
+                ) -> list[tuple[int, str]]:
+    """The ``(line, id)`` entries of a split list; an id listed again is an error (or,
+    under ``--skip-bad``, its later lines are skipped): it would count the image twice."""
+    first: dict[str, int] = {}
+    out = []
+    for line, name in lines:
+        if name in first:
+            bad.handle(DataError(source, f"line {line}: id {name!r} is listed again (first on "
+                                         f"line {first[name]}); list every image once"))
+            continue
+        first[name] = line
+        out.append((line, name))
+    return out
 
 
 def _find_image(root: Path, name: str, source: Path) -> Path:

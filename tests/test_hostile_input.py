@@ -1,0 +1,216 @@
+"""Hostile input (issue 19): each case is a one-line error naming the file and the problem,
+exit 2, no traceback; where a user expects it, --skip-bad skips and counts instead.
+The table of what is checked is docs/bad-input.md."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from .conftest import make_coco, make_voc, two_instance_item
+
+
+def _one_line_error(code, err, *needles):
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    assert "Traceback" not in err
+
+
+def _coco(tmp_path, mutate):
+    root = make_coco(tmp_path / "coco")
+    jf = root / "annotations" / "instances_val.json"
+    data = json.loads(jf.read_text())
+    out = mutate(data)
+    if isinstance(out, bytes):
+        jf.write_bytes(out)
+    else:
+        jf.write_text(json.dumps(data if out is None else out))
+    return root, jf
+
+
+def _poly(value):
+    def mutate(d):
+        d["annotations"][0]["segmentation"] = [[2, 2, 12, 2, value, 12, 2, 12]]
+    return mutate
+
+
+# ------------------------------------------------------------------ COCO polygons (case 1)
+@pytest.mark.parametrize("mutate,needle", [
+    (_poly(float("nan")), "not a finite number"),
+    (_poly(float("inf")), "not a finite number"),
+    (_poly(1e9), "far outside the 30×20 image"),
+    (_poly(-1e9), "far outside the 30×20 image"),
+    (_poly("12"), "is not a number"),
+    (lambda d: d["annotations"][0].update(segmentation=[[40, 25, 50, 25, 50, 35]]),
+     "entirely outside the 30×20 image"),
+    (lambda d: d["annotations"][0].update(segmentation=[[0, 0, 29, 19] * 200]),
+     "more than the 30×20 image can hold"),
+], ids=["nan", "inf", "huge", "minus-huge", "string", "off-image", "too-long"])
+def test_coco_polygon_checked_before_pycocotools(tmp_path, run_cli, mutate, needle):
+    root, jf = _coco(tmp_path, mutate)
+    code, _, err = run_cli("data-stats", "--data", root)
+    _one_line_error(code, err, jf.name, "annotation 1", needle)
+    code, out, err = run_cli("data-stats", "--data", root, "--skip-bad")
+    assert code == 0 and "skipped 1 bad item" in err
+
+
+# ------------------------------------------------------ COCO JSON types, duplicates (3, 4, 6)
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda d: d["images"][0].update(height="20"), "'height' must be a whole number"),
+    (lambda d: d["images"][0].update(id="7"), "needs a whole-number 'id'"),
+    (lambda d: d["images"].append("b.jpg"), "image entry is not an object"),
+    (lambda d: d["annotations"][0].update(image_id=[7]), "'image_id' must be a whole number"),
+    (lambda d: d["annotations"].append(None), "annotation entry is not an object"),
+    (lambda d: d["images"].append(dict(d["images"][0])), "image id 7 is listed twice"),
+    (lambda d: d["images"].append({**d["images"][0], "id": 11, "file_name": "./a.jpg"}),
+     "is listed twice (ids 7 and 11)"),
+    (lambda d: d["images"][0].update(file_name="a\0.jpg"), "'file_name' must be"),
+], ids=["height-str", "id-str", "non-object", "image_id-list", "ann-null", "image-twice",
+        "file-alias", "nul-name"])
+def test_coco_bad_entry_is_refused_or_skipped(tmp_path, run_cli, mutate, needle):
+    root, jf = _coco(tmp_path, mutate)
+    code, _, err = run_cli("data-stats", "--data", root)
+    _one_line_error(code, err, jf.name, needle)
+    code, out, err = run_cli("data-stats", "--data", root, "--skip-bad")
+    assert code == 0 and "skipped" in err
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda d: d["categories"].append({"id": 5, "name": "cow"}), "category id 5 is used twice"),
+    (lambda d: d["categories"].append({"id": 8, "name": "dog"}),
+     "category name 'dog' is used twice"),
+    (lambda d: d["categories"].append({"name": "cow"}), "needs a whole-number 'id'"),
+    (lambda d: d["categories"].append({"id": 8}), "needs a non-empty 'name'"),
+    (lambda d: [d], "must be an object"),
+    (lambda d: b'{"images": [], "annotations": [], "categories": [\x00]}', "cannot read"),
+], ids=["dup-id", "dup-name", "no-id", "no-name", "top-level-list", "nul-byte"])
+def test_coco_bad_file_stops_even_with_skip_bad(tmp_path, run_cli, mutate, needle):
+    root, jf = _coco(tmp_path, mutate)
+    for extra in ((), ("--skip-bad",)):
+        code, _, err = run_cli("data-stats", "--data", jf, *extra)
+        _one_line_error(code, err, jf.name, needle)
+
+
+def test_coco_utf8_bom_is_read(tmp_path, run_cli):
+    root, jf = _coco(tmp_path, lambda d: None)
+    jf.write_bytes(b"\xef\xbb\xbf" + jf.read_bytes())
+    code, out, _ = run_cli("data-stats", "--data", root)
+    assert code == 0 and "[val] 2 images" in out
+
+
+# ------------------------------------------------------------------ VOC split lists (3, 6)
+def _voc(tmp_path):
+    items = {f"2007_00000{i}": two_instance_item(void=False) for i in range(1, 4)}
+    return make_voc(tmp_path / "voc", items, {"train": list(items)})
+
+
+def test_voc_id_listed_twice(tmp_path, run_cli):
+    root = _voc(tmp_path)
+    lst = root / "ImageSets" / "Segmentation" / "train.txt"
+    lst.write_text(lst.read_text() + "2007_000002\n")
+    code, _, err = run_cli("data-stats", "--data", root)
+    _one_line_error(code, err, "train.txt", "line 4", "'2007_000002' is listed again")
+    code, out, err = run_cli("data-stats", "--data", root, "--skip-bad")
+    assert code == 0 and "skipped 1" in err and "[train] 3 images" in out
+
+
+@pytest.mark.parametrize("rows,needle", [
+    ("image,labels\n2007_000001\n", "line 2: needs two fields"),
+    ("image,labels\n2007_000001,cat\n2007_000001,dog\n", "listed again"),
+], ids=["no-labels", "twice"])
+def test_voc_split_csv_rows(tmp_path, run_cli, rows, needle):
+    items = {"2007_000001": {"size": (8, 8)}}
+    root = make_voc(tmp_path / "voc", items, {}, classes=["cat", "dog"])
+    (root / "ImageSets" / "Segmentation" / "train.csv").write_text(rows)
+    code, _, err = run_cli("data-stats", "--data", root)
+    _one_line_error(code, err, "train.csv", needle)
+
+
+def test_voc_split_csv_with_bom(tmp_path, run_cli):
+    items = {"2007_000001": {"size": (8, 8)}}
+    root = make_voc(tmp_path / "voc", items, {}, classes=["cat", "dog"])
+    (root / "ImageSets" / "Segmentation" / "train.csv").write_bytes(
+        b"\xef\xbb\xbfimage,labels\n2007_000001,cat\n")
+    code, out, _ = run_cli("data-stats", "--data", root)
+    assert code == 0 and "[train] 1 images" in out
+
+
+# --------------------------------------------------------- folder-per-class data (3, 8, 9)
+def _folder(tmp_path, classes=("cat", "dog")):
+    root = tmp_path / "f"
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        Image.new("RGB", (6, 6)).save(root / c / f"{c}1.jpg")
+    return root
+
+
+def test_csv_path_alias_is_the_same_image(tmp_path, run_cli):
+    root = tmp_path / "f"
+    (root / "images").mkdir(parents=True)
+    Image.new("RGB", (6, 6)).save(root / "images" / "x.jpg")
+    (root / "labels.csv").write_text("image,labels\nimages/x.jpg,cat\n"
+                                     "images/../images/x.jpg,cat\n")
+    code, _, err = run_cli("data-stats", "--data", root)
+    _one_line_error(code, err, "labels.csv:3", "already listed as 'images/x.jpg'")
+    code, out, err = run_cli("data-stats", "--data", root, "--skip-bad")
+    assert code == 0 and "[train] 1 images" in out
+
+
+def test_csv_with_bom_and_row_without_labels(tmp_path, run_cli):
+    root = tmp_path / "f"
+    root.mkdir()
+    Image.new("RGB", (6, 6)).save(root / "a.jpg")
+    (root / "labels.csv").write_bytes(b"\xef\xbb\xbfimage,labels\na.jpg,cat\n")
+    code, out, _ = run_cli("data-stats", "--data", root)
+    assert code == 0 and "[train] 1 images" in out
+    (root / "labels.csv").write_bytes(b"\xef\xbb\xbfimage,labels\na.jpg,cat\na.jpg\n")
+    code, _, err = run_cli("data-stats", "--data", root)
+    _one_line_error(code, err, "labels.csv", "line 3: no labels field")
+
+
+@pytest.mark.parametrize("what", ["image", "class-folder"])
+def test_folder_link_out_of_the_root_is_refused(tmp_path, run_cli, what):
+    root = _folder(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.new("RGB", (6, 6)).save(outside / "secret.jpg")
+    if what == "image":
+        (root / "cat" / "secret.jpg").symlink_to(outside / "secret.jpg")
+    else:
+        (root / "bird").symlink_to(outside, target_is_directory=True)
+        (root / "classes.txt").write_text("bird\ncat\ndog\n")
+    code, _, err = run_cli("data-stats", "--data", root)
+    _one_line_error(code, err, "escapes the dataset root")
+
+
+def test_folder_nested_and_empty_class_folders_are_not_dropped(tmp_path, run_cli):
+    root = _folder(tmp_path)
+    (root / "cat" / "more").mkdir()
+    Image.new("RGB", (6, 6)).save(root / "cat" / "more" / "c2.jpg")
+    code, _, err = run_cli("data-stats", "--data", root)
+    _one_line_error(code, err, "more", "sub-folder of a class folder")
+    code, out, err = run_cli("data-stats", "--data", root, "--skip-bad")
+    assert code == 0 and "skipped 1" in err and "more" in err
+
+    root = _folder(tmp_path / "b")
+    (root / "bird").mkdir()
+    code, _, err = run_cli("data-stats", "--data", root)
+    _one_line_error(code, err, "bird", "empty class folder")
+    (root / "classes.txt").write_text("bird\ncat\ndog\n")  # named: the class is kept
+    code, out, _ = run_cli("data-stats", "--data", root)
+    assert code == 0
+
+
+def test_voc_masks_unchanged(tmp_path):
+    """The checks leave good data alone: the VOC reader still reads both instances."""
+    from wiseseg.data import open_dataset
+
+    ds = open_dataset(_voc(tmp_path))
+    gt = ds.ground_truth("train")
+    assert len(ds.records("train")) == 3
+    assert all(len(g.instances) == 2 for g in gt.values())
