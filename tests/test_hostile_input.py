@@ -214,3 +214,69 @@ def test_voc_masks_unchanged(tmp_path):
     gt = ds.ground_truth("train")
     assert len(ds.records("train")) == 3
     assert all(len(g.instances) == 2 for g in gt.values())
+
+
+# ------------------------------------------------------------------- disk full (case 6)
+class _FullDisk:
+    """A file object that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, b):
+        import errno
+
+        if len(b) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(b)
+        return self.f.write(b)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+@pytest.mark.parametrize("what", ["json", "torch"])
+def test_disk_full_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch, what):
+    import os
+
+    from wiseseg import io
+    from wiseseg.errors import WisesegError
+
+    target = tmp_path / ("out.json" if what == "json" else "last.pt")
+    target.write_text("old")
+    real = os.fdopen
+    monkeypatch.setattr(io.os, "fdopen", lambda fd, mode: _FullDisk(real(fd, mode), 100))
+    with pytest.raises(WisesegError, match="no space left on the device") as e:
+        if what == "json":
+            io.atomic_write_json(target, {"x": "y" * 1000})
+        else:
+            import torch
+
+            from wiseseg.engine.checkpoint import save_checkpoint
+
+            save_checkpoint(target, {"w": torch.zeros(1000)})
+    assert str(target) in str(e.value) and "\n" not in str(e.value)
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]  # no temp file left
+
+
+def test_disk_full_elsewhere_is_one_line_in_the_cli(monkeypatch, run_cli):
+    import errno
+
+    import wiseseg.commandline as cl
+    from wiseseg.cli import build_parser
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "metrics.jsonl")
+
+    build_parser()  # registers the commands
+    help_text, _, configure = cl.COMMANDS["data-stats"]
+    monkeypatch.setitem(cl.COMMANDS, "data-stats", (help_text, full, configure))
+    code, _, err = run_cli("data-stats")
+    _one_line_error(code, err, "metrics.jsonl", "no space left")

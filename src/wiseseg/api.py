@@ -27,6 +27,7 @@ from wiseseg.errors import WisesegError
 from wiseseg.io import atomic_write_json
 from wiseseg.pipeline import RunContext, run_stages, save_run_config, stage_summary
 from wiseseg.report.collect import collect_metrics, results_table, write_metrics
+from wiseseg.runlock import run_lock
 
 __all__ = ["open_dataset", "load_config", "apply_overrides", "run_pipeline", "rebuild_report",
            "RunResult"]
@@ -77,7 +78,12 @@ def run_pipeline(dataset: Dataset | str, cfg: dict | str, out: str | Path,
     spec = cfg.get("data", {}).pop("spec", None) or data_spec or (
         dataset if isinstance(dataset, str) else str(ds.root))
     run_dir = Path(out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):  # a second run on this directory fails at once, naming the pid
+        return _run_locked(ds, cfg, run_dir, spec, reference, progress)
+
+
+def _run_locked(ds: Dataset, cfg: dict, run_dir: Path, spec, reference: bool,
+                progress: bool) -> RunResult:
     cfg = _resolve_auto(cfg, ds, run_dir, progress)
     ds.has_split(cfg["data"]["val_split"])  # carves <split>-fit / -calib when asked for
     for split in (cfg["data"]["train_split"],):

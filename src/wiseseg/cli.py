@@ -80,6 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk outside the atomic writer (logs, caches, workers)
+        from wiseseg.io import disk_full_message, is_disk_full
+
+        if debug or not is_disk_full(e):
+            raise
+        print(f"error: {e.filename or 'writing'}: {disk_full_message(e)}; free space and "
+              "rerun (finished work is kept)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted (finished work is kept; rerun to resume)", file=sys.stderr)
         return 130

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -23,11 +24,38 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_disk_full(e):
+            from wiseseg.errors import WisesegError
+
+            raise WisesegError(f"{path}: {disk_full_message(e)}; nothing was written (the "
+                               f"previous file, if any, is intact): free space and rerun"
+                               ) from None
         raise
     return path
+
+
+#: errno values that mean "no room": the disk (ENOSPC) or the user's quota (EDQUOT)
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` is a write that failed for lack of space: an OSError with ENOSPC /
+    EDQUOT, or torch's serializer's RuntimeError around one (it loses the errno)."""
+    if isinstance(e, OSError):
+        return e.errno in _FULL
+    cause = e.__cause__ or e.__context__
+    if cause is not None and cause is not e and is_disk_full(cause):
+        return True
+    return isinstance(e, RuntimeError) and ("file write failed" in str(e)
+                                            or "No space left" in str(e))
+
+
+def disk_full_message(e: BaseException) -> str:
+    quota = isinstance(e, OSError) and e.errno == getattr(errno, "EDQUOT", None)
+    return "disk quota exceeded" if quota else "no space left on the device"
 
 
 def _umask() -> int:
