@@ -280,3 +280,35 @@ def test_disk_full_elsewhere_is_one_line_in_the_cli(monkeypatch, run_cli):
     monkeypatch.setitem(cl.COMMANDS, "data-stats", (help_text, full, configure))
     code, _, err = run_cli("data-stats")
     _one_line_error(code, err, "metrics.jsonl", "no space left")
+
+
+# --------------------------------------------------------- settings checked first (case 6)
+@pytest.mark.parametrize("override,needle", [
+    ("segmenter.epochs=abc", "segmenter.epochs='abc' must be auto or a whole number"),
+    ("classifier.lr=-0.5", "classifier.lr=-0.5 must be > 0"),
+    ("classifier.batch_size=0", "classifier.batch_size=0 must be > 0"),
+    ("classifier=5", "classifier=5 must be a mapping"),
+    ("segmenter.epochs=-1", "segmenter.epochs=-1 must be ≥ 0"),
+    ("pseudo.max_area_frac=2", "must be within [0, 1]"),
+    ("classifier.lr=.nan", "must be a finite number"),
+    ("classifier.amp=3", "must be true or false"),
+])
+def test_bad_override_fails_before_any_work(tmp_path, run_cli, override, needle):
+    code, _, err = run_cli("run", "--data", tmp_path / "no-such-data", "--out", tmp_path / "r",
+                           "--preset", "cpu", override)
+    _one_line_error(code, err, needle)  # the (missing) data was not even opened
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("", "preset lacks"),
+    ("seed: 0\nclassifier:\n  lr: 0.1\n",
+     "preset lacks deterministic, device, data, auto, classifier.backbone"),
+    ("- 1\n- 2\n", "must be a mapping"),
+])
+def test_partial_or_empty_preset_file(tmp_path, run_cli, text, needle):
+    preset = tmp_path / "mine.yaml"
+    preset.write_text(text)
+    code, _, err = run_cli("run", "--data", "shapes", "--out", tmp_path / "r", "--preset",
+                           preset)
+    _one_line_error(code, err, "mine.yaml", needle)
