@@ -84,7 +84,7 @@ def test_cli_errors(trained, tmp_path, run_cli, voc_root):
     assert len(err.strip().splitlines()) == 1
     code, _, err = run_cli("peaks", "--checkpoint", path, "--data", voc_root, "--split", "val",
                            "--out", tmp_path / "p.json")
-    assert code == 2 and "classifier has 6 classes" in err and "dataset has 20" in err
+    assert code == 2 and "classifier was trained on 6 classes" in err and "dataset has 20" in err
     code, _, err = run_cli("train-classifier", "--data", SPEC, "--out", tmp_path / "c",
                            "--backbone", "resnet7", "-q")
     assert code == 2 and "unknown backbone 'resnet7'" in err

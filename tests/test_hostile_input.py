@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -312,3 +313,126 @@ def test_partial_or_empty_preset_file(tmp_path, run_cli, text, needle):
     code, _, err = run_cli("run", "--data", "shapes", "--out", tmp_path / "r", "--preset",
                            preset)
     _one_line_error(code, err, "mine.yaml", needle)
+
+
+# ------------------------------------------------ precomputed proposals (cases 6, 7, 9)
+def _record(name="img1", h=6, w=8):
+    from pathlib import Path
+
+    from wiseseg.data.dataset import ImageRecord
+
+    return ImageRecord(id=1, name=name, path=Path("/nonexistent.jpg"), height=h, width=w,
+                       labels=frozenset())
+
+
+@pytest.mark.parametrize("value,needle", [
+    (3e9, "superpixel id 3000000000 exceeds the number of pixels"),
+    (np.inf, "whole ids ≥ 1"),
+    (np.nan, "whole ids ≥ 1"),
+])
+def test_mcg_superpixel_ids_are_bounded_before_allocating(tmp_path, value, needle):
+    from scipy.io import savemat
+
+    from wiseseg.errors import DataError
+    from wiseseg.proposals import build_proposal_source
+
+    sp = np.ones((6, 8))
+    sp[0, 0] = value
+    labels = np.empty((1, 1), dtype=object)
+    labels[0, 0] = np.asarray([[1.0]])
+    savemat(str(tmp_path / "img1.mat"), {"superpixels": sp, "labels": labels,
+                                         "scores": np.asarray([[1.0]])})
+    src = build_proposal_source(f"mcg:{tmp_path}")
+    with pytest.raises(DataError, match=needle) as e:
+        src.propose(np.zeros((6, 8, 3), np.uint8), _record())
+    assert "img1.mat" in str(e.value)
+
+
+@pytest.mark.parametrize("counts", ["\x7f\x7f\x7f", "Z" * 40, "0" * 3])
+def test_json_proposals_with_bad_rle_are_refused_when_read(tmp_path, run_cli, counts):
+    """The error comes from the proposal file (not the store), before the image counts as
+    done: nothing for it is stored."""
+    from wiseseg.data import open_dataset
+
+    ds = open_dataset("shapes:train=2,val=1,size=32,seed=3", progress=False)
+    props = tmp_path / "json"
+    for r in ds.records("val"):
+        (props / r.name).parent.mkdir(parents=True, exist_ok=True)
+        seg = {"size": [r.height, r.width], "counts": counts}
+        (props / f"{r.name}.json").write_text(json.dumps([{"segmentation": seg, "score": 1}]))
+    out = tmp_path / "store"
+    code, _, err = run_cli("proposals", "--data", "shapes:train=2,val=1,size=32,seed=3",
+                           "--method", f"json:{props}", "--out", out, "--workers", "1", "-q")
+    _one_line_error(code, err, ".json: item 0: invalid RLE", "re-export this proposal file")
+    assert not [p for p in out.glob("items-*/*.json")]
+
+
+def test_sam_checkpoint_with_nan_is_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("segment_anything")
+    from wiseseg.errors import DataError
+    from wiseseg.proposals.sam import load_sam
+
+    from .test_proposals_sam import tiny_sam
+
+    state = tiny_sam().state_dict()
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[key].view(-1)[0] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    with pytest.raises(DataError, match=f"nan.pth: tensor '{key}' holds NaN"):
+        load_sam(tmp_path / "nan.pth")
+
+
+# ----------------------------------------------------------------- checkpoints (6, 10)
+def test_checkpoint_without_its_config(tmp_path):
+    import torch
+
+    from wiseseg.classifier.model_io import load_classifier
+    from wiseseg.errors import WisesegError
+
+    torch.save({"kind": "wiseseg.peakcam", "model": {}, "classes": ["a"]}, tmp_path / "m.pt")
+    with pytest.raises(WisesegError, match="m.pt: classifier checkpoint lacks its config"):
+        load_classifier(tmp_path / "m.pt")
+
+
+def test_pickled_objects_refused_without_weights_only_advice(tmp_path, recwarn):
+    import os
+
+    import torch
+
+    from wiseseg.engine.checkpoint import load_checkpoint
+    from wiseseg.errors import WisesegError
+
+    class Payload:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    torch.save({"x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(WisesegError) as e:
+        load_checkpoint(tmp_path / "evil.pt")
+    msg = str(e.value)
+    assert "evil.pt: not a checkpoint: it holds pickled Python objects" in msg
+    assert "weights_only" not in msg and "\n" not in msg
+    assert not [w for w in recwarn if "torch" in str(w.filename)]
+
+
+def test_predict_names_the_model_whose_classes_differ():
+    from wiseseg.classifier.model_io import check_classes
+    from wiseseg.errors import WisesegError
+
+    with pytest.raises(WisesegError, match="the Mask R-CNN was trained on 2 classes"):
+        check_classes("wise/model.pt", ["a", "b"], ("a", "b", "c"), what="Mask R-CNN")
+
+
+# ------------------------------------------------------ metrics.jsonl cut short (case 10)
+def test_metrics_log_with_a_cut_short_last_line(tmp_path, caplog):
+    from wiseseg.errors import DataError
+    from wiseseg.io import read_jsonl
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
+    assert [r["step"] for r in read_jsonl(log)] == [1, 2]
+    assert "cut short" in caplog.text
+    log.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+    with pytest.raises(DataError, match="metrics.jsonl: line 2 is not a JSON object"):
+        read_jsonl(log)

@@ -83,3 +83,62 @@ def read_json(path: str | Path, what: str = "JSON") -> Any:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(path, f"not valid {what} ({e})") from None
+
+
+def load_weights_only(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with torch's warnings kept quiet
+    and its errors turned into one line: a file holding pickled Python objects is refused as
+    such (never with torch's advice to load it with ``weights_only=False``)."""
+    import pickle
+    import re
+    import warnings
+
+    import torch
+
+    from wiseseg.errors import DataError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"unsupported GLOBAL (\S+)", str(e))
+        if found is None:  # not a pickle at all; torch's text would advise weights_only=False
+            raise DataError(path, f"not a PyTorch checkpoint, cannot load it as {what} "
+                                  f"(UnpicklingError)") from None
+        inside = f" ({found.group(1)})"
+        raise DataError(path, f"not a {what}: it holds pickled Python objects{inside} besides "
+                              f"tensors, which wiseseg never loads (they could run code)"
+                        ) from None
+    except Exception as e:  # zip, torch and pickle raise many types for foreign files
+        text = str(e).strip().splitlines()
+        raise DataError(path, f"not a PyTorch checkpoint, cannot load it as {what} "
+                              f"({type(e).__name__}: {(text[0] if text else '')[:200]})"
+                        ) from None
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines log (``metrics.jsonl``). A last line cut short — the
+    process was killed while appending it — is dropped with a warning; a bad line before
+    it is a DataError naming the file and the line."""
+    import logging
+
+    from wiseseg.errors import DataError
+
+    path = Path(path)
+    lines = [(n, ln) for n, ln in enumerate(path.read_text(errors="replace").splitlines(),
+                                             start=1) if ln.strip()]
+    out = []
+    for i, (n, ln) in enumerate(lines):
+        try:
+            rec = json.loads(ln)
+            if not isinstance(rec, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            if i == len(lines) - 1:
+                logging.getLogger(__name__).warning(
+                    "%s: line %d is cut short (an interrupted write); ignored", path, n)
+                break
+            raise DataError(path, f"line {n} is not a JSON object ({e})") from None
+        out.append(rec)
+    return out

@@ -16,11 +16,10 @@ Outputs (under RUN/):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from wiseseg.engine.reproducibility import resolve_device
-from wiseseg.io import atomic_write_json, read_json
+from wiseseg.io import atomic_write_json, read_json, read_jsonl
 from wiseseg.pipeline import RunContext, Stage
 
 METHODS = (("prm", "PRM"), ("wise", "WISE"), ("wise_refine", "WISE+Refine"),
@@ -34,8 +33,7 @@ def _device(ctx: RunContext):
 def _last_eval(metrics_path: Path) -> dict:
     out = {}
     if metrics_path.exists():
-        for ln in metrics_path.read_text().splitlines():
-            rec = json.loads(ln)
+        for rec in read_jsonl(metrics_path):
             out.update({k: v for k, v in rec.items() if k.startswith("eval/")})
     return out
 

@@ -51,12 +51,12 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu"
     return model.to(device), cfg, classes
 
 
-def check_classes(path: str | Path, ckpt_classes: list[str], data_classes: tuple[str, ...]
-                  ) -> None:
-    """The classifier must have been trained on the dataset's classes, in the same order."""
+def check_classes(path: str | Path, ckpt_classes: list[str], data_classes: tuple[str, ...],
+                  what: str = "classifier") -> None:
+    """The model (``what``) must have been trained on the dataset's classes, in order."""
     if list(ckpt_classes) != list(data_classes):
         raise WisesegError(
-            f"{path}: classifier has {len(ckpt_classes)} classes "
+            f"{path}: the {what} was trained on {len(ckpt_classes)} classes "
             f"({', '.join(ckpt_classes[:6])}{'…' if len(ckpt_classes) > 6 else ''}) but the "
             f"dataset has {len(data_classes)} ({', '.join(data_classes[:6])}"
             f"{'…' if len(data_classes) > 6 else ''})"

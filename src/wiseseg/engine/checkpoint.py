@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from wiseseg.errors import WisesegError
-from wiseseg.io import atomic_write
+from wiseseg.io import atomic_write, load_weights_only
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -28,11 +28,7 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
     path = Path(path)
     if not path.is_file():
         raise WisesegError(f"{path}: {what} not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WisesegError(f"{path}: cannot load {what} ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    obj = load_weights_only(path, what)
     if not isinstance(obj, dict):
         raise WisesegError(f"{path}: not a wiseseg {what} (expected a dict)")
     return obj
@@ -79,7 +75,14 @@ def load_model(path: str | Path, kind: str, what: str, build) -> tuple:
     ck = load_checkpoint(path, f"{what} checkpoint")
     if ck.get("kind") != kind:
         raise WisesegError(f"{path}: not a wiseseg {what} checkpoint (kind={ck.get('kind')!r})")
+    lacks = [k for k in ("model", "config", "classes") if k not in ck]
+    if lacks:
+        raise WisesegError(f"{path}: {what} checkpoint lacks its {', '.join(lacks)} (a "
+                           f"training checkpoint such as checkpoints/last.pt is not a model: "
+                           f"use the model.pt that training writes)")
     cfg, classes = ck["config"], list(ck["classes"])
+    if not isinstance(cfg, dict) or not all(isinstance(c, str) for c in classes):
+        raise WisesegError(f"{path}: {what} checkpoint has a malformed config or class list")
     model = build(cfg, len(classes))
     try:
         model.load_state_dict(ck["model"])

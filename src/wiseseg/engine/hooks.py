@@ -11,6 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from wiseseg.engine.trainer import Hook, Trainer
+from wiseseg.io import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,9 @@ class MetricsLogHook(Hook):
         self.path = trainer.out_dir / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= trainer.step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [rec for rec in read_jsonl(self.path)  # a cut-short last line is dropped
+                    if rec.get("step", 0) <= trainer.step]
+            self.path.write_text("".join(json.dumps(rec) + "\n" for rec in kept))
         if self.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

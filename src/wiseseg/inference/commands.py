@@ -55,7 +55,7 @@ def cmd_predict(args) -> int:
         from wiseseg.classifier.model_io import check_classes
 
         ds = open_dataset_from_args(args)
-        check_classes(args.checkpoint, classes, ds.classes)
+        check_classes(args.checkpoint, classes, ds.classes, what="Mask R-CNN")
         recs = ds.records(args.split)
         items, category_ids, total, names = records_as_items(recs), ds.category_ids, \
             len(recs), ds.classes

@@ -152,9 +152,13 @@ class MCGSource(_FileSource):
         _check_size(sp.shape, size, path, "'superpixels'")
         if not np.issubdtype(sp.dtype, np.number) or sp.size == 0:
             raise DataError(path, "'superpixels' must be a numeric label map")
-        n_sp = int(sp.max())
-        if sp.min() < 1 or not np.array_equal(sp, np.round(sp)):
+        if not np.all(np.isfinite(sp)) or sp.min() < 1 or not np.array_equal(sp, np.round(sp)):
             raise DataError(path, "'superpixels' must hold whole ids ≥ 1 (MATLAB's 1-based)")
+        if sp.max() > sp.size:  # the membership matrix below is proposals × ids
+            raise DataError(path, f"superpixel id {sp.max():.0f} exceeds the number of pixels "
+                                  f"({size[0]}×{size[1]}); MCG ids are 1..number of "
+                                  f"superpixels")
+        n_sp = int(sp.max())
         labels = _cells(mat["labels"], path, "labels")
         raw = _vector(mat, "scores", path)
         if len(raw) != len(labels):
@@ -260,10 +264,15 @@ class JSONSource(_FileSource):
                 raise DataError(path, f"item {j}: segmentation must be a COCO RLE "
                                       f"({{size: [h, w], counts}})")
             _check_size(tuple(seg["size"]), size, path, f"item {j}'s mask")
+            problem = rle.problem(seg)  # before pycocotools, which trusts its input
+            if problem is not None:
+                raise DataError(path, f"item {j}: invalid RLE ({problem}); fix or re-export "
+                                      f"this proposal file")
             try:
                 masks.append(rle.normalize(seg))
             except Exception as e:  # pycocotools rejects malformed counts in several ways
-                raise DataError(path, f"item {j}: invalid RLE ({e})") from None
+                raise DataError(path, f"item {j}: invalid RLE ({e}); fix or re-export this "
+                                      f"proposal file") from None
             try:
                 raw.append(float(item["score"]))
             except (TypeError, ValueError):

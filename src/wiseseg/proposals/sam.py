@@ -30,6 +30,7 @@ import numpy as np
 
 from wiseseg.data.dataset import ImageRecord
 from wiseseg.errors import ConfigError, DataError, WisesegError
+from wiseseg.io import load_weights_only
 from wiseseg.proposals.base import Proposals, ProposalSource
 
 _PKG_HINT = ("install it with `pip install 'wiseseg[sam]'` (or `pip install segment-anything`) "
@@ -211,11 +212,7 @@ def load_sam(path: str | Path, model_type: str | None = None):
     path = Path(path)
     if not path.is_file():
         raise DataError(path, f"SAM checkpoint not found; {_DEFAULT_DOWNLOAD}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and torch raise many types for foreign files
-        raise DataError(path, f"not a PyTorch checkpoint that loads with weights_only=True "
-                              f"({type(e).__name__}: {_first_line(e)})") from None
+    obj = load_weights_only(path, "PyTorch checkpoint")
     state = obj
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
@@ -232,6 +229,11 @@ def load_sam(path: str | Path, model_type: str | None = None):
         raise DataError(path, f"not a SAM checkpoint (no tensor {e.args[0]!r})") from None
     except (ValueError, IndexError) as e:
         raise DataError(path, f"not a SAM checkpoint ({e})") from None
+    broken = next((k for k, v in state.items()
+                   if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if broken is not None:
+        raise DataError(path, f"tensor {broken!r} holds NaN or infinite values: the "
+                              f"checkpoint is damaged; download it again")
     if model_type is not None and arch.model_type != model_type:
         raise DataError(path, f"holds a {arch.model_type} SAM ({arch.embed_dim}-wide, "
                               f"{arch.depth} blocks), not {model_type}")

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 from typing import Any
 
-from wiseseg.io import atomic_write_json, read_json
+from wiseseg.io import atomic_write_json, read_json, read_jsonl
 
 METHOD_LABELS = {"prm": "PRM", "wise": "WISE", "wise_refine": "WISE+Refine",
                  "reference": "Mask R-CNN (GT)"}
@@ -23,7 +22,7 @@ def _maybe(path: Path) -> Any:
 def _curve(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    return read_jsonl(path)  # a line cut short by a kill is dropped
 
 
 def environment() -> dict[str, str]:
