@@ -84,12 +84,15 @@ def test_cache_reuse_and_invalidation(tiny, tmp_path):
         assert reopened.seconds(r.id) >= 0
 
     changed = GridSource(cells=3)
-    store = compute_proposals(records, changed, tmp_path, progress=False)
+    with pytest.raises(WisesegError, match="other settings .* use a new --out, or --overwrite"):
+        compute_proposals(records, changed, tmp_path, progress=False)  # never a silent swap
+    store = compute_proposals(records, changed, tmp_path, progress=False, overwrite=True)
     assert len(changed.calls) == 4 and len(store.get(records[0].id)) == 9
     assert len(list(tmp_path.glob("items-*"))) == 1  # the old settings' folder is gone
 
     truncated = GridSource(cells=3)
-    store = compute_proposals(records, truncated, tmp_path, progress=False, top_k=2)
+    store = compute_proposals(records, truncated, tmp_path, progress=False, top_k=2,
+                              overwrite=True)
     assert len(truncated.calls) == 4 and len(store.get(records[0].id)) == 2
 
 

@@ -39,6 +39,9 @@ def _cfg(p: argparse.ArgumentParser) -> None:
                    help="compute only shard I of N (counted from 0; image k of the split goes "
                         "to shard k mod N) into OUT/shard-I-of-N; join the shards with "
                         "`wiseseg proposals-merge --out OUT`")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what OUT holds when it was computed with other settings or "
+                        "from other image files (default: refuse, never reuse it)")
     p.add_argument("--eval", action="store_true",
                    help="evaluate against the split's ground truth: ABO, recall@0.5/0.7 at "
                         "top-10/100/all, objectness AUC, proposals and seconds per image "
@@ -76,7 +79,8 @@ def cmd_proposals(args) -> int:
         ds.ground_truth(args.split)  # fail before computing when there is nothing to compare
     out = Path(args.out) if shard is None else shard_dir(args.out, *shard)
     store = compute_proposals(records, source, out, workers=args.workers,
-                              progress=not args.quiet, top_k=args.top_k, shard=shard)
+                              progress=not args.quiet, top_k=args.top_k, shard=shard,
+                              overwrite=args.overwrite)
     m = store.manifest
     part = "" if shard is None else f", shard {shard[0]}/{shard[1]} of {len(records)}"
     print(f"proposals ({source.name}): {m['counts']['images']} images{part} "

@@ -25,6 +25,7 @@ locking.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -62,6 +63,57 @@ def store_key(source: ProposalSource, top_k: int | None) -> str:
     blob = json.dumps({"fingerprint": source.fingerprint(), "top_k": top_k,
                        "format": STORE_FORMAT}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_fingerprint(path: str | Path) -> dict:
+    """What identifies an image file: its size in bytes, modification time and SHA-256
+    (``{"bytes": None}`` for a file that is not there, e.g. a source that reads no pixels
+    given records without files)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return {"bytes": None}
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
+
+
+def same_file(path: str | Path, recorded) -> bool:
+    """Whether ``path`` is still the file ``recorded`` (:func:`file_fingerprint`): the same
+    size and modification time, or, where the time differs (a copy), the same content."""
+    if not isinstance(recorded, dict) or "bytes" not in recorded:
+        return False
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return recorded["bytes"] is None
+    if st.st_size != recorded["bytes"]:
+        return False
+    if st.st_mtime_ns == recorded.get("mtime_ns"):
+        return True
+    return file_fingerprint(path).get("sha256") == recorded.get("sha256")
+
+
+def _split_digest(records: Sequence[ImageRecord]) -> str:
+    """Hash of the split's images — ids, names, sizes and the first and last 64 KiB of each
+    file — cheap enough for every shard job to compute for the whole split, so that shards
+    computed on other data (same ids, other pixels) are refused by the merge."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps([int(r.id), r.name, r.height, r.width]).encode())
+        try:
+            with open(r.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                h.update(str(size).encode() + f.read(1 << 16))
+                if size > 1 << 17:
+                    f.seek(size - (1 << 16))
+                h.update(f.read(1 << 16))
+        except OSError:
+            h.update(b"-")
+    return h.hexdigest()[:16]
 
 
 def _versions() -> dict[str, str]:
@@ -225,10 +277,11 @@ def _compute_one(source: ProposalSource, record: ImageRecord, path: Path,
         start = time.perf_counter()
         props = source.propose(image, record).top(top_k)
         seconds = time.perf_counter() - start
+        fp = file_fingerprint(record.path)
         atomic_write_json(path, {"image_id": record.id, "name": record.name,
-                                 "seconds": seconds, **props.to_json()})
+                                 "seconds": seconds, "file": fp, **props.to_json()})
         return {"id": record.id, "name": record.name, "proposals": len(props),
-                "seconds": seconds}
+                "seconds": seconds, "file": fp}
     except WisesegError as e:
         # DataError(path, problem) does not survive pickling across the process boundary,
         # so the parts travel as plain data and are rebuilt in the parent.
@@ -328,7 +381,8 @@ def _ids_digest(records: Sequence[ImageRecord]) -> str:
 def compute_proposals(records: Sequence[ImageRecord], source: ProposalSource,
                       out_dir: str | Path, workers: int = 1, progress: bool = True,
                       top_k: int | None = None,
-                      shard: tuple[int, int] | None = None) -> ProposalStore:
+                      shard: tuple[int, int] | None = None,
+                      overwrite: bool = False) -> ProposalStore:
     """Compute (or reuse) the proposals of ``records`` into ``out_dir``.
 
     Args:
@@ -343,6 +397,9 @@ def compute_proposals(records: Sequence[ImageRecord], source: ProposalSource,
         shard: ``(i, n)``: ``records`` is the whole split, and only its shard ``i`` of ``n``
             (:func:`shard_records`) is computed; the manifest records the shard for
             :func:`merge_shards`.
+        overwrite: replace what ``out_dir`` holds when it was computed with another source,
+            other settings or from other image files; without it that is an error (a store
+            is only ever reused for the images and settings it was computed from).
 
     Returns:
         The store, ready for ``get(image_id)``.
@@ -359,7 +416,7 @@ def compute_proposals(records: Sequence[ImageRecord], source: ProposalSource,
         if not (count >= 1 and 0 <= index < count):
             raise ConfigError(f"shard {index}/{count}: need 0 ≤ index < count")
         shard_info = {"index": int(index), "count": int(count), "split_images": len(records),
-                      "split_ids": _ids_digest(records)}
+                      "split_ids": _ids_digest(records), "split_files": _split_digest(records)}
         records = shard_records(records, index, count)
         shard_info["image_ids"] = [int(r.id) for r in records]
     if source.max_workers is not None and workers > source.max_workers:
@@ -370,19 +427,43 @@ def compute_proposals(records: Sequence[ImageRecord], source: ProposalSource,
     root.mkdir(parents=True, exist_ok=True)
     key = store_key(source, top_k)
     items = root / f"items-{key}"
-    items.mkdir(exist_ok=True)
-    for stale in items.glob(f".*{_TMP_SUFFIX}"):  # left by a run killed mid-write
-        stale.unlink(missing_ok=True)
-
-    previous = {}
+    previous: dict = {}
     if (root / MANIFEST).is_file():
         try:
             old = json.loads((root / MANIFEST).read_text())
-            if old.get("key") == key:
-                previous = old.get("images", {})
         except (OSError, ValueError):
-            pass  # a broken manifest is rewritten below; the item files stand on their own
-    todo = [r for r in records if not (items / f"{r.id}.json").is_file()]
+            old = None  # a broken manifest is rewritten below; the item files stand alone
+        if isinstance(old, dict) and old.get("key") == key:
+            previous = old.get("images", {}) if isinstance(old.get("images"), dict) else {}
+        elif isinstance(old, dict) and not overwrite:
+            raise WisesegError(
+                f"{root}: holds {old.get('source')} proposals of other settings "
+                f"({old.get('fingerprint')}, top_k {old.get('top_k')}) than asked for "
+                f"({source.name} {source.fingerprint()}, top_k {top_k}); use a new --out, "
+                f"or --overwrite to replace them")
+    items.mkdir(exist_ok=True)
+    for stale in items.glob(f".*{_TMP_SUFFIX}"):  # left by a run killed mid-write
+        stale.unlink(missing_ok=True)
+    todo = []
+    for r in records:
+        item = items / f"{r.id}.json"
+        if not item.is_file():
+            todo.append(r)
+            continue
+        recorded = (previous.get(str(r.id)) or {}).get("file")
+        if recorded is None:  # finished by a run whose manifest was lost: the file says
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                recorded = json.loads(item.read_text()).get("file")
+        if same_file(r.path, recorded):
+            continue
+        if not overwrite:
+            raise DataError(r.path, f"is not the image whose proposals {root} holds for id "
+                                    f"{r.id} ({r.name}): the file changed or the store was "
+                                    f"computed on other data; use a new --out, or "
+                                    f"--overwrite to recompute")
+        item.unlink()
+        previous.pop(str(r.id), None)
+        todo.append(r)
     manifest = {
         "format": STORE_FORMAT, "source": source.name, "settings": source.settings(),
         "fingerprint": source.fingerprint(), "top_k": top_k, "key": key,
@@ -400,13 +481,13 @@ def compute_proposals(records: Sequence[ImageRecord], source: ProposalSource,
     images = dict(previous)
     for res in results:
         images[str(res["id"])] = {"name": res["name"], "proposals": res["proposals"],
-                                  "seconds": res["seconds"]}
+                                  "seconds": res["seconds"], "file": res["file"]}
     store = ProposalStore(root, manifest)
     for r in records:
         if str(r.id) not in images:  # finished by an earlier run whose manifest was lost
             data = store.load(r.id)
             images[str(r.id)] = {"name": r.name, "proposals": len(data["scores"]),
-                                 "seconds": data["seconds"]}
+                                 "seconds": data["seconds"], "file": data.get("file")}
     these = [images[str(r.id)] for r in records]
     manifest.update({
         "complete": True, "images": images,
@@ -489,6 +570,11 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path) -> Propo
             raise WisesegError(f"{where}: shard {sh['index']}/{sh['count']} of another split "
                                f"or shard count than {first.root} (shard "
                                f"{ref['index']}/{ref['count']})")
+        if sh.get("split_files") is None or sh.get("split_files") != ref.get("split_files"):
+            raise WisesegError(f"{where}: shard {sh['index']}/{sh['count']} was computed on "
+                               f"other image files than {first.root} (same ids, other data, "
+                               f"or an older wiseseg); recompute it with the same --data into "
+                               f"a new --out, or with --overwrite")
         if sh["index"] in by_index:
             raise WisesegError(f"{where}: shard {sh['index']}/{sh['count']} given twice "
                                f"(also {by_index[sh['index']].root})")
