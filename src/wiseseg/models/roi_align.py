@@ -1,0 +1,189 @@
+"""RoIAlign with a vectorised backward pass on a CPU.
+
+torchvision's CPU RoIAlign backward walks every (RoI, channel, bin, sample) in one thread and
+adds into the feature gradient one value at a time; in a Mask R-CNN training step on cached
+features it was about half of the backward pass. The same gradient is a sparse matrix
+product: every output bin is a fixed weighted sum of at most ``4 · samples`` feature pixels,
+so ``grad_features = Aᵀ · grad_output`` with ``A`` the (bins × pixels) interpolation matrix.
+:func:`roi_align` runs torchvision's forward unchanged and, on a CPU with a fixed
+``sampling_ratio`` > 0, this backward: the same sampling points, bilinear weights and border
+rules as torchvision's kernel (``bilinear_interpolate_gradient``), summed in another order
+(equal to float rounding). Elsewhere (a GPU, adaptive sampling) it is torchvision's own.
+
+:class:`FastMultiScaleRoIAlign` is torchvision's ``MultiScaleRoIAlign`` using it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torchvision
+from torch import Tensor
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import roi_align as tv_roi_align
+
+BACKWARDS = ("torchvision", "sparse")
+
+
+class _RoIAlignSparseBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features, rois, output_size, spatial_scale, sampling_ratio, aligned):
+        ctx.save_for_backward(rois)
+        ctx.conf = (tuple(features.shape), output_size, float(spatial_scale),
+                    int(sampling_ratio), bool(aligned))
+        return tv_roi_align(features, rois, output_size, spatial_scale, sampling_ratio,
+                            aligned)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (rois,) = ctx.saved_tensors
+        shape, output_size, scale, ratio, aligned = ctx.conf
+        grad = None
+        if ctx.needs_input_grad[0]:
+            grad = roi_align_features_grad(grad_out, rois, shape, output_size, scale, ratio,
+                                           aligned)
+        return grad, None, None, None, None, None
+
+
+def _interpolation(rois: Tensor, size: tuple[int, int], output_size: tuple[int, int],
+                   scale: float, ratio: int, aligned: bool) -> tuple[Tensor, Tensor]:
+    """Per RoI, bin, sample and corner: the flat pixel index (``b·H·W + y·W + x``) and the
+    weight (bilinear weight / samples per bin; 0 where torchvision's kernel adds nothing).
+
+    Returns ``(index int64 R×PH×PW×S×4, weight float R×PH×PW×S×4)``, S = ``ratio²``."""
+    H, W = size
+    ph, pw = output_size
+    dt, dev = rois.dtype, rois.device
+    offset = 0.5 if aligned else 0.0
+    b = rois[:, 0].long()
+    x0 = rois[:, 1] * scale - offset
+    y0 = rois[:, 2] * scale - offset
+    rw = rois[:, 3] * scale - offset - x0
+    rh = rois[:, 4] * scale - offset - y0
+    if not aligned:
+        rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
+    bh, bw = rh / ph, rw / pw
+    grid = torch.arange(ratio, dtype=dt, device=dev)[None, None, :] + 0.5
+    # y: R×PH×ratio, x: R×PW×ratio (as the kernel: start + bin·size + (i + .5)·size / ratio)
+    ys = (y0[:, None, None] + torch.arange(ph, dtype=dt, device=dev)[None, :, None]
+          * bh[:, None, None] + grid * bh[:, None, None] / ratio)
+    xs = (x0[:, None, None] + torch.arange(pw, dtype=dt, device=dev)[None, :, None]
+          * bw[:, None, None] + grid * bw[:, None, None] / ratio)
+
+    def corners(v: Tensor, n: int):
+        inside = (v >= -1.0) & (v <= n)
+        v = v.clamp(min=0.0)
+        low = v.floor().long()
+        top = low >= n - 1
+        low = torch.where(top, torch.full_like(low, n - 1), low)
+        high = torch.where(top, low, low + 1)
+        v = torch.where(top, low.to(dt), v)
+        frac = v - low.to(dt)
+        return inside, low, high, 1.0 - frac, frac
+
+    iy, yl, yh, hy, ly = corners(ys, H)
+    ix, xl, xh, hx, lx = corners(xs, W)
+    # broadcast to R×PH×PW×ratio_y×ratio_x
+    def yb(t):
+        return t[:, :, None, :, None]
+
+    def xb(t):
+        return t[:, None, :, None, :]
+
+    ok = (yb(iy) & xb(ix)).to(dt) / float(ratio * ratio)
+    base = b[:, None, None, None, None] * (H * W)
+    idx = torch.stack([base + yb(yl) * W + xb(xl), base + yb(yl) * W + xb(xh),
+                       base + yb(yh) * W + xb(xl), base + yb(yh) * W + xb(xh)], dim=-1)
+    wts = torch.stack([yb(hy) * xb(hx), yb(hy) * xb(lx), yb(ly) * xb(hx), yb(ly) * xb(lx)],
+                      dim=-1) * ok[..., None]
+    R = rois.shape[0]
+    return idx.reshape(R, ph, pw, ratio * ratio * 4), wts.reshape(R, ph, pw, ratio * ratio * 4)
+
+
+def roi_align_features_grad(grad_out: Tensor, rois: Tensor, shape: tuple[int, ...],
+                            output_size: tuple[int, int], scale: float, ratio: int,
+                            aligned: bool) -> Tensor:
+    """The gradient of RoIAlign w.r.t. its ``N×C×H×W`` features (see the module docstring).
+
+    Args:
+        grad_out: float ``R×C×PH×PW``.
+        rois: float ``R×5`` (batch index, x1, y1, x2, y2) in the image's pixels.
+        shape: the features' shape.
+
+    Returns:
+        float ``N×C×H×W`` (zeros for no RoI).
+    """
+    N, C, H, W = shape
+    R = rois.shape[0]
+    if R == 0:
+        return grad_out.new_zeros(shape)
+    ph, pw = output_size
+    idx, wts = _interpolation(rois.to(grad_out.dtype), (H, W), (ph, pw), scale, ratio,
+                              aligned)
+    k = idx.shape[-1]
+    flat = idx.reshape(-1)
+    # Aᵀ in CSR, one row per feature pixel: the entries sorted by pixel (a stable sort keeps
+    # each pixel's bins in order), duplicates kept — the product adds them up
+    order = torch.argsort(flat, stable=True)
+    crow = torch.zeros(N * H * W + 1, dtype=torch.long, device=flat.device)
+    crow[1:] = torch.bincount(flat, minlength=N * H * W).cumsum(0)
+    cols = torch.arange(R * ph * pw, device=flat.device).repeat_interleave(k)[order]
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        at = torch.sparse_csr_tensor(crow, cols, wts.reshape(-1)[order],
+                                     (N * H * W, R * ph * pw), check_invariants=False)
+    g = grad_out.permute(0, 2, 3, 1).reshape(R * ph * pw, C)
+    out = at @ g  # (N·H·W) × C
+    return out.reshape(N, H, W, C).permute(0, 3, 1, 2)
+
+
+def roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int],
+              spatial_scale: float, sampling_ratio: int, aligned: bool = False,
+              backward: str = "sparse") -> Tensor:
+    """torchvision's ``roi_align`` (same forward and arguments; ``rois`` ``R×5``), with the
+    sparse backward above on a CPU when ``sampling_ratio`` > 0 and ``backward="sparse"``."""
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}, got {backward!r}")
+    if (backward == "torchvision" or features.device.type != "cpu" or sampling_ratio <= 0
+            or not torch.is_grad_enabled() or not features.requires_grad):
+        return tv_roi_align(features, rois, output_size, spatial_scale, sampling_ratio,
+                            aligned)
+    return _RoIAlignSparseBackward.apply(features, rois, tuple(output_size), spatial_scale,
+                                         sampling_ratio, aligned)
+
+
+class FastMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """torchvision's ``MultiScaleRoIAlign`` (same levels, scales, mapping and forward) whose
+    per-level RoIAlign uses :func:`roi_align`'s backward (``backward``)."""
+
+    def __init__(self, *args, backward: str = "sparse", **kwargs):
+        super().__init__(*args, **kwargs)
+        if backward not in BACKWARDS:
+            raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}, "
+                             f"got {backward!r}")
+        self.backward = backward
+
+    def forward(self, x: dict[str, Tensor], boxes: list[Tensor],
+                image_shapes: list[tuple[int, int]]) -> Tensor:
+        from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
+
+        if self.backward == "torchvision" or torchvision._is_tracing():
+            return super().forward(x, boxes, image_shapes)
+        feats = _filter_input(x, self.featmap_names)
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(feats, image_shapes,
+                                                         self.canonical_scale,
+                                                         self.canonical_level)
+        rois = _convert_to_roi_format(boxes)
+        if len(feats) == 1:
+            return roi_align(feats[0], rois, self.output_size, self.scales[0],
+                             self.sampling_ratio, backward=self.backward)
+        levels = self.map_levels(boxes)
+        result = feats[0].new_zeros((len(rois), feats[0].shape[1], *self.output_size))
+        for level, (feat, scale) in enumerate(zip(feats, self.scales)):
+            idx = torch.where(levels == level)[0]
+            result[idx] = roi_align(feat, rois[idx], self.output_size, scale,
+                                    self.sampling_ratio, backward=self.backward
+                                    ).to(result.dtype)
+        return result

@@ -1,0 +1,73 @@
+"""RoIAlign's sparse backward: torchvision's forward and gradient (border rules, tiny and
+out-of-image boxes, several images and levels), zero RoIs, and Mask R-CNN built with it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import roi_align as tv_roi_align
+
+from wiseseg.models.roi_align import FastMultiScaleRoIAlign, roi_align
+
+
+def _rois(n_img: int, h: int, w: int, scale: float, n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    H, W = h / scale, w / scale
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([W, H]) * 0.9
+    wh = torch.rand(n, 2, generator=g) * torch.tensor([W, H]) * 0.5 + 0.5
+    rois = torch.cat([torch.randint(0, n_img, (n, 1), generator=g).float(), xy, xy + wh], 1)
+    edge = torch.tensor([[-10.0, -10, 20, 20], [0, 0, W + 5, H + 8], [3, 3, 3.5, 3.2],
+                         [W - 1, H - 1, W + 3, H + 3], [-20, 5, -5, 9]])
+    rois[: len(edge), 1:] = edge
+    return rois
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("out,ratio,scale", [(7, 2, 0.25), (14, 2, 0.125), (5, 1, 0.5)])
+def test_gradient_equals_torchvision(out, ratio, scale, aligned):
+    torch.manual_seed(0)
+    feats = torch.randn(3, 4, 11, 13, requires_grad=True)
+    rois = _rois(3, 11, 13, scale, 40)
+    seed = torch.randn(40, 4, out, out)
+    want_y = tv_roi_align(feats, rois, (out, out), scale, ratio, aligned)
+    (want,) = torch.autograd.grad(want_y, feats, seed)
+    got_y = roi_align(feats, rois, (out, out), scale, ratio, aligned)
+    (got,) = torch.autograd.grad(got_y, feats, seed)
+    assert torch.equal(got_y, want_y)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_rois_and_fallbacks():
+    feats = torch.randn(2, 3, 8, 8, requires_grad=True)
+    none = torch.zeros(0, 5)
+    y = roi_align(feats, none, (7, 7), 0.25, 2)
+    assert y.shape == (0, 3, 7, 7)
+    (g,) = torch.autograd.grad(y.sum() + 0 * feats.sum(), feats)
+    assert torch.count_nonzero(g) == 0
+    # adaptive sampling and no-grad calls are torchvision's own
+    rois = _rois(2, 8, 8, 0.25, 6)
+    assert torch.equal(roi_align(feats, rois, (7, 7), 0.25, 0),
+                       tv_roi_align(feats, rois, (7, 7), 0.25, 0))
+    with pytest.raises(ValueError, match="backward"):
+        roi_align(feats, rois, (7, 7), 0.25, 2, backward="fast")
+
+
+def test_multiscale_pooler_matches_torchvision():
+    torch.manual_seed(1)
+    names = ["0", "1", "2", "3"]
+    feats = {k: torch.randn(2, 4, 64 // 2**i, 64 // 2**i, requires_grad=True)
+             for i, k in enumerate(names)}
+    boxes = [torch.tensor([[2.0, 3, 30, 40], [10, 10, 250, 200], [0, 0, 5, 6]]),
+             torch.tensor([[50.0, 60, 120, 180]])]
+    sizes = [(256, 256), (256, 256)]
+    outs = []
+    for pool in (MultiScaleRoIAlign(names, 7, 2), FastMultiScaleRoIAlign(names, 7, 2)):
+        y = pool(feats, boxes, sizes)
+        grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(),
+                                    list(feats.values()))
+        outs.append((y, grads))
+    assert torch.equal(outs[0][0], outs[1][0])
+    for a, b in zip(outs[0][1], outs[1][1]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert FastMultiScaleRoIAlign(names, 7, 2, backward="torchvision").backward == "torchvision"
