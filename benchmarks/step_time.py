@@ -12,6 +12,8 @@ benchmarks/results/step_time.json.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import tempfile
 import time
@@ -124,6 +126,61 @@ def epoch_table(steps: int, data: str) -> list[dict]:
     return rows
 
 
+def segmenter_step(size: int, steps: int, variant: dict, objects: int = 3) -> float:
+    """Seconds per training step of the ``cpu`` preset's Mask R-CNN on cached body features
+    (as WISE and the reference train): batch of 4 random ``size``² images, ``objects``
+    squares of side ``size``/6 each, settings ``variant`` applied to the segmenter section."""
+    from wiseseg.models.maskrcnn import MaskRCNNOnFeatures, body_features
+
+    torch.manual_seed(0)
+    cfg = api.load_config("cpu", [f"segmenter.min_size={size}", f"segmenter.max_size={size}",
+                                  "segmenter.anchor_sizes=[16,32,64,128,256]",
+                                  "segmenter.pretrained=none"])["segmenter"]
+    cfg.update(variant)
+    model = build_segmenter(cfg, 5).train()
+    images = [torch.rand(3, size, size) for _ in range(4)]
+    with torch.no_grad():
+        feats = body_features(model, images)
+    side = size // 6
+    targets = []
+    for _ in images:
+        corners = torch.randint(0, size - side, (objects, 2))
+        masks = torch.zeros(objects, size, size, dtype=torch.uint8)
+        for k, (x, y) in enumerate(corners.tolist()):
+            masks[k, y:y + side, x:x + side] = 1
+        targets.append({"boxes": torch.cat([corners, corners + side], 1).float(),
+                        "labels": torch.randint(1, 6, (objects,)), "masks": masks})
+    net = MaskRCNNOnFeatures(model)
+    return _time(net, lambda m: sum(m(feats, [(size, size)] * 4, targets).values()), steps)
+
+
+#: Mask R-CNN step variants: (name, segmenter settings); the first is the reference.
+STEP_VARIANTS = (("roi_align_backward=torchvision", {"roi_align_backward": "torchvision"}),
+                 ("roi_align_backward=sparse", {"roi_align_backward": "sparse"}))
+
+
+def step_table(sizes: list[int], steps: int, repeats: int) -> list[dict]:
+    """Variants timed alternately (``repeats`` rounds), so that load changes hit all alike."""
+    rows = []
+    print(f"\nMask R-CNN training step on cached features, batch 4, "
+          f"{torch.get_num_threads()} threads, {steps} steps × {repeats} alternating rounds\n")
+    print("| size | variant | s / step (median) | speed-up |")
+    print("|---|---|---|---|")
+    for size in sizes:
+        times: dict[str, list[float]] = {name: [] for name, _ in STEP_VARIANTS}
+        for _ in range(repeats):
+            for name, variant in STEP_VARIANTS:
+                times[name].append(segmenter_step(size, steps, variant))
+        ref = sorted(times[STEP_VARIANTS[0][0]])[repeats // 2]
+        for name, _ in STEP_VARIANTS:
+            med = sorted(times[name])[repeats // 2]
+            rows.append({"size": size, "variant": name, "seconds_per_step": round(med, 4),
+                         "all": [round(t, 4) for t in times[name]],
+                         "speedup": round(ref / med, 2)})
+            print(f"| {size} | {name} | {med:.3f} | {ref / med:.2f}× |", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", nargs="*", default=["cpu", "paper"])
@@ -131,7 +188,24 @@ def main() -> None:
     ap.add_argument("--epoch-steps", type=int, default=30,
                     help="steps timed per stage for the per-epoch table (0: skip it)")
     ap.add_argument("--data", default="shapes")
+    ap.add_argument("--segmenter-sizes", type=int, nargs="*", default=[],
+                    help="time the Mask R-CNN step variants at these sizes, write them to "
+                         "step_time.json's 'segmenter_step' and stop")
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    if args.segmenter_sizes:
+        path = Path("benchmarks/results/step_time.json")
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        old["segmenter_step"] = {
+            "commit": commit, "threads": torch.get_num_threads(), "steps": args.steps,
+            "load_before": [round(v, 2) for v in os.getloadavg()],
+            "note": "shared 2-core machine: variants alternate, medians compared",
+            "rows": step_table(args.segmenter_sizes, args.steps, args.repeats)}
+        old["segmenter_step"]["load_after"] = [round(v, 2) for v in os.getloadavg()]
+        atomic_write_json(path, old, indent=2)
+        return
     if args.epoch_steps > 0:
         rows = epoch_table(args.epoch_steps, args.data)
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
