@@ -38,8 +38,9 @@ def test_weak_view_has_no_masks(voc_root):
     assert isinstance(weak, WeakSplit)
     assert not hasattr(weak, "ground_truth") and not hasattr(weak[0], "segmentation")
     fields = {f for r in weak for f in vars(r)} | set(vars(weak))
-    assert fields == {"id", "name", "path", "height", "width", "labels", "split", "classes",
-                      "records"}
+    assert fields == {
+        "id", "name", "path", "height", "width", "labels", "unknown", "split", "classes", "records",
+    }
 
 
 def test_voc_train_aug_labels_from_xml_and_csv(tmp_path):

@@ -55,6 +55,8 @@ class ClassifierData:
 
     def labels(self, index: int) -> torch.Tensor:
         y = torch.zeros(self.num_classes)
+        for c in self.records[index].unknown:
+            y[c] = -1.0  # presence unknown: left out of the loss (multilabel_loss)
         for c in self.records[index].labels:
             y[c] = 1.0
         return y

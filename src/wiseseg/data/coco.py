@@ -172,8 +172,15 @@ def read_coco(path: Path, skip_bad: bool = False) -> Dataset:
             if img_id not in known_images:
                 bad.handle(DataError(jf, f"annotation refers to unknown image id {img_id}"))
         dirs = _image_dirs(jf, split)
-        records, gts = [], {}
+        records, gts, weak_only = [], {}, []
         for im in data["images"]:
+            if isinstance(im, dict) and "image_labels" in im:
+                try:
+                    weak_only.append(_read_weak_image(im, anns_by_image.get(im.get("id")), dirs,
+                                                      classes, jf))
+                except DataError as e:
+                    bad.handle(e)
+                continue
             try:
                 rec, gt = _read_image(im, anns_by_image.get(im.get("id"), []), dirs, cat_index,
                                       classes, jf)
@@ -190,6 +197,8 @@ def read_coco(path: Path, skip_bad: bool = False) -> Dataset:
             raise DataError(jf, f"split {split!r} has no usable images")
         ds._records[split] = tuple(records)
         ds._gt[split] = gts
+        if weak_only:
+            ds.add_weak_only(split, weak_only, jf)
     assert ds is not None
     if len(files) == 1 and "train" not in ds._records:
         only = next(iter(ds._records))
@@ -197,6 +206,41 @@ def read_coco(path: Path, skip_bad: bool = False) -> Dataset:
         ds._gt["train"] = ds._gt[only]
     ds.skipped = bad.items
     return ds
+
+
+def _class_indices(names, classes: tuple[str, ...], jf: Path, image, key: str) -> frozenset[int]:
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DataError(jf, f"image {image}: {key!r} must be a list of class names, not "
+                        f"{str(names)[:60]}")
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise DataError(jf, f"image {image}: {key!r} names {unknown[0]!r}, not a category "
+                        f"({', '.join(classes)})")
+    return frozenset(classes.index(n) for n in names)
+
+
+def _read_weak_image(im: dict, anns: list[dict] | None, dirs: list[Path],
+                     classes: tuple[str, ...], jf: Path) -> ImageRecord:
+    """An image entry with wiseseg's ``"image_labels"`` (class names) and optional
+    ``"unlabelled_classes"``: image-level labels only, used by the weak stages, never as
+    ground truth. It may have no annotation."""
+    if "id" not in im or "file_name" not in im:
+        raise DataError(jf, f"image entry without id/file_name: {str(im)[:80]}")
+    if anns:
+        raise DataError(jf, f"image {im['id']}: has \"image_labels\" and {len(anns)} "
+                        "annotations; an image is either image-level only or annotated")
+    labels = _class_indices(im["image_labels"], classes, jf, im["id"], "image_labels")
+    unknown = _class_indices(im.get("unlabelled_classes", []), classes, jf, im["id"],
+                             "unlabelled_classes")
+    if labels & unknown:
+        raise DataError(jf, f"image {im['id']}: a class is both labelled and unlabelled")
+    fname = str(im["file_name"])
+    path = next((c for c in (safe_join(d, fname, jf) for d in dirs) if c.exists()), None)
+    if path is None:
+        raise DataError(safe_join(dirs[0], fname, jf), f"image not found (listed in {jf})")
+    h, w = check_image(path)
+    return ImageRecord(id=int(im["id"]), name=fname, path=path, height=h, width=w,
+                       labels=labels, unknown=unknown)
 
 
 def _read_image(im: dict, anns: list[dict], dirs: list[Path], cat_index: dict[int, int],

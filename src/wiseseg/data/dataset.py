@@ -35,6 +35,8 @@ class ImageRecord:
         height, width: size of the upright (EXIF-applied) image in pixels.
         labels: 0-based indices of the classes present (the image-level label); empty for a
             negative image.
+        unknown: classes whose presence is not known for this image (an image labelled for
+            some classes only); the classifier's loss leaves them out. Empty for most data.
     """
 
     id: int
@@ -43,6 +45,7 @@ class ImageRecord:
     height: int
     width: int
     labels: frozenset[int]
+    unknown: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,9 @@ class Dataset:
     layout: str
     _records: dict[str, tuple[ImageRecord, ...]] = field(default_factory=dict, repr=False)
     _gt: dict[str, dict[int, GroundTruth] | None] = field(default_factory=dict, repr=False)
+    #: per split, images with image-level labels only (no masks) or negatives (``--negatives``):
+    #: in :meth:`weak`, never in :meth:`records` / :meth:`ground_truth`
+    _weak_only: dict[str, tuple[ImageRecord, ...]] = field(default_factory=dict, repr=False)
     skipped: list[Skipped] = field(default_factory=list)
 
     @property
@@ -139,6 +145,8 @@ class Dataset:
         for name, recs in ((f"{base}-fit", fit), (f"{base}-calib", calib)):
             self._records[name] = recs
             self._gt[name] = None if gt is None else {r.id: gt[r.id] for r in recs}
+        if base in self._weak_only:  # mask-free images only train: they join the fit part
+            self._weak_only[f"{base}-fit"] = self._weak_only[base]
         return True
 
     def records(self, split: str) -> tuple[ImageRecord, ...]:
@@ -146,8 +154,32 @@ class Dataset:
         return self._records[split]
 
     def weak(self, split: str) -> WeakSplit:
-        """The mask-free view that weakly supervised training uses."""
-        return WeakSplit(split=split, classes=self.classes, records=self.records(split))
+        """The mask-free view that weakly supervised training uses: the split's images plus
+        its image-level-only images and negatives (:meth:`add_weak_only`)."""
+        return WeakSplit(split=split, classes=self.classes,
+                         records=self.records(split) + self._weak_only.get(split, ()))
+
+    def weak_only(self, split: str) -> tuple[ImageRecord, ...]:
+        """The split's images without masks: image-level labels only, or negatives."""
+        self._check_split(split)
+        return self._weak_only.get(split, ())
+
+    def add_weak_only(self, split: str, records: Sequence[ImageRecord], source: str | Path
+                      ) -> None:
+        """Add images that carry image-level labels only (or none: negatives) to ``split``'s
+        weak view. Their ids must be new and their files distinct from the split's own."""
+        self._check_split(split)
+        have = {r.id: r for r in self.weak(split)}
+        paths = {r.path.resolve() for r in have.values()}
+        for r in records:
+            if r.id in have:
+                raise DataError(source, f"image id {r.id} ({r.name}) is already used by "
+                                f"{have[r.id].name} in split {split!r}")
+            if r.path.resolve() in paths:
+                raise DataError(r.path, f"image is already in split {split!r}")
+            have[r.id] = r
+            paths.add(r.path.resolve())
+        self._weak_only[split] = self._weak_only.get(split, ()) + tuple(records)
 
     @property
     def category_ids(self) -> list[int]:

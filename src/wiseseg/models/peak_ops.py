@@ -84,9 +84,15 @@ def peak_stimulation(maps: Tensor, window: int = 3, median_filter: bool = True,
 
 
 def multilabel_loss(scores: Tensor, labels: Tensor) -> Tensor:
-    """Multi-label soft-margin loss; ``labels`` float ``B×C`` in {0, 1}. An image with no
-    label (a negative) pushes every class score down."""
-    return F.multilabel_soft_margin_loss(scores, labels)
+    """Multi-label soft-margin loss; ``labels`` float ``B×C`` in {0, 1}, or -1 where a class's
+    presence is unknown (an image labelled for some classes only): those terms are left out,
+    the others keep soft-margin's 1/C weight. An image with no label (a negative) pushes every
+    class score down."""
+    known = labels >= 0
+    if bool(known.all()):
+        return F.multilabel_soft_margin_loss(scores, labels)
+    per = F.binary_cross_entropy_with_logits(scores, labels.clamp(min=0), reduction="none")
+    return ((per * known).sum(dim=1) / scores.shape[1]).mean()
 
 
 @dataclass(frozen=True)
