@@ -84,6 +84,8 @@ def run_pipeline(dataset: Dataset | str, cfg: dict | str, out: str | Path,
 
 def _run_locked(ds: Dataset, cfg: dict, run_dir: Path, spec, reference: bool,
                 progress: bool) -> RunResult:
+    _add_negatives(ds, cfg)
+    warnings = _data_warnings(ds, cfg)
     cfg = _resolve_auto(cfg, ds, run_dir, progress)
     ds.has_split(cfg["data"]["val_split"])  # carves <split>-fit / -calib when asked for
     for split in (cfg["data"]["train_split"],):
@@ -98,9 +100,37 @@ def _run_locked(ds: Dataset, cfg: dict, run_dir: Path, spec, reference: bool,
     run_stages(STAGES, ctx)
     metrics = collect_metrics(run_dir)
     metrics["run"] = stage_summary(ctx)
+    if warnings:
+        metrics["warnings"] = warnings
     write_metrics(run_dir, metrics)
     _write_report(run_dir, ds, cfg, metrics, progress)
     return RunResult(run_dir, metrics, ctx.summaries)
+
+
+def _add_negatives(ds: Dataset, cfg: dict) -> None:
+    """``data.negatives`` joins the training split (once: a dataset that has them is kept)."""
+    from wiseseg.data.negatives import add_negatives
+
+    folder = cfg["data"].get("negatives")
+    split = cfg["data"]["train_split"]
+    if folder and not any(r.name.startswith("negatives/") for r in ds.weak_only(split)):
+        add_negatives(ds, folder, split)
+
+
+def _data_warnings(ds: Dataset, cfg: dict) -> list[str]:
+    """Warnings about the training data that no setting fixes (printed now, kept in
+    metrics.json): a class in every training image."""
+    from wiseseg.data.stats import classes_everywhere, everywhere_warning
+
+    split = cfg["data"]["train_split"]
+    if not ds.has_split(split):
+        return []
+    recs = ds.weak(split).records
+    names = classes_everywhere(recs, ds.classes)
+    out = [everywhere_warning(names, split, len(recs))] if names else []
+    for line in out:
+        print(line, file=sys.stderr)
+    return out
 
 
 def _write_report(run_dir: Path, ds: Dataset, cfg: dict, metrics: dict, progress: bool) -> Path:

@@ -30,11 +30,17 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
     return deco
 
 
-def add_data_args(p: argparse.ArgumentParser, split: bool = False) -> None:
+def add_data_args(p: argparse.ArgumentParser, split: bool = False,
+                  negatives: bool = False) -> None:
     p.add_argument("--data", default="shapes", help="dataset spec: 'shapes[:key=val,...]' or a "
                    "VOC / COCO / folder-per-class path (default: shapes)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip bad images/annotations with a warning instead of stopping")
+    if negatives:
+        p.add_argument("--negatives", default=None, metavar="DIR",
+                       help="a folder of images containing none of the classes: added to "
+                            "the training images with an empty label (needed when a class "
+                            "is in every training image)")
     if split:
         p.add_argument("--split", default="val", help="split to use (default: val)")
 
@@ -123,11 +129,15 @@ def resolve_auto_config(cfg: dict, ds, split: str | None = None, quiet: bool = F
     return cfg
 
 
-def open_dataset_from_args(args):
-    """The dataset named by ``--data`` (with ``--skip-bad``), reporting what was skipped."""
+def open_dataset_from_args(args, train_split: str | None = None):
+    """The dataset named by ``--data`` (with ``--skip-bad``), reporting what was skipped;
+    ``--negatives`` join ``train_split`` when it is given."""
     from wiseseg.data import open_dataset
+    from wiseseg.data.negatives import add_negatives
 
     ds = open_dataset(args.data, skip_bad=args.skip_bad, progress=not args.quiet)
+    if train_split is not None and getattr(args, "negatives", None):
+        add_negatives(ds, args.negatives, train_split, skip_bad=args.skip_bad)
     if ds.skipped:
         print(f"warning: skipped {len(ds.skipped)} bad item(s) in {ds.root}:", file=sys.stderr)
         for s in ds.skipped:

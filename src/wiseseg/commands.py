@@ -15,7 +15,7 @@ from wiseseg.commandline import (
 
 
 def _cfg_run(p: argparse.ArgumentParser) -> None:
-    add_data_args(p)
+    add_data_args(p, negatives=True)
     add_run_args(p)
     p.add_argument("--out", default=None,
                    help="run directory (default: runs/<data>-<preset>)")
@@ -31,6 +31,8 @@ def cmd_run(args) -> int:
     from wiseseg.commandline import resolve_preset_name
 
     cfg = run_config(args)
+    if args.negatives:  # recorded in config.yaml, so a resumed run or report finds them
+        cfg["data"]["negatives"] = str(Path(args.negatives).resolve())
     ds = open_dataset_from_args(args)
     preset = Path(resolve_preset_name(args.preset, args.data)).stem
     out = Path(args.out) if args.out else Path("runs") / f"{ds.name}-{preset}"

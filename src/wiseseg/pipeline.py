@@ -78,7 +78,7 @@ def data_fingerprint(ds: Dataset, splits: Sequence[str]) -> dict:
     """What identifies the data a run used: layout, classes, image ids and sizes."""
     return {"layout": ds.layout, "root": str(ds.root), "classes": list(ds.classes),
             "splits": {s: config_hash([(r.id, r.name, r.height, r.width, sorted(r.labels))
-                                       for r in ds.records(s)])
+                                       for r in ds.weak(s).records])
                        for s in splits if s in ds.splits}}
 
 

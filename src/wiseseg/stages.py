@@ -96,8 +96,12 @@ def run_proposals(ctx: RunContext, d: Path) -> dict:
     from wiseseg.proposals import build_proposal_source, compute_proposals, proposal_quality
 
     pc, ds = ctx.cfg["proposals"], ctx.dataset
-    recs = {r.id: r for s in (ctx.train_split, ctx.val_split) if s in ds.splits
-            for r in ds.records(s)}
+    # pseudo masks need proposals on the labelled images Mask R-CNN trains on (negatives
+    # have no peaks and need none); validation images for the Refine step and Table 3
+    recs = {r.id: r for r in ds.segmenter_view(ctx.train_split, "pseudo").records
+            if r.labels or not ds.weak_only(ctx.train_split)}
+    if ctx.val_split in ds.splits:
+        recs.update((r.id, r) for r in ds.records(ctx.val_split))
     source = build_proposal_source(pc["method"], top_k=pc.get("top_k"))
     store = compute_proposals(list(recs.values()), source, d, workers=int(pc["workers"]),
                               progress=ctx.progress, top_k=pc.get("top_k"))
@@ -115,7 +119,7 @@ def run_pseudo(ctx: RunContext, d: Path) -> dict:
     from wiseseg.pseudo.labels import build_pseudo_images, to_coco, write_pseudo
 
     ds = ctx.dataset
-    split = ds.weak(ctx.train_split)
+    split = ds.segmenter_view(ctx.train_split, "pseudo")
     peaks = read_peaks(ctx.stage_dir("peaks") / f"peaks_{ctx.train_split}.json")
     store = ProposalStore.open(ctx.stage_dir("proposals"))
     retrieval_fn = None
@@ -146,7 +150,7 @@ def _train_segmenter(ctx: RunContext, d: Path, masks: str,
     from wiseseg.segmenter.train import train_segmenter
 
     ds = ctx.dataset
-    split = ds.weak(ctx.train_split)
+    split = ds.segmenter_view(ctx.train_split, masks)
     if instances is not None:
         inst = instances
     elif masks == "pseudo":
@@ -173,7 +177,7 @@ def run_wise(ctx: RunContext, d: Path) -> dict:
     from wiseseg.pseudo.self_training import relabel
 
     ds = ctx.dataset
-    split = ds.weak(ctx.train_split)
+    split = ds.segmenter_view(ctx.train_split, "pseudo")
     labels = read_pseudo(ctx.stage_dir("pseudo") / "pseudo.json", split, ds.category_ids)
     summary: dict = {"masks": "pseudo", "rounds": []}
     model_dir = d / "round1"

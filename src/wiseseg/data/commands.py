@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from wiseseg.commandline import add_data_args, command, open_dataset_from_args
@@ -35,20 +36,26 @@ def cmd_make_shapes(args) -> int:
 
 
 def _cfg_data_stats(p: argparse.ArgumentParser) -> None:
-    add_data_args(p)
+    add_data_args(p, negatives=True)
     p.add_argument("--split", default=None, help="only this split (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 @command("data-stats", "print per-split statistics of a dataset", _cfg_data_stats)
 def cmd_data_stats(args) -> int:
-    from wiseseg.data.stats import format_stats, split_stats
+    from wiseseg.data.stats import everywhere_warning, format_stats, split_stats
 
-    ds = open_dataset_from_args(args)
+    ds = open_dataset_from_args(args, train_split="train" if args.negatives else None)
     splits = [args.split] if args.split else ds.splits
     stats = {s: split_stats(ds, s) for s in splits}
     if args.json:
         print(json.dumps(stats, indent=2))
+        for s in splits:  # the warning also reaches a user who reads only the JSON's exit
+            if stats[s]["classes_in_every_image"]:
+                print(everywhere_warning(stats[s]["classes_in_every_image"], s,
+                                         stats[s]["images"]
+                                         + stats[s]["image_level_only_images"]),
+                      file=sys.stderr)
     else:
         print(format_stats(ds, stats))
     return 0

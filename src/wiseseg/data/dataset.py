@@ -159,6 +159,16 @@ class Dataset:
         return WeakSplit(split=split, classes=self.classes,
                          records=self.records(split) + self._weak_only.get(split, ()))
 
+    def segmenter_view(self, split: str, masks: str) -> WeakSplit:
+        """The images Mask R-CNN trains on. ``masks="pseudo"``: the split's images plus its
+        weak-only images whose every class is labelled (negatives and fully labelled
+        image-level images); an image with unlabelled classes (``unknown``) trains stage 1
+        only, since its unlabelled objects would be taught as background. ``masks="gt"``:
+        the split's images plus its negatives (true masks: none)."""
+        extra = tuple(r for r in self.weak_only(split) if not r.unknown
+                      and (masks == "pseudo" or not r.labels))
+        return WeakSplit(split=split, classes=self.classes, records=self.records(split) + extra)
+
     def weak_only(self, split: str) -> tuple[ImageRecord, ...]:
         """The split's images without masks: image-level labels only, or negatives."""
         self._check_split(split)
@@ -180,6 +190,8 @@ class Dataset:
             have[r.id] = r
             paths.add(r.path.resolve())
         self._weak_only[split] = self._weak_only.get(split, ()) + tuple(records)
+        if f"{split}-fit" in self._records:  # already carved: its fit part trains on them too
+            self._weak_only[f"{split}-fit"] = self._weak_only[split]
 
     @property
     def category_ids(self) -> list[int]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 
 from wiseseg import rle
-from wiseseg.data.dataset import Dataset
+from wiseseg.data.dataset import Dataset, ImageRecord
 
 #: Object-size bins as a fraction of the image area (also used by the evaluator's breakdown).
 SIZE_BINS = (("small", 0.0, 0.01), ("medium", 0.01, 0.1), ("large", 0.1, 1.0 + 1e-9))
@@ -29,14 +30,44 @@ def count_bin(n: int) -> str | None:
     return None
 
 
+def classes_everywhere(records: Sequence[ImageRecord], classes: Sequence[str]) -> list[str]:
+    """Names of the classes labelled in every one of ``records`` (none for an empty list).
+
+    Such a class cannot be localised from image-level labels: "the image contains it" is true
+    of every image, so nothing contrasts the object with its background."""
+    if not records:
+        return []
+    common = set(range(len(classes)))
+    for r in records:
+        common &= set(r.labels)
+        if not common:
+            return []
+    return [classes[c] for c in sorted(common)]
+
+
+def everywhere_warning(names: Sequence[str], split: str, n_images: int) -> str:
+    """The one-line warning for :func:`classes_everywhere`'s answer, with the fix."""
+    which = ", ".join(repr(n) for n in names)
+    return (f"warning: class {which} is in every one of the {n_images} images of split "
+            f"{split!r}: image-level labels cannot localise it (stage 1 learns the scene, "
+            f"not the object). Add images without it: --negatives DIR (any folder of images "
+            f"containing none of the classes), or images of other classes")
+
+
 def split_stats(ds: Dataset, split: str) -> dict:
-    """Numbers for one split (JSON-serialisable)."""
+    """Numbers for one split (JSON-serialisable); the image-level counts include the split's
+    image-level-only images and negatives (:meth:`Dataset.weak`)."""
     recs = ds.records(split)
-    out: dict = {"images": len(recs), "has_masks": ds.has_ground_truth(split)}
+    weak = ds.weak(split).records
+    out: dict = {"images": len(recs), "has_masks": ds.has_ground_truth(split),
+                 "image_level_only_images": len(weak) - len(recs)}
     out["images_per_class"] = {
-        ds.classes[c]: n for c, n in sorted(Counter(c for r in recs for c in r.labels).items())
+        ds.classes[c]: n for c, n in sorted(Counter(c for r in weak for c in r.labels).items())
     }
-    out["negative_images"] = sum(1 for r in recs if not r.labels)
+    out["negative_images"] = sum(1 for r in weak if not r.labels)
+    # only a training split is harmed (a validation split of one class is fine)
+    out["classes_in_every_image"] = classes_everywhere(weak, ds.classes) \
+        if split.startswith("train") else []
     if not out["has_masks"]:
         return out
     gt = ds.ground_truth(split)
@@ -67,11 +98,16 @@ def format_stats(ds: Dataset, stats: dict[str, dict]) -> str:
     lines = [f"dataset {ds.name} ({ds.layout}) at {ds.root}", f"classes ({len(ds.classes)}): "
              + ", ".join(ds.classes)]
     for split, s in stats.items():
+        extra = s.get("image_level_only_images", 0)
         lines.append(f"\n[{split}] {s['images']} images, "
                      + ("with masks" if s["has_masks"] else "image-level labels only")
+                     + (f", {extra} more with image-level labels only" if extra else "")
                      + f", {s['negative_images']} negative")
         lines.append("  images per class:    " + "  ".join(
             f"{k}={v}" for k, v in s["images_per_class"].items()))
+        if s.get("classes_in_every_image"):
+            lines.append("  " + everywhere_warning(s["classes_in_every_image"], split,
+                                                   s["images"] + extra))
         if not s["has_masks"]:
             continue
         lines.append(f"  instances: {s['instances']}")

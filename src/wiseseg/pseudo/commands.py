@@ -40,7 +40,7 @@ def cmd_pseudo_masks(args) -> int:
     if args.mode:
         cfg["pseudo"]["mode"] = args.mode
     ds = open_dataset_from_args(args)
-    split = ds.weak(args.split)
+    split = ds.segmenter_view(args.split, "pseudo")
     device = resolve_device(args.device or cfg["device"])
     model, ccfg, classes = load_classifier(args.classifier, device)
     check_classes(args.classifier, classes, ds.classes)

@@ -40,11 +40,12 @@ def cmd_train_segmenter(args) -> int:
         cfg["segmenter"]["mode"] = args.mode
     ds = open_dataset_from_args(args)
     cfg = resolve_auto_config(cfg, ds, args.split, args.quiet)
-    split = ds.weak(args.split)
+    masks = "pseudo" if args.pseudo else "gt"
+    split = ds.segmenter_view(args.split, masks)
     if args.pseudo:
-        instances, masks = read_pseudo(args.pseudo, split, ds.category_ids), "pseudo"
+        instances = read_pseudo(args.pseudo, split, ds.category_ids)
     else:
-        instances, masks = dict(ds.ground_truth(args.split)), "gt"
+        instances = dict(ds.ground_truth(args.split))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(out / "config.yaml", cfg)
