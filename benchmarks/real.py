@@ -42,9 +42,12 @@ def fmt(values: list[float], scale: float = 100.0) -> str:
 
 
 def run_once(data: str, out: Path, preset: str, seed: int, overrides: list[str]) -> dict:
-    """One `wiseseg run` in a child process; its wall time and peak RSS."""
+    """One `wiseseg run` in a child process; its wall time and peak RSS. ``DATA/negatives``
+    (a folder of images with none of the classes), when present, is passed as --negatives."""
+    neg = Path(data) / "negatives"
     cmd = [sys.executable, "-m", "wiseseg", "run", "--data", data, "--out", str(out),
-           "--preset", preset, "--seed", str(seed), "-q", *overrides]
+           "--preset", preset, "--seed", str(seed), "-q",
+           *(["--negatives", str(neg)] if neg.is_dir() else []), *overrides]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0
@@ -55,6 +58,12 @@ def run_once(data: str, out: Path, preset: str, seed: int, overrides: list[str])
     return {"seed": seed, "wall_seconds": round(wall, 1), "peak_rss_mb_upto_now": round(rss),
             "stderr_auto": [ln for ln in proc.stderr.splitlines()
                             if ln.startswith(("auto:", "warning"))], "metrics": metrics}
+
+
+def per_class_ap50(metrics: dict) -> dict[str, dict[str, float]]:
+    """Method → class → AP50 from a run's metrics.json (``methods``), or {} without them."""
+    return {m: {c: v["AP50"] for c, v in e["per_class"].items()}
+            for m, e in (metrics.get("methods") or {}).items() if e.get("per_class")}
 
 
 def summarise(name: str, runs: list[dict]) -> str:
@@ -83,6 +92,16 @@ def summarise(name: str, runs: list[dict]) -> str:
         lines.append(f"Table 3 (train): pseudo masks mAP50 "
                      f"{fmt([q['pseudo_mAP50'] for q in pq])}, WISE on the same images "
                      f"{fmt([q.get('model_mAP50') for q in pq])}")
+    per = [per_class_ap50(r["metrics"]) for r in runs]
+    if per[0]:
+        classes = next(iter(per[0].values()))
+        lines += ["\nper-class AP50 (val)\n", "| Class | " + " | ".join(per[0]) + " |",
+                  "|---|" + "---|" * len(per[0])]
+        for c in classes:
+            lines.append(f"| {c} | " + " | ".join(fmt([p[m][c] for p in per if m in p])
+                                                  for m in per[0]) + " |")
+    for w in runs[0]["metrics"].get("warnings") or []:
+        lines.append(f"\n{w}")
     walls = [r["wall_seconds"] for r in runs]
     lines.append(f"wall time per run {np.mean(walls):.0f} s (max {max(walls):.0f}); peak RSS "
                  f"{max(r['peak_rss_mb_upto_now'] for r in runs)} MB")
@@ -113,9 +132,12 @@ def main() -> None:
         atomic_write_json(Path(f"benchmarks/results/real_{name}.json"),
                           {"commit": commit, "data": data, "preset": args.preset,
                            "overrides": args.overrides, "seeds": args.seeds,
-                           "runs": [{**r, "metrics": {k: r["metrics"].get(k) for k in (
-                               "results", "peaks", "proposals", "pseudo_quality", "auto",
-                               "stages", "total_seconds", "environment")}} for r in runs]},
+                           "runs": [{**r, "metrics": {
+                               **{k: r["metrics"].get(k) for k in (
+                                   "results", "peaks", "proposals", "pseudo_quality", "auto",
+                                   "stages", "total_seconds", "environment", "warnings")},
+                               "per_class_AP50": per_class_ap50(r["metrics"])}}
+                               for r in runs]},
                           indent=1)
         print(f"\ncommit {commit}\n" + summarise(name, runs) + "\n", flush=True)
 
