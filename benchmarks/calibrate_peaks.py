@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from wiseseg import api
+from wiseseg.autoconfig import resolve_auto
 from wiseseg.classifier.metrics import peak_quality
 from wiseseg.classifier.model_io import load_classifier
 from wiseseg.classifier.peaks import image_cams
@@ -135,6 +136,8 @@ def main() -> None:
     for variant in args.variants:
         overrides = shlex.split(variant)
         cfg = api.load_config(args.preset, [*overrides, f"seed={args.seed}"])
+        cfg, notes = resolve_auto(cfg, ds, fit)  # `auto` sizes follow the fit part, as a run
+        print(*(f"  auto: {n}" for n in notes if "classifier" in n), sep="\n", flush=True)
         c = cfg["classifier"]
         out = Path(args.out) / (variant.replace(" ", "_").replace("=", "-") or "preset")
         t0 = time.time()
