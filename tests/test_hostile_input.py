@@ -293,6 +293,7 @@ def test_disk_full_elsewhere_is_one_line_in_the_cli(monkeypatch, run_cli):
     ("pseudo.max_area_frac=2", "must be within [0, 1]"),
     ("classifier.lr=.nan", "must be a finite number"),
     ("classifier.amp=3", "must be true or false"),
+    ("classifier.epochs=0", "classifier.epochs=0 with classifier.steps=0 trains nothing"),
 ])
 def test_bad_override_fails_before_any_work(tmp_path, run_cli, override, needle):
     code, _, err = run_cli("run", "--data", tmp_path / "no-such-data", "--out", tmp_path / "r",

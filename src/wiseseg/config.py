@@ -154,6 +154,16 @@ def check_config(cfg: Mapping, source: str = "config", complete: bool = False) -
                               f"(wiseseg/configs/)")
     for k, v in cfg.items():
         check_setting(str(k), v, ref)
+    check_training_length(cfg)
+
+
+def check_training_length(cfg: Mapping) -> None:
+    """A trained stage with ``epochs: 0`` and ``steps: 0`` would train for no step at all."""
+    for sec in ("classifier", "segmenter"):
+        c = cfg.get(sec)
+        if isinstance(c, Mapping) and c.get("epochs") == 0 and not c.get("steps"):
+            raise ConfigError(f"setting {sec}.epochs=0 with {sec}.steps=0 trains nothing; "
+                              f"give {sec}.epochs > 0 or {sec}.steps > 0")
 
 
 def _has(cfg: Mapping, dotted: str) -> bool:
@@ -189,6 +199,7 @@ def apply_overrides(cfg: Mapping, overrides: Iterable[str]) -> dict:
                 node[part] = value
             else:
                 node = node[part]
+    check_training_length(out)
     return out
 
 
