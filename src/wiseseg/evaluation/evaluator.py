@@ -1,6 +1,6 @@
 """Mask mAP at IoU 0.25 / 0.5 / 0.75, ABO, per-class AP and the Figure 5 breakdowns.
 
-Definitions (the protocol of ``wiseseg evaluate``; also in the README):
+Definitions (the protocol of ``wiseseg evaluate``; also in docs/metrics.md):
 
 - **IoU**: mask IoU with the image's ignore region (VOC void pixels 255, COCO crowd regions)
   removed from both masks (:mod:`wiseseg.evaluation.overlaps`).

@@ -21,7 +21,7 @@ Coordinates are in pixels of the image they refer to, with the centre of pixel `
 
    Which convention puts peaks inside their objects is a matter of measurement, not of
    geometry — a trained CAM need not peak at the receptive-field centre of the object's cells
-   (``benchmarks/cam_geometry.py``; the README reports what was measured).
+   (``benchmarks/cam_geometry.py``; docs/cpu-preset.md reports what was measured).
 3. **sub-pixel cell → backbone cell**: PRM upsamples the CAM by ``u`` with bilinear
    ``align_corners=True``, so cell ``k'`` of the ``u·n``-cell map is the backbone coordinate
    ``k' · (n − 1) / (u·n − 1)``.

@@ -19,9 +19,9 @@ decides the class.
 
 Why ``max_candidates``: a hierarchical proposal method nests many large regions around every
 pixel, and their objectness is not small enough for Eq. 1 to ignore them. On the built-in data
-(``benchmarks``, README) one Eq. 1 draw over all containing proposals scored mAP50 17.8 against
-the ground truth, over the best 3 26.8 (the arg-max 31.8); the ``cpu`` preset uses 3, the
-``paper`` preset (MCG, as the paper) all of them (100).
+(``benchmarks``) one Eq. 1 draw over all containing proposals scored mAP50 17.8 against the
+ground truth, over the best 3 26.8 (the arg-max 31.8); the ``cpu`` preset uses 3, the ``paper``
+preset (MCG, as the paper) all of them (100).
 
 Size filter: candidates must cover at least ``max(min_area_px, min_area_frac × H·W)`` pixels
 and at most ``max_area_frac × H·W`` (a proposal covering nearly the whole image is background,
