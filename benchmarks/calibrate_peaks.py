@@ -45,19 +45,17 @@ from wiseseg.models.peak_ops import extract_peaks
 RELATIVE = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
 ABSOLUTE = (None, 0.0, 1.0)
 WINDOWS = (3, 5)
+SCALES = ((1.0,), (0.75, 1.0, 1.5))  # peaks.scales: PRM's single scale, or multi-scale CAMs
 EXCLUSIVE = (False, True)
 
 
-def calib_cams(model, records, size: int, flip: bool) -> torch.Tensor:
-    """CAMs of the calibration images (flip: averaged with the flipped image's CAM)."""
+def calib_cams(model, records, size: int, flip: bool, scales=(1.0,)) -> torch.Tensor:
+    """CAMs of the calibration images (flip: averaged with the flipped image's CAM; scales:
+    averaged over these input scales, as ``peaks.scales``)."""
     out = []
     for i in range(0, len(records), 32):
         imgs = [load_image(r.path) for r in records[i:i + 32]]
-        cams = image_cams(model, imgs, size, "cpu")
-        if flip:
-            cams = (cams + image_cams(model, [im[:, ::-1] for im in imgs], size,
-                                      "cpu").flip(-1)) / 2
-        out.append(cams)
+        out.append(image_cams(model, imgs, size, "cpu", flip=flip, scales=scales))
     return torch.cat(out)
 
 
@@ -65,9 +63,9 @@ def score_grid(model, ds, split: str, size: int, max_per_class: int) -> list[dic
     records = ds.records(split)
     gts = ds.ground_truth(split)
     rows = []
-    for flip in (False, True):
+    for flip, scales in itertools.product((False, True), SCALES):
         t0 = time.time()
-        cams = calib_cams(model, records, size, flip)
+        cams = calib_cams(model, records, size, flip, scales)
         cam_seconds = (time.time() - t0) / len(records)
         for conv in CONVENTIONS:
             geo = model.geometry((size, size), tuple(cams.shape[-2:]), conv)
@@ -81,15 +79,16 @@ def score_grid(model, ds, split: str, size: int, max_per_class: int) -> list[dic
                                           exclusive=ex)
                     by_id[r.id] = [{"class": p.category, "y": p.y, "x": p.x} for p in peaks]
                 q = peak_quality(by_id, gts, records)
-                rows.append({"flip": flip, "geometry": conv, "relative": rel,
-                             "min_score": ab, "window": win, "exclusive": ex,
+                rows.append({"flip": flip, "scales": list(scales), "geometry": conv,
+                             "relative": rel, "min_score": ab, "window": win, "exclusive": ex,
                              "recall": q["peak_recall"], "precision": q["peak_precision"],
                              "count_mae": q["count_mae"], "cam_seconds": cam_seconds})
     return rows
 
 
 #: the peak settings of the ``cpu`` preset (chosen from this script's table)
-CHOSEN = {"flip": True, "relative": 0.6, "min_score": 1.0, "window": 5, "exclusive": True}
+CHOSEN = {"flip": True, "relative": 0.6, "min_score": 1.0, "window": 5, "exclusive": True,
+          "scales": [1.0]}
 
 
 def summary(paths: list[str]) -> None:
@@ -104,7 +103,7 @@ def summary(paths: list[str]) -> None:
         cells = []
         for g in ("uniform", "receptive", "corners"):
             m = [r for r in mine if r["geometry"] == g
-                 and all(r[k] == x for k, x in CHOSEN.items())]
+                 and all(r.get(k, [1.0]) == x for k, x in CHOSEN.items())]
             cells.append(f"{100 * m[0]['recall']:.1f} / {100 * m[0]['precision']:.1f}"
                          if m else "—")
         b = max(mine, key=lambda r: min(r["recall"], r["precision"]))
@@ -162,10 +161,12 @@ def main() -> None:
                        "rows": results}, indent=1)
     print(f"\ncommit {commit}; {args.data}: trained on {fit} "
           f"({len(ds.records(fit))} images), scored on {calib} ({len(ds.records(calib))})\n")
-    print("| variant | flip | geometry | relative | min score | window | exclusive | recall | "
-          "precision | count MAE | train s |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| variant | flip | scales | geometry | relative | min score | window | exclusive | "
+          "recall | precision | count MAE | train s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results[:25]:
-        print(f"| {r['variant']} | {r['flip']} | {r['geometry']} | {r['relative']} | "
+        print(f"| {r['variant']} | {r['flip']} | {r['scales']} | {r['geometry']} | "
+              f"{r['relative']} | "
               f"{r['min_score']} | {r['window']} | {r['exclusive']} | {100 * r['recall']:.1f} | "
               f"{100 * r['precision']:.1f} | {r['count_mae']:.2f} | {r['train_seconds']} |")
 

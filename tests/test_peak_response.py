@@ -90,3 +90,35 @@ def test_zero_peaks(models):
     with pytest.raises(ValueError, match="batch"):
         bp.maps([Peak(0, 0, 0, 1.0, cell=(0, 0))], batch=0)
     assert peak_batch_size("cpu") == 1
+
+
+def test_multiscale_cams_mean_on_the_base_grid():
+    from wiseseg.classifier.peaks import multiscale_cams, scaled_size
+
+    base = torch.zeros(1, 2, 4, 4)
+    other = torch.ones(1, 2, 8, 8)
+    assert multiscale_cams(base, []) is base
+    out = multiscale_cams(base, [other])
+    assert out.shape == base.shape and torch.allclose(out, torch.full_like(base, 0.5))
+    assert torch.allclose(multiscale_cams(base, [other], keep_base=False), torch.ones_like(base))
+    ramp = torch.linspace(0, 1, 8).view(1, 1, 1, 8).expand(1, 1, 8, 8)
+    small = multiscale_cams(torch.zeros(1, 1, 4, 4), [ramp], keep_base=False)
+    assert torch.allclose(small[0, 0, 0], torch.linspace(0, 1, 4))  # corners aligned
+    assert scaled_size(384, 0.75) == 288 and scaled_size(384, 1.5) == 576
+    assert scaled_size(20, 0.5) == 32
+
+
+def test_image_cams_scales(models):
+    import numpy as np
+
+    from wiseseg.classifier.peaks import image_cams, multiscale_cams
+
+    model = models["efficientnet_lite0"]
+    ims = [np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+           for i in range(2)]
+    one = image_cams(model, ims, 64, "cpu")
+    assert torch.equal(image_cams(model, ims, 64, "cpu", scales=(1.0,)), one)
+    two = image_cams(model, ims, 64, "cpu", flip=True, scales=(0.5, 1.0))
+    want = multiscale_cams(image_cams(model, ims, 64, "cpu", flip=True),
+                           [image_cams(model, ims, 32, "cpu", flip=True)])
+    assert two.shape == one.shape and torch.allclose(two, want)

@@ -9,6 +9,7 @@ the peak's position, see :mod:`wiseseg.models.cam_geometry`) and ``cell`` the CA
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +25,43 @@ from wiseseg.models.peakcam import PeakCAM
 
 
 def image_cams(model: PeakCAM, images: list, input_size: int, device,
-               flip: bool = False) -> torch.Tensor:
+               flip: bool = False, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
     """CAMs ``B×C×h×w`` (float, CPU) of RGB uint8 images resized to the classifier input;
     ``flip``: averaged with the CAM of the mirrored image, mirrored back (test-time
     augmentation; the geometry is unchanged, every convention being symmetric up to a
-    sub-pixel offset)."""
-    x = torch.stack([to_tensor(resize_image(im, (input_size, input_size))) for im in images])
-    with torch.no_grad():
-        cams = model.cams(x.to(device)).float()
-        if flip:
-            cams = (cams + model.cams(x.flip(-1).to(device)).float().flip(-1)) / 2
-    return cams.cpu()
+    sub-pixel offset). ``scales``: with more than ``(1.0,)``, the mean of the CAMs of the
+    images resized to ``scale × input_size`` (each resampled bilinearly, corners aligned, onto
+    the ``input_size`` CAM grid, which keeps its geometry): :func:`multiscale_cams`."""
+    def at(size: int) -> torch.Tensor:
+        x = torch.stack([to_tensor(resize_image(im, (size, size))) for im in images])
+        with torch.no_grad():
+            cams = model.cams(x.to(device)).float()
+            if flip:
+                cams = (cams + model.cams(x.flip(-1).to(device)).float().flip(-1)) / 2
+        return cams.cpu()
+
+    base = at(input_size)
+    return multiscale_cams(base, [at(scaled_size(input_size, s)) for s in scales if s != 1.0],
+                           1.0 in scales)
+
+
+def scaled_size(input_size: int, scale: float) -> int:
+    """The input side for ``scale`` (a multiple of 32, at least 32)."""
+    return max(32, int(round(input_size * float(scale) / 32)) * 32)
+
+
+def multiscale_cams(base: torch.Tensor, others: list[torch.Tensor],
+                    keep_base: bool = True) -> torch.Tensor:
+    """Mean of ``base`` (``B×C×h×w``) and ``others`` (``B×C×h'×w'`` each) resampled onto
+    ``base``'s grid; ``keep_base=False`` leaves ``base`` out of the mean (its grid only)."""
+    if not others:
+        return base
+    import torch.nn.functional as F
+
+    grid = base.shape[-2:]
+    maps = ([base] if keep_base else []) + [
+        F.interpolate(c, size=grid, mode="bilinear", align_corners=True) for c in others]
+    return torch.stack(maps).mean(0)
 
 
 def cam_geometry(model: PeakCAM, cam: torch.Tensor, input_size: int) -> CamGeometry:
@@ -111,12 +138,18 @@ def compute_peaks(model: PeakCAM, split: WeakSplit, input_size: int, cfg: dict[s
     for start in range(0, len(recs), batch_size):
         chunk = recs[start:start + batch_size]
         flip = bool(cfg.get("flip", False))
+        scales = tuple(float(s) for s in (cfg.get("scales") or (1.0,)))
         if features is not None:
             cams = cached_cams(model, features, list(range(start, start + len(chunk))),
                                device, flip)
+            if scales != (1.0,):  # the other scales from the images; the cache holds 1.0
+                ims = [load_image(r.path) for r in chunk]
+                cams = multiscale_cams(cams, [
+                    image_cams(model, ims, scaled_size(input_size, s), device, flip=flip)
+                    for s in scales if s != 1.0], 1.0 in scales)
         else:
             cams = image_cams(model, [load_image(r.path) for r in chunk], input_size, device,
-                              flip=flip)
+                              flip=flip, scales=scales)
         scores, _ = peak_stimulation(cams, model.peak_window, model.median_filter)
         probs = torch.sigmoid(scores)
         for r, cam, prob in zip(chunk, cams, probs):
