@@ -11,8 +11,9 @@ where to get each dataset and its licence; no image is in this repository), e.g.
 ``python benchmarks/data/pennfudan.py PennFudanPed /data/pennfudan``.
 
 usage: python benchmarks/real.py DATA [DATA ...] [--seeds 0] [--preset cpu]
-           [--out runs/bench-real] [key=value ...]
-Writes benchmarks/results/real_<name>.json (one per dataset) and prints markdown tables.
+           [--out runs/bench-real] [--tag T] [key=value ...]
+Writes benchmarks/results/real_<name>[_<tag>].json (one per dataset) and prints markdown
+tables. DATA/negatives, when it exists, is passed as --negatives.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--out", default="runs/bench-real")
+    ap.add_argument("--tag", default=None,
+                    help="results go to real_<name>_<tag>.json (e.g. a calibrated variant)")
     ap.add_argument("overrides", nargs="*", default=[])
     args = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -129,7 +132,8 @@ def main() -> None:
             print(f"{name} seed {seed}: " + ", ".join(
                 f"{k} {100 * v['mAP50']:.1f}" for k, v in res.items()) +
                 f" ({r['wall_seconds']:.0f} s)", flush=True)
-        atomic_write_json(Path(f"benchmarks/results/real_{name}.json"),
+        stem = f"real_{name}" + (f"_{args.tag}" if args.tag else "")
+        atomic_write_json(Path(f"benchmarks/results/{stem}.json"),
                           {"commit": commit, "data": data, "preset": args.preset,
                            "overrides": args.overrides, "seeds": args.seeds,
                            "runs": [{**r, "metrics": {

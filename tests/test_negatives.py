@@ -144,3 +144,14 @@ def test_run_warns_and_records_negatives_once(tmp_path, capsys):
     _add_negatives(ds, cfg)  # a resumed run on the same dataset object adds nothing twice
     assert len(ds.weak_only("train")) == 2
     assert _data_warnings(ds, cfg) == []
+
+
+def test_segmenter_takes_at_most_a_share_of_negatives(tmp_path):
+    ds = read_coco(_people(tmp_path / "pf"))
+    add_negatives(ds, _negatives(tmp_path / "neg", n=5), "train")
+    ids = lambda recs: [r.id for r in recs]  # noqa: E731
+    assert ids(ds.segmenter_records("train", "gt", 0.0)) == [1, 2]
+    one = ds.segmenter_records("train", "pseudo", 1.0)
+    assert ids(one)[:2] == [1, 2] and len(one) == 4  # 2 of the 5 negatives
+    assert one == ds.segmenter_records("train", "pseudo", 1.0)  # the same choice every time
+    assert len(ds.segmenter_records("train", "gt", 10.0)) == 7

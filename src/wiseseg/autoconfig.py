@@ -72,9 +72,14 @@ class DataSizes:
     object_p10: float
     object_p90: float
     measured: bool  # from masks (else assumed)
+    #: images stage 1 trains on (with image-level-only ones and negatives; 0: ``images``)
+    weak_images: int = 0
+    #: images Mask R-CNN trains on (with negatives, :meth:`Dataset.segmenter_view`; 0: ``images``)
+    segmenter_images: int = 0
 
 
-def measure_sizes(ds: Dataset, split: str, assumed_object: float = 0.25) -> DataSizes:
+def measure_sizes(ds: Dataset, split: str, assumed_object: float = 0.25,
+                  negatives: float = 1.0) -> DataSizes:
     """The image and object sizes of ``split`` (objects from its masks when it has them)."""
     from wiseseg import rle
 
@@ -91,12 +96,14 @@ def measure_sizes(ds: Dataset, split: str, assumed_object: float = 0.25) -> Data
             segs = [i.segmentation for i in gts[r.id].instances]
             if segs:
                 fractions.extend(np.sqrt(rle.area(segs) / float(r.height * r.width)).tolist())
+    counts = {"weak_images": len(ds.weak(split).records),
+              "segmenter_images": len(ds.segmenter_records(split, "pseudo", negatives))}
     if fractions:
         p10, p50, p90 = np.quantile(np.asarray(fractions), [0.1, 0.5, 0.9])
         return DataSizes(len(recs), side, short, long, float(p50), float(p10), float(p90),
-                         True)
+                         True, **counts)
     a = float(assumed_object)
-    return DataSizes(len(recs), side, short, long, a, a / 2, min(1.0, 2 * a), False)
+    return DataSizes(len(recs), side, short, long, a, a / 2, min(1.0, 2 * a), False, **counts)
 
 
 def _round_up(v: float, step: int = 32) -> int:
@@ -131,12 +138,18 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
         raise ConfigError(f"settings marked auto need the auto section's {', '.join(missing)}")
     out = copy.deepcopy(cfg)
     c, g = out["classifier"], out["segmenter"]
-    sizes = measure_sizes(ds, split or cfg["data"]["train_split"], float(a["assumed_object"]))
+    sizes = measure_sizes(ds, split or cfg["data"]["train_split"], float(a["assumed_object"]),
+                          float(out["segmenter"].get("negatives", 1.0)))
     notes = []
     obj_px = sizes.object * sizes.image_side
     where = "the training masks" if sizes.measured else \
         f"no masks: assumed {sizes.object:.0%} of the image side"
-    notes.append(f"data: {sizes.images} training images, median {sizes.short_side:.0f}×"
+    extra = [f"{k} {v}" for k, v in (("stage 1 trains on", sizes.weak_images),
+                                      ("Mask R-CNN on", sizes.segmenter_images))
+             if v and v != sizes.images]
+    notes.append(f"data: {sizes.images} training images"
+                 + (f" ({', '.join(extra)} with the mask-free ones)" if extra else "")
+                 + f", median {sizes.short_side:.0f}×"
                  f"{sizes.long_side:.0f} px; median object {obj_px:.0f} px across "
                  f"({sizes.object:.0%} of the image side, p10 {sizes.object_p10:.0%}, p90 "
                  f"{sizes.object_p90:.0%}; {where})")
@@ -191,7 +204,7 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
                      f"{sizes.image_side:.0f} px)")
 
     budget = float(a["budget_minutes"]) * 60.0
-    n = sizes.images
+    n = sizes.weak_images or sizes.images
     if c.get("epochs") == AUTO:
         mp = int(c["input_size"]) ** 2 / 1e6
         per_epoch = COST["classifier_epoch_mp"] * mp * n
@@ -202,6 +215,7 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
                      f"{setup:.0f} s of cached features, within "
                      f"{float(a['classifier_share']):.0%} of the {a['budget_minutes']}-minute "
                      f"budget")
+    n = sizes.segmenter_images or sizes.images  # negatives train Mask R-CNN too
     if g.get("epochs") == AUTO:
         mp = (sizes.short_side * train_scale) * (sizes.long_side * train_scale) / 1e6
         per_epoch = (COST["segmenter_epoch"] + COST["segmenter_epoch_mp"] * mp) * n

@@ -157,7 +157,9 @@ def _train_segmenter(ctx: RunContext, d: Path, masks: str,
         inst = read_pseudo(ctx.stage_dir("pseudo") / "pseudo.json", split, ds.category_ids)
     else:
         inst = dict(ds.ground_truth(ctx.train_split))
-    train_segmenter(list(split.records), inst, ds.classes, ctx.cfg["segmenter"], d,
+    recs = ds.segmenter_records(ctx.train_split, masks,
+                                float(ctx.cfg["segmenter"].get("negatives", 1.0)))
+    train_segmenter(recs, inst, ds.classes, ctx.cfg["segmenter"], d,
                     masks=masks, seed=ctx.cfg["seed"], deterministic=ctx.cfg["deterministic"],
                     device=ctx.cfg["device"], progress=ctx.progress, full_config=ctx.cfg,
                     feature_cache_dir=ctx.run_dir / "cache")

@@ -13,6 +13,7 @@ accident.
 from __future__ import annotations
 
 import logging
+import random
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -168,6 +169,21 @@ class Dataset:
         extra = tuple(r for r in self.weak_only(split) if not r.unknown
                       and (masks == "pseudo" or not r.labels))
         return WeakSplit(split=split, classes=self.classes, records=self.records(split) + extra)
+
+    def segmenter_records(self, split: str, masks: str, negatives: float = 1.0
+                          ) -> list[ImageRecord]:
+        """:meth:`segmenter_view`'s images with at most ``round(negatives × n)`` of its added
+        negatives (``n``: the images that are not added negatives), a fixed seeded choice:
+        hundreds of background images would otherwise take most of a time-bounded training
+        (``segmenter.negatives``; 0 leaves them to stage 1)."""
+        added = {r.id for r in self.weak_only(split) if not r.labels and not r.unknown}
+        recs = list(self.segmenter_view(split, masks).records)
+        neg = [r for r in recs if r.id in added]
+        keep = int(round(float(negatives) * (len(recs) - len(neg))))
+        if len(neg) <= keep:
+            return recs
+        chosen = {r.id for r in random.Random(0).sample(neg, keep)}
+        return [r for r in recs if r.id not in added or r.id in chosen]
 
     def weak_only(self, split: str) -> tuple[ImageRecord, ...]:
         """The split's images without masks: image-level labels only, or negatives."""

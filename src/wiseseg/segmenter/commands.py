@@ -49,7 +49,9 @@ def cmd_train_segmenter(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(out / "config.yaml", cfg)
-    path = train_segmenter(list(split.records), instances, ds.classes, cfg["segmenter"], out,
+    recs = ds.segmenter_records(args.split, masks,
+                                float(cfg["segmenter"].get("negatives", 1.0)))
+    path = train_segmenter(recs, instances, ds.classes, cfg["segmenter"], out,
                            masks=masks, seed=cfg["seed"], deterministic=cfg["deterministic"],
                            device=cfg["device"], resume=not args.no_resume,
                            progress=not args.quiet, full_config=cfg)
