@@ -111,14 +111,16 @@ def summarise(name: str, runs: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("data", nargs="+", help="COCO- or VOC-layout dataset folders")
+    ap.add_argument("data", nargs="+", help="COCO- or VOC-layout dataset folders, then any "
+                    "key=value overrides of the preset")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--out", default="runs/bench-real")
     ap.add_argument("--tag", default=None,
                     help="results go to real_<name>_<tag>.json (e.g. a calibrated variant)")
-    ap.add_argument("overrides", nargs="*", default=[])
     args = ap.parse_args()
+    args.overrides = [a for a in args.data if "=" in a]
+    args.data = [a for a in args.data if "=" not in a]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     for data in args.data:
