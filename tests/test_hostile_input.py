@@ -437,3 +437,13 @@ def test_metrics_log_with_a_cut_short_last_line(tmp_path, caplog):
     log.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
     with pytest.raises(DataError, match="metrics.jsonl: line 2 is not a JSON object"):
         read_jsonl(log)
+
+
+def test_null_accepted_where_it_means_none():
+    from wiseseg.config import apply_overrides, load_preset
+    from wiseseg.errors import ConfigError
+
+    cfg = apply_overrides(load_preset("cpu"), ["peaks.min_score=null", "peaks.window=null"])
+    assert cfg["peaks"]["min_score"] is None and cfg["peaks"]["window"] is None
+    with pytest.raises(ConfigError, match="classifier.lr=None"):
+        apply_overrides(load_preset("cpu"), ["classifier.lr=null"])

@@ -103,7 +103,15 @@ def _reference() -> dict[str, set[str]]:
     for name in preset_names():
         text = (resources.files("wiseseg") / "configs" / f"{name}.yaml").read_text()
         walk(yaml.safe_load(text) or {}, "")
+    for key in _NULLABLE:
+        kinds.setdefault(key, set()).add("null")
     return kinds
+
+
+#: settings whose null is meaningful although no built-in preset uses it
+_NULLABLE = ("peaks.min_score", "peaks.window", "peaks.max_per_class", "proposals.top_k",
+             "classifier.bias_weight_decay", "segmenter.bias_weight_decay",
+             "segmenter.grad_clip")
 
 
 def check_setting(key: str, value: Any, reference: dict[str, set[str]] | None = None) -> None:
