@@ -105,3 +105,31 @@ def test_run_records_the_choices(tmp_path):
     assert res.metrics["auto"]["notes"] == auto["notes"]
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert "input_size: 64" in saved and "auto" in load_preset("cpu")
+
+
+def test_rare_classes_raise_mask_rcnn_epochs_to_the_class_views_floor(tmp_path):
+    """20 images of one class: the budget's epochs stand; the same images spread over 10
+    classes (2 images each): the median class needs views ÷ 2 epochs, and the run says why."""
+    common = _dataset(tmp_path, 128, 128, side=30)
+    small_budget = ("auto.budget_minutes=0.2", "auto.segmenter_class_views=40")
+    cfg, notes = resolve_auto(_cfg(*small_budget), common)
+    budget_epochs = cfg["segmenter"]["epochs"]
+    assert measure_sizes(common, "train").images_per_class == 20
+    assert not any("auto.segmenter_class_views" in n for n in notes)
+
+    rare = _dataset(tmp_path, 128, 128, side=30)
+    rare.classes = tuple(f"c{k}" for k in range(10))
+    rare._records["train"] = tuple(
+        ImageRecord(r.id, r.name, r.path, r.height, r.width, frozenset({i % 10}))
+        for i, r in enumerate(rare._records["train"]))
+    assert measure_sizes(rare, "train").images_per_class == 2
+    cfg, notes = resolve_auto(_cfg(*small_budget), rare)
+    assert cfg["segmenter"]["epochs"] == 20 > budget_epochs
+    assert any("seen 40 times (auto.segmenter_class_views)" in n for n in notes)
+    # capped by max_epochs, and absent (older presets): the budget alone
+    cfg, _ = resolve_auto(_cfg("auto.budget_minutes=0.2", "auto.segmenter_class_views=10000"),
+                          rare)
+    assert cfg["segmenter"]["epochs"] == cfg["auto"]["max_epochs"]
+    old = _cfg("auto.budget_minutes=0.2")
+    del old["auto"]["segmenter_class_views"]
+    assert resolve_auto(old, rare)[0]["segmenter"]["epochs"] == budget_epochs
