@@ -105,6 +105,12 @@ def test_run_records_the_choices(tmp_path):
     assert res.metrics["auto"]["notes"] == auto["notes"]
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert "input_size: 64" in saved and "auto" in load_preset("cpu")
+    # the whole run is planned at the start, and the plan sits beside the actual seconds
+    plan = auto["plan"]["seconds"]
+    assert {"classifier", "proposals", "wise", "prm", "evaluate"} <= set(plan)
+    assert auto["plan"]["total_seconds"] == pytest.approx(sum(plan.values()), abs=0.5)
+    stages = res.metrics["stages"]
+    assert stages["wise"]["planned_seconds"] == plan["wise"] and stages["wise"]["seconds"] > 0
 
 
 def test_rare_classes_raise_mask_rcnn_epochs_to_the_class_views_floor(tmp_path):
@@ -133,3 +139,28 @@ def test_rare_classes_raise_mask_rcnn_epochs_to_the_class_views_floor(tmp_path):
     old = _cfg("auto.budget_minutes=0.2")
     del old["auto"]["segmenter_class_views"]
     assert resolve_auto(old, rare)[0]["segmenter"]["epochs"] == budget_epochs
+
+
+def test_plan_covers_every_stage_and_grows_with_the_work(tmp_path):
+    from wiseseg.runplan import COST, plan_lines, plan_run, stage_units
+
+    ds = _dataset(tmp_path, 375, 500, side=80)
+    cfg, _ = resolve_auto(_cfg(), ds)
+    sizes = measure_sizes(ds, "train")
+    plan = {s.stage: s.seconds for s in plan_run(cfg, sizes, 10, sizes.instances_per_image)}
+    assert set(plan) == {"classifier", "peaks", "proposals", "pseudo", "wise", "reference",
+                         "predict_wise", "predict_reference", "prm", "pseudo_quality",
+                         "evaluate"}
+    assert all(v > 0 for v in plan.values())
+    # every unit has a cost
+    units = stage_units(cfg, sizes, 10, 1.0)
+    assert {k for u in units.values() for k in u} <= set(COST)
+    # twice the Mask R-CNN epochs: twice its training units; no validation, no reference:
+    # the stages that need them are not planned
+    more = {**cfg, "segmenter": {**cfg["segmenter"], "epochs": 2 * cfg["segmenter"]["epochs"]}}
+    assert stage_units(more, sizes, 10, 1.0)["reference"]["segmenter_image"] == \
+        2 * units["reference"]["segmenter_image"]
+    bare = {s.stage for s in plan_run(cfg, sizes, 0, 1.0, reference=False)}
+    assert bare == {"classifier", "peaks", "proposals", "pseudo", "wise"}
+    line = plan_lines(plan_run(cfg, sizes, 10, 1.0))[0]
+    assert line.startswith("expected wall time on 2 CPU cores:") and "prm" in line

@@ -24,7 +24,7 @@ from wiseseg.config import load_config as _load_yaml
 from wiseseg.data import open_dataset
 from wiseseg.data.dataset import Dataset
 from wiseseg.errors import WisesegError
-from wiseseg.io import atomic_write_json
+from wiseseg.io import atomic_write_json, read_json
 from wiseseg.pipeline import RunContext, run_stages, save_run_config, stage_summary
 from wiseseg.report.collect import collect_metrics, results_table, write_metrics
 from wiseseg.runlock import run_lock
@@ -68,6 +68,33 @@ def _resolve_auto(cfg: dict, ds: Dataset, run_dir: Path, progress: bool) -> dict
     return resolved
 
 
+def _plan(cfg: dict, ds: Dataset, run_dir: Path, progress: bool, reference: bool) -> None:
+    """The expected wall time of every stage (:mod:`wiseseg.runplan`), printed and kept in
+    ``RUN/auto.json`` under ``plan``; on a CPU only (the costs are a CPU's)."""
+    from wiseseg.autoconfig import is_auto, measure_sizes
+    from wiseseg.engine.reproducibility import resolve_device
+    from wiseseg.runplan import plan_lines, plan_run
+
+    train, val = cfg["data"]["train_split"], cfg["data"]["val_split"]
+    if (resolve_device(cfg.get("device", "auto")).type != "cpu" or is_auto(cfg)
+            or not ds.has_split(train)):
+        return
+    sizes = measure_sizes(ds, train, float((cfg.get("auto") or {}).get("assumed_object", 0.25)),
+                          float(cfg["segmenter"].get("negatives", 1.0)))
+    val_images = len(ds.records(val)) if val in ds.splits else 0
+    plan = plan_run(cfg, sizes, val_images, sizes.instances_per_image,
+                    reference and ds.has_ground_truth(train))
+    lines = plan_lines(plan)
+    if progress:
+        for line in lines:
+            print(f"plan: {line}", file=sys.stderr)
+    path = run_dir / "auto.json"
+    auto = read_json(path) if path.is_file() else {}
+    auto["plan"] = {"seconds": {s.stage: round(s.seconds, 1) for s in plan},
+                    "total_seconds": round(sum(s.seconds for s in plan), 1), "notes": lines}
+    atomic_write_json(path, auto, indent=2)
+
+
 def run_pipeline(dataset: Dataset | str, cfg: dict | str, out: str | Path,
                  data_spec: str | None = None, reference: bool = True,
                  progress: bool = True) -> RunResult:
@@ -88,6 +115,7 @@ def _run_locked(ds: Dataset, cfg: dict, run_dir: Path, spec, reference: bool,
     warnings = _data_warnings(ds, cfg)
     cfg = _resolve_auto(cfg, ds, run_dir, progress)
     ds.has_split(cfg["data"]["val_split"])  # carves <split>-fit / -calib when asked for
+    _plan(cfg, ds, run_dir, progress, reference)
     for split in (cfg["data"]["train_split"],):
         if not ds.has_split(split):
             raise WisesegError(f"{ds.root}: no training split {split!r} (available: "

@@ -87,6 +87,10 @@ class DataSizes:
     segmenter_images: int = 0
     #: median over the classes of Mask R-CNN's training images labelled with the class
     images_per_class: float = 0.0
+    #: Mask R-CNN's training images with a label (the ones that get proposals and pseudo masks)
+    pseudo_images: int = 0
+    #: mean objects per training image (masks; else labels per image)
+    instances_per_image: float = 0.0
 
 
 def measure_sizes(ds: Dataset, split: str, assumed_object: float = 0.25,
@@ -101,10 +105,13 @@ def measure_sizes(ds: Dataset, split: str, assumed_object: float = 0.25,
     side = float(np.median(np.sqrt(hw[:, 0] * hw[:, 1])))
     short, long = float(np.median(hw.min(axis=1))), float(np.median(hw.max(axis=1)))
     fractions = []
+    objects = sum(len(r.labels) for r in recs)
     if ds.has_ground_truth(split):
         gts = ds.ground_truth(split)
+        objects = 0
         for r in recs:
             segs = [i.segmentation for i in gts[r.id].instances]
+            objects += len(segs)
             if segs:
                 fractions.extend(np.sqrt(rle.area(segs) / float(r.height * r.width)).tolist())
     seg = ds.segmenter_records(split, "pseudo", negatives)
@@ -113,7 +120,9 @@ def measure_sizes(ds: Dataset, split: str, assumed_object: float = 0.25,
         for c in r.labels:
             per_class[c] += 1
     counts = {"weak_images": len(ds.weak(split).records), "segmenter_images": len(seg),
-              "images_per_class": float(np.median(per_class))}
+              "images_per_class": float(np.median(per_class)),
+              "pseudo_images": sum(1 for r in seg if r.labels),
+              "instances_per_image": objects / len(recs)}
     if fractions:
         p10, p50, p90 = np.quantile(np.asarray(fractions), [0.1, 0.5, 0.9])
         return DataSizes(len(recs), side, short, long, float(p50), float(p10), float(p90),

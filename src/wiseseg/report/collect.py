@@ -47,6 +47,10 @@ def collect_metrics(run_dir: Path) -> dict:
         if m:
             stages[name] = {"seconds": m.get("seconds"), "complete": m.get("complete"),
                             "summary": m.get("summary", {})}
+    planned = ((_maybe(run_dir / "auto.json") or {}).get("plan") or {}).get("seconds", {})
+    for name, sec in planned.items():  # the plan printed at the start (wiseseg.runplan)
+        if name in stages:
+            stages[name]["planned_seconds"] = sec
     evaluation = _maybe(run_dir / "evaluate" / "metrics.json") or {}
     results = {METHOD_LABELS[k]: {t: v[t] for t in ("mAP25", "mAP50", "mAP75", "ABO",
                                                       "ABO_agnostic")}

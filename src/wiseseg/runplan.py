@@ -1,0 +1,147 @@
+"""The expected wall time of every stage of ``wiseseg run``, before it starts.
+
+A run on a CPU can take from minutes to hours, and most of it is outside training (proposals,
+pseudo masks, the PRM baseline's backward passes, predictions). :func:`plan_run` turns the
+resolved settings and the data's sizes into *units of work* per stage (images × megapixels,
+epochs × images, proposals decoded, peaks backpropagated, …) and multiplies them by
+:data:`COST`, seconds per unit on the reference machine (2 CPU cores, no GPU). The run prints
+the plan at the start, keeps it in ``RUN/auto.json`` and puts planned beside actual seconds in
+``metrics.json``.
+
+:data:`COST` is fitted by ``benchmarks/plan_costs.py`` from finished runs on real photographs
+and the built-in data (non-negative least squares per stage over the runs' stage times); its
+output, ``benchmarks/results/plan_costs.json``, says which runs and how well each stage fits.
+On another machine the plan scales by one factor; on a GPU it is not printed (the constants
+are for CPUs).
+
+Units (``mp``: megapixels): ``mp_in`` the classifier input (square), ``mp_img`` the median
+training image, ``mp_seg`` Mask R-CNN's training size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wiseseg.autoconfig import DataSizes
+
+#: Seconds per unit on the reference 2-core CPU (see the module docstring). Provisional
+#: values (the autoconfig epoch costs and by-hand estimates) until plan_costs.py refits them.
+COST: dict[str, float] = {
+    # stage 1: fixed backbone's cached features (per image, flip and input megapixel), an
+    # epoch over cached features (per image and megapixel), a forward pass (per image, view
+    # and megapixel) for validation images and peaks
+    "classifier_cache_mp": 0.3,
+    "classifier_epoch_mp": 0.05,
+    "classifier_epoch_uncached_mp": 1.5,
+    "classifier_forward_mp": 0.3,
+    "peaks_cached_image": 0.005,
+    # built-in proposals per image (scaled by its pixels up to the generator's working size)
+    "proposals_image": 1.6,
+    # candidates: decoding the kept proposals of every labelled training image
+    "pseudo_proposal_mp": 1e-4,
+    # Mask R-CNN: per image of an epoch (a fixed part and a part per megapixel), its cached
+    # body features (per image, flip and megapixel), inference per image and megapixel
+    "segmenter_image": 0.067,
+    "segmenter_image_mp": 0.61,
+    "segmenter_cache_mp": 0.3,
+    "predict_image_mp": 2.0,
+    # WISE+Refine: every prediction of an image against its proposals
+    "refine_proposal_mp": 2e-4,
+    # PRM baseline: backward passes, per ground-truth-like instance of a validation image and
+    # input megapixel (peaks ∝ instances)
+    "prm_instance_mp": 1.0,
+    "evaluate_image": 0.01,
+}
+
+#: Below this many working pixels the built-in generator's cost falls with the image
+#: (``proposals.builtin``'s fast setting works at ~120k pixels).
+PROPOSAL_WORK_MP = 0.12
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    stage: str
+    seconds: float
+    units: dict[str, float]
+
+
+def stage_units(cfg: dict, sizes: DataSizes, val_images: int, val_instances_per_image: float,
+                reference: bool = True) -> dict[str, dict[str, float]]:
+    """Units of work of every stage that runs (see the module docstring).
+
+    Args:
+        cfg: the resolved run configuration (no ``auto`` left).
+        sizes: :func:`wiseseg.autoconfig.measure_sizes` of the training split.
+        val_images: images of the validation split (0: no validation stages).
+        val_instances_per_image: expected objects per validation image (the training
+            split's mean), which sets the PRM baseline's peaks.
+        reference: whether the Mask R-CNN on true masks is trained.
+    """
+    c, g, p = cfg["classifier"], cfg["segmenter"], cfg.get("proposals", {})
+    n_weak = sizes.weak_images or sizes.images
+    n_seg = sizes.segmenter_images or sizes.images
+    mp_in = int(c["input_size"]) ** 2 / 1e6
+    mp_img = sizes.short_side * sizes.long_side / 1e6
+    scale = min(float(g["min_size"]) / sizes.short_side, float(g["max_size"]) / sizes.long_side)
+    mp_seg = sizes.short_side * sizes.long_side * scale * scale / 1e6
+    views = 2 if cfg["peaks"].get("flip") else 1
+    scales = len(cfg["peaks"].get("scales") or [1.0])
+    top_k = float(p.get("top_k") or 1000)
+    cached = bool(c.get("cache_features")) and not c.get("train_backbone")
+    c_epochs = float(c["epochs"])
+    g_epochs = float(g["epochs"])
+    rounds = max(1, int(g.get("rounds", 1) or 1))
+    out: dict[str, dict[str, float]] = {}
+    out["classifier"] = {
+        "classifier_cache_mp": n_weak * 2 * mp_in if cached else 0.0,
+        "classifier_epoch_mp" if cached else "classifier_epoch_uncached_mp":
+            c_epochs * n_weak * mp_in,
+        "classifier_forward_mp": val_images * mp_in,
+    }
+    out["peaks"] = {"peaks_cached_image": n_weak * views,
+                    "classifier_forward_mp": val_images * views * scales * mp_in
+                    + (0.0 if cached else n_weak * views * scales * mp_in)}
+    labelled = sizes.pseudo_images or sizes.images
+    prop_images = labelled + val_images  # labelled training images and validation
+    out["proposals"] = {"proposals_image":
+                        prop_images * min(mp_img, PROPOSAL_WORK_MP) / PROPOSAL_WORK_MP
+                        / max(1, min(2, int(p.get("workers", 1) or 1)))}
+    out["pseudo"] = {"pseudo_proposal_mp": labelled * top_k * mp_img}
+    seg_cached = bool(g.get("cache_features")) and int(g.get("frozen_stages", 0)) >= 4
+    train = {"segmenter_image": g_epochs * n_seg, "segmenter_image_mp": g_epochs * n_seg * mp_seg}
+    out["wise"] = {k: v * rounds for k, v in train.items()}
+    out["wise"]["segmenter_cache_mp"] = n_seg * 2 * mp_seg if seg_cached else 0.0
+    out["wise"]["predict_image_mp"] = (rounds - 1) * labelled * mp_seg
+    if reference:
+        out["reference"] = dict(train)
+    if val_images:
+        out["predict_wise"] = {"predict_image_mp": val_images * mp_seg,
+                               "refine_proposal_mp": val_images * top_k * mp_img}
+        if reference:
+            out["predict_reference"] = {"predict_image_mp": val_images * mp_seg}
+        out["prm"] = {"prm_instance_mp": val_images * val_instances_per_image * mp_in}
+    if reference:  # Table 3 needs the training split's true masks
+        out["pseudo_quality"] = {"predict_image_mp": sizes.images * mp_seg}
+    if val_images:
+        out["evaluate"] = {"evaluate_image": val_images}
+    return out
+
+
+def plan_run(cfg: dict, sizes: DataSizes, val_images: int, val_instances_per_image: float,
+             reference: bool = True, cost: dict[str, float] | None = None) -> list[StagePlan]:
+    """Expected seconds of every stage (:func:`stage_units` × :data:`COST`)."""
+    cost = COST if cost is None else cost
+    return [StagePlan(stage, sum(cost[k] * v for k, v in units.items()), units)
+            for stage, units in stage_units(cfg, sizes, val_images, val_instances_per_image,
+                                            reference).items()]
+
+
+def plan_lines(plan: list[StagePlan]) -> list[str]:
+    """What the run prints: one line with every stage's minutes and the total."""
+    total = sum(s.seconds for s in plan)
+    parts = ", ".join(f"{s.stage} {_minutes(s.seconds)}" for s in plan)
+    return [f"expected wall time on 2 CPU cores: {_minutes(total)} ({parts})"]
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
