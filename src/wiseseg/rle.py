@@ -6,6 +6,7 @@ All helpers wrap ``pycocotools.mask`` so that every RLE in the project has ``cou
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -124,10 +125,12 @@ def problem(rle: RLE) -> str | None:
     from wiseseg.rle_check import rle_counts_problems
 
     try:
-        h, w = (int(v) for v in rle["size"])
-        counts = rle["counts"]
+        size, counts = rle["size"], rle["counts"]
+        h, w = (int(v) for v in size)
     except (KeyError, TypeError, ValueError):
         return "RLE needs 'size' [h, w] and 'counts'"
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in size):
+        return f"RLE size {list(size)} must be two whole numbers [h, w]"
     if h < 0 or w < 0:
         return f"negative RLE size {[h, w]}"
     if isinstance(counts, list):

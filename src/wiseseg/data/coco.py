@@ -173,6 +173,7 @@ def read_coco(path: Path, skip_bad: bool = False) -> Dataset:
                 bad.handle(DataError(jf, f"annotation refers to unknown image id {img_id}"))
         dirs = _image_dirs(jf, split)
         records, gts, weak_only = [], {}, []
+        files_seen: dict[Path, tuple[str, int]] = {}  # resolved file → (file_name, id)
         for im in data["images"]:
             if isinstance(im, dict) and "image_labels" in im:
                 try:
@@ -190,6 +191,13 @@ def read_coco(path: Path, skip_bad: bool = False) -> Dataset:
             if rec.id in seen_ids and seen_ids[rec.id] != rec.name:
                 bad.handle(DataError(jf, f"image id {rec.id} is used by two different files"))
                 continue
+            if rec.path in files_seen:  # one file under two names (../x/a.png, a symlink)
+                first, first_id = files_seen[rec.path]
+                bad.handle(DataError(jf, f"image {rec.id}: {rec.name!r} is the file already "
+                                         f"listed as {first!r} (image {first_id}); list every "
+                                         "file once"))
+                continue
+            files_seen[rec.path] = (rec.name, rec.id)
             seen_ids[rec.id] = rec.name
             records.append(rec)
             gts[rec.id] = gt

@@ -20,6 +20,8 @@ from wiseseg.errors import DataError
 
 #: A polygon may reach this many image sizes beyond the image (pycocotools clips it).
 _MARGIN = 1.0
+#: The largest image id (int64, as ids travel in tensors and arrays).
+MAX_IMAGE_ID = 2**63 - 1
 
 
 def _short(value) -> str:
@@ -34,7 +36,7 @@ def is_whole(value) -> bool:
 
 def _check_categories(cats: list, jf: Path) -> None:
     ids: dict[int, str] = {}
-    names: dict[str, int] = {}
+    names: dict[str, tuple[int, str]] = {}
     for j, c in enumerate(cats):
         if not isinstance(c, dict):
             raise DataError(jf, f"category entry {j} is not an object: {_short(c)}")
@@ -48,10 +50,16 @@ def _check_categories(cats: list, jf: Path) -> None:
         if c["id"] in ids:
             raise DataError(jf, f"category id {c['id']} is used twice ({ids[c['id']]!r} and "
                                 f"{name!r}); every category needs its own id")
-        if name in names:
-            raise DataError(jf, f"category name {name!r} is used twice (ids {names[name]} and "
-                                f"{c['id']}); merge them or rename one")
-        ids[c["id"]], names[name] = name, c["id"]
+        key = name.strip()  # 'cat' and 'cat ' would read as one class in every table
+        if key in names:
+            first_id, first = names[key]
+            if first == name:
+                raise DataError(jf, f"category name {name!r} is used twice (ids {first_id} "
+                                    f"and {c['id']}); merge them or rename one")
+            raise DataError(jf, f"category names {first!r} (id {first_id}) and {name!r} (id "
+                                f"{c['id']}) differ only by surrounding spaces; merge them "
+                                "or rename one")
+        ids[c["id"]], names[key] = name, (c["id"], name)
 
 
 def _image_problem(im) -> str | None:
@@ -59,6 +67,8 @@ def _image_problem(im) -> str | None:
         return f"image entry is not an object: {_short(im)}"
     if "id" not in im or not is_whole(im["id"]):
         return f"image entry needs a whole-number 'id', got {_short(im.get('id'))}"
+    if not 0 <= im["id"] <= MAX_IMAGE_ID:  # ids name files and travel as int64 tensors
+        return f"image id {im['id']} is outside 0 … 2**63 - 1 (file {_short(im.get('file_name'))})"
     name = im.get("file_name")
     if not isinstance(name, str) or not name or "\0" in name:
         return f"image {im['id']}: 'file_name' must be a non-empty string, got {_short(name)}"

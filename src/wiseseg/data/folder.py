@@ -14,25 +14,32 @@ from the union of CSV labels. There are no masks: training works, evaluation doe
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from wiseseg.data.dataset import BadItems, Dataset, ImageRecord, assign_ids, safe_join
 from wiseseg.data.images import IMAGE_SUFFIXES, check_image
+from wiseseg.data.text import csv_dict_rows
 from wiseseg.data.voc import parse_label_list, read_class_file
 from wiseseg.errors import DataError, WisesegError
+
+
+def _is_image_name(p: Path) -> bool:
+    """An image file name; hidden files (macOS ``._a.jpg``, ``.DS_Store``) are never images,
+    as in ``--negatives``."""
+    return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
 
 
 def _class_dirs(d: Path) -> list[Path]:
     return sorted(
         p for p in d.iterdir()
         if p.is_dir() and not p.name.startswith(".")
-        and any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir())
+        and any(_is_image_name(q) for q in p.iterdir())
     )
 
 
 def _has_images(d: Path) -> bool:
-    return any(q.suffix.lower() in IMAGE_SUFFIXES for q in d.rglob("*"))
+    return any(_is_image_name(q) and not any(part.startswith(".") for part in
+                                             q.relative_to(d).parts) for q in d.rglob("*"))
 
 
 def _check_other_dirs(loc: Path, root: Path, bad: BadItems, need_images: bool) -> None:
@@ -92,9 +99,8 @@ def read_folder(root: Path, skip_bad: bool = False) -> Dataset:
             if kind == "dirs":
                 names.update(p.name for p in _class_dirs(loc))
             else:
-                with loc.open(newline="", encoding="utf-8-sig") as fh:
-                    for row in csv.DictReader(fh):
-                        names.update(s.strip() for s in (row.get("labels") or "").split(";"))
+                for _, row in csv_dict_rows(loc, ("image", "labels")):
+                    names.update(s.strip() for s in (row.get("labels") or "").split(";"))
         names.discard("")
         classes = tuple(sorted(names))
     if not classes:
@@ -112,7 +118,7 @@ def read_folder(root: Path, skip_bad: bool = False) -> Dataset:
                     raise DataError(cdir, f"class folder {cdir.name!r} is not in classes.txt")
                 safe_join(root, cdir.relative_to(root).as_posix(), cdir)  # no link out
                 for img in sorted(cdir.iterdir()):
-                    if img.suffix.lower() in IMAGE_SUFFIXES and not img.is_dir():
+                    if _is_image_name(img) and not img.is_dir():
                         rel = img.relative_to(root).as_posix()
                         try:
                             path = safe_join(root, rel, cdir)
@@ -127,23 +133,18 @@ def read_folder(root: Path, skip_bad: bool = False) -> Dataset:
                                                   f"{cdir.name}/ or into a class folder of "
                                                   "their own"))
         else:
-            with loc.open(newline="", encoding="utf-8-sig") as fh:
-                reader = csv.DictReader(fh)
-                if reader.fieldnames is None or not {"image", "labels"} <= set(reader.fieldnames):
-                    raise DataError(loc, "CSV needs a header with columns image,labels "
-                                         f"(got {reader.fieldnames})")
-                for line, row in enumerate(reader, start=2):
-                    rel = (row["image"] or "").strip()
-                    if not rel:
-                        raise DataError(loc, f"line {line}: empty image path")
-                    if row["labels"] is None:
-                        raise DataError(loc, f"line {line}: no labels field (write "
-                                             f"'{rel},' for a negative image)")
-                    labels = parse_label_list(row["labels"], classes, f"{loc}:{line}")
-                    try:
-                        rows.append((rel, safe_join(root, rel, loc), labels, f"{loc}:{line}"))
-                    except DataError as e:
-                        bad.handle(DataError(f"{loc}:{line}", e.problem))
+            for line, row in csv_dict_rows(loc, ("image", "labels")):
+                rel = (row["image"] or "").strip()
+                if not rel:
+                    raise DataError(loc, f"line {line}: empty image path")
+                if row["labels"] is None:
+                    raise DataError(loc, f"line {line}: no labels field (write "
+                                         f"'{rel},' for a negative image)")
+                labels = parse_label_list(row["labels"], classes, f"{loc}:{line}")
+                try:
+                    rows.append((rel, safe_join(root, rel, loc), labels, f"{loc}:{line}"))
+                except DataError as e:
+                    bad.handle(DataError(f"{loc}:{line}", e.problem))
 
     ids = assign_ids([rel for rows in entries.values() for rel, *_ in rows])
     ds = Dataset(name=root.name, root=root, classes=classes, layout="folder")

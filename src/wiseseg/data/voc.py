@@ -17,7 +17,7 @@ instance mask (SBD-style ``train_aug`` lists do not, and are for weak training o
 
 from __future__ import annotations
 
-import csv
+import posixpath
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from wiseseg.data.dataset import (
     safe_join,
 )
 from wiseseg.data.images import check_image, load_label_png
+from wiseseg.data.text import csv_dict_rows, read_lines
 from wiseseg.errors import DataError, WisesegError
 
 VOC_CLASSES = (
@@ -54,11 +55,16 @@ def find_voc_root(path: Path) -> Path | None:
 
 
 def read_class_file(path: Path) -> tuple[str, ...]:
-    names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    lines = read_lines(path)  # UTF-8, no NUL byte
+    names = [name for _, name in lines]
     if not names:
         raise DataError(path, "class list is empty")
-    if len(set(names)) != len(names):
-        raise DataError(path, "class list has duplicate names")
+    first: dict[str, int] = {}
+    for line, name in lines:
+        if name in first:
+            raise DataError(path, f"line {line}: class {name!r} is listed again (first on "
+                                  f"line {first[name]})")
+        first[name] = line
     return tuple(names)
 
 
@@ -123,26 +129,20 @@ def read_voc(path: Path, skip_bad: bool = False) -> Dataset:
     bad = BadItems(skip_bad)
     split_entries: dict[str, list[tuple[str, frozenset[int] | None, Path]]] = {}
     for f in sorted(seg_dir.glob("*.txt")):
-        lines = [(n, ln.strip()) for n, ln in enumerate(f.read_text(encoding="utf-8-sig")
-                                                         .splitlines(), start=1) if ln.strip()]
-        split_entries[f.stem] = [(i, None, f) for _, i in _unique_ids(lines, f, bad)]
+        split_entries[f.stem] = [(i, None, f) for _, i in _unique_ids(read_lines(f), f, bad)]
     for f in sorted(seg_dir.glob("*.csv")):
         if f.stem in split_entries:
             raise DataError(f, f"split {f.stem!r} is given both as .txt and .csv")
         rows, lines = {}, []
-        with f.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames is None or not {"image", "labels"} <= set(reader.fieldnames):
-                raise DataError(f, "CSV needs a header with columns image,labels")
-            for line, row in enumerate(reader, start=2):
-                if row["image"] is None or row["labels"] is None:
-                    bad.handle(DataError(f, f"line {line}: needs two fields image,labels "
-                                            f"(empty labels for a negative image), got "
-                                            f"{[v for v in row.values() if v is not None]}"))
-                    continue
-                name = row["image"].strip()
-                rows[(line, name)] = parse_label_list(row["labels"], classes, f"{f}:{line}")
-                lines.append((line, name))
+        for line, row in csv_dict_rows(f, ("image", "labels")):
+            if row["image"] is None or row["labels"] is None:
+                bad.handle(DataError(f, f"line {line}: needs two fields image,labels "
+                                        f"(empty labels for a negative image), got "
+                                        f"{[v for v in row.values() if v is not None]}"))
+                continue
+            name = row["image"].strip()
+            rows[(line, name)] = parse_label_list(row["labels"], classes, f"{f}:{line}")
+            lines.append((line, name))
         split_entries[f.stem] = [(i, rows[(n, i)], f) for n, i in _unique_ids(lines, f, bad)]
     if not split_entries:
         raise DataError(seg_dir, "no split lists (<split>.txt or <split>.csv)")
@@ -153,6 +153,7 @@ def read_voc(path: Path, skip_bad: bool = False) -> Dataset:
     cache: dict[tuple, tuple[ImageRecord, GroundTruth | None]] = {}
     for split, entries in split_entries.items():
         records, gts, all_have_masks = [], {}, True
+        files: dict[Path, str] = {}  # resolved image file → the id that listed it
         for name, csv_labels, source in entries:
             key = (name, csv_labels)
             if key in cache:
@@ -164,6 +165,13 @@ def read_voc(path: Path, skip_bad: bool = False) -> Dataset:
                     bad.handle(e)
                     continue
                 cache[key] = (rec, gt)
+            real = rec.path.resolve()
+            if real in files:  # a symlink alias of an image already in the split
+                bad.handle(DataError(source, f"id {name!r} is the image file of id "
+                                             f"{files[real]!r} ({real.name}); list every "
+                                             "image once"))
+                continue
+            files[real] = name
             records.append(rec)
             if gt is None:
                 all_have_masks = False
@@ -182,14 +190,17 @@ def _unique_ids(lines: list[tuple[int, str]], source: Path, bad: BadItems
                 ) -> list[tuple[int, str]]:
     """The ``(line, id)`` entries of a split list; an id listed again is an error (or,
     under ``--skip-bad``, its later lines are skipped): it would count the image twice."""
-    first: dict[str, int] = {}
+    first: dict[str, tuple[int, str]] = {}
     out = []
     for line, name in lines:
-        if name in first:
-            bad.handle(DataError(source, f"line {line}: id {name!r} is listed again (first on "
-                                         f"line {first[name]}); list every image once"))
+        key = posixpath.normpath(name.replace("\\", "/"))  # ./2007_000001 is 2007_000001
+        if key in first:
+            alias = " is" if name == first[key][1] else f" is {first[key][1]!r},"
+            bad.handle(DataError(source, f"line {line}: id {name!r}{alias} listed again "
+                                         f"(first on line {first[key][0]}); list every image "
+                                         "once"))
             continue
-        first[name] = line
+        first[key] = (line, name)
         out.append((line, name))
     return out
 
