@@ -146,3 +146,20 @@ def test_hidden_files_in_class_folders_are_not_images(tmp_path, run_cli):
     code, out, err = run_cli("data-stats", "--data", root)
     assert code == 0, err
     assert "[train] 2 images" in out
+
+
+# --------------------------------------------------------------- a closed pipe (F15)
+def test_closed_pipe_exits_quietly(monkeypatch, run_cli):
+    """`wiseseg data-stats | head -1`: the reader closed the pipe; no traceback."""
+    import wiseseg.commandline as cl
+    from wiseseg.cli import build_parser
+
+    def closed(args):
+        print("dataset ...")
+        raise BrokenPipeError(32, "Broken pipe")
+
+    build_parser()  # registers the commands
+    help_text, _, configure = cl.COMMANDS["data-stats"]
+    monkeypatch.setitem(cl.COMMANDS, "data-stats", (help_text, closed, configure))
+    code, _, err = run_cli("data-stats")
+    assert code == 141 and err == ""

@@ -74,7 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     debug = args.debug or os.environ.get("WISESEG_DEBUG") == "1"
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that closed the pipe shows here, not at exit
+        return code
+    except BrokenPipeError:  # `wiseseg data-stats | head -1`: the reader has all it wants
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, as a program killed by the closed pipe reports
     except WisesegError as e:
         if debug:
             raise
@@ -91,6 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted (finished work is kept; rerun to resume)", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush of what is still
+    buffered does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (captured in tests)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover
