@@ -12,6 +12,7 @@ its cost.
 
 usage: python benchmarks/calibrate_peaks.py [--data shapes] [--preset cpu]
            [--variants "classifier.input_size=128" "classifier.input_size=256" ...]
+           [--negatives DIR]
            [--out runs/calibrate-peaks] [--name shapes]
 Writes benchmarks/results/calibrate_peaks_<name>.json and prints a markdown table.
 
@@ -123,6 +124,9 @@ def main() -> None:
     ap.add_argument("--name", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--summary", nargs="+", default=None, metavar="RESULT.json")
+    ap.add_argument("--negatives", default=None,
+                    help="a folder of images with none of the classes (as `wiseseg run "
+                         "--negatives`); default DATA/negatives when that folder exists")
     args = ap.parse_args()
     if args.summary:
         summary(args.summary)
@@ -130,6 +134,12 @@ def main() -> None:
     ds = api.open_dataset(args.data, progress=False)
     name = args.name or ds.name
     fit, calib = "train-fit", "train-calib"
+    negatives = args.negatives or (Path(args.data) / "negatives"
+                                   if (Path(args.data) / "negatives").is_dir() else None)
+    if negatives:  # before carving: the fit part trains on them, as a run's train split
+        from wiseseg.data.negatives import add_negatives
+
+        add_negatives(ds, negatives, "train")
     ds.has_split(fit)
     results = []
     for variant in args.variants:

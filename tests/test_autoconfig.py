@@ -78,7 +78,8 @@ def test_without_masks_the_object_size_is_assumed_and_said(tmp_path):
 
 def test_fixed_settings_are_left_alone_and_bad_sections_fail(tmp_path):
     ds = _dataset(tmp_path, 128, 128, side=30)
-    cfg = api.load_config("cpu", ["classifier.input_size=384", "proposals.top_k=300",
+    cfg = api.load_config("cpu", ["classifier.input_size=384", "classifier.epochs=8",
+                                  "proposals.top_k=300",
                                   "segmenter.min_size=128", "segmenter.max_size=128",
                                   "segmenter.anchor_sizes=[16,32,64,128,256]",
                                   "segmenter.epochs=3"])

@@ -27,6 +27,14 @@ The rules (constants in the ``auto`` section):
   (``classifier_share``) and the Mask R-CNNs (one per self-training round of WISE, and the
   reference); epochs = budget ÷ (images × seconds per image at the chosen size), within
   ``[min_epochs, max_epochs]``.
+- **classifier epochs by class views** (``classifier_class_views``, optional; replaces the
+  classifier's budget share): stage 1 trains until the median class has been seen in this
+  many images (epochs = views ÷ the median number of stage 1's training images labelled with
+  the class, image-level labels, within ``[min_epochs, max_epochs]``). 2048 keeps the shapes'
+  calibrated 8 epochs (256 images a class); on VOC 2012 train-fit → train-calib (31 images a
+  class; ``benchmarks/calibrate_peaks.py``) the peaks went from 14–20 % recall at 8 epochs to
+  47.4 / 53.7 at 24 and 48.7 / 48.4 at 48, so any count above ~24 there serves (2048 gives
+  the ``max_epochs`` cap, 40).
 - **enough views of every class** (``segmenter_class_views``, optional): a class that few
   images show needs more epochs than the budget gives. Mask R-CNN trains at least until the
   median class has been seen in this many images (epochs ≥ views ÷ the median number of its
@@ -87,6 +95,8 @@ class DataSizes:
     segmenter_images: int = 0
     #: median over the classes of Mask R-CNN's training images labelled with the class
     images_per_class: float = 0.0
+    #: median over the classes of stage 1's training images labelled with the class
+    weak_images_per_class: float = 0.0
     #: Mask R-CNN's training images with a label (the ones that get proposals and pseudo masks)
     pseudo_images: int = 0
     #: mean objects per training image (masks; else labels per image)
@@ -119,7 +129,13 @@ def measure_sizes(ds: Dataset, split: str, assumed_object: float = 0.25,
     for r in seg:
         for c in r.labels:
             per_class[c] += 1
-    counts = {"weak_images": len(ds.weak(split).records), "segmenter_images": len(seg),
+    weak = ds.weak(split).records
+    weak_per_class = np.zeros(max(1, len(ds.classes)))
+    for r in weak:
+        for c in r.labels:
+            weak_per_class[c] += 1
+    counts = {"weak_images": len(weak), "segmenter_images": len(seg),
+              "weak_images_per_class": float(np.median(weak_per_class)),
               "images_per_class": float(np.median(per_class)),
               "pseudo_images": sum(1 for r in seg if r.labels),
               "instances_per_image": objects / len(recs)}
@@ -233,13 +249,21 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
     if c.get("epochs") == AUTO:
         mp = int(c["input_size"]) ** 2 / 1e6
         per_epoch = COST["classifier_epoch_mp"] * mp * n
-        setup = COST["classifier_cache_mp"] * mp * n * 2
-        share = float(a["classifier_share"]) * budget - setup
-        c["epochs"] = _epochs(share, per_epoch, a)
-        notes.append(f"classifier {c['epochs']} epochs: ~{per_epoch:.1f} s each + "
-                     f"{setup:.0f} s of cached features, within "
-                     f"{float(a['classifier_share']):.0%} of the {a['budget_minutes']}-minute "
-                     f"budget")
+        views = a.get("classifier_class_views")
+        if views and sizes.weak_images_per_class > 0:
+            c["epochs"] = _epochs(math.ceil(float(views) / sizes.weak_images_per_class), 1.0, a)
+            notes.append(f"classifier {c['epochs']} epochs: the median class, in "
+                         f"{sizes.weak_images_per_class:g} of its {n} training images, is seen "
+                         f"{views} times (auto.classifier_class_views); ~{per_epoch:.1f} s "
+                         f"an epoch")
+        else:
+            setup = COST["classifier_cache_mp"] * mp * n * 2
+            share = float(a["classifier_share"]) * budget - setup
+            c["epochs"] = _epochs(share, per_epoch, a)
+            notes.append(f"classifier {c['epochs']} epochs: ~{per_epoch:.1f} s each + "
+                         f"{setup:.0f} s of cached features, within "
+                         f"{float(a['classifier_share']):.0%} of the {a['budget_minutes']}-minute "
+                         f"budget")
     n = sizes.segmenter_images or sizes.images  # negatives train Mask R-CNN too
     if g.get("epochs") == AUTO:
         mp = (sizes.short_side * train_scale) * (sizes.long_side * train_scale) / 1e6
