@@ -163,3 +163,174 @@ def test_closed_pipe_exits_quietly(monkeypatch, run_cli):
     monkeypatch.setitem(cl.COMMANDS, "data-stats", (help_text, closed, configure))
     code, _, err = run_cli("data-stats")
     assert code == 141 and err == ""
+
+
+# ------------------------------------------- settings: checked before any work (F7, F8)
+@pytest.mark.parametrize("overrides,needle", [
+    (["proposals.method=bogus"], "proposals.method='bogus': not a proposal method"),
+    (["proposals.method=json:/nonexistent"], "proposal folder '/nonexistent' does not exist"),
+    (["proposals.method='mcg:'"], "needs the folder of the proposal files"),
+    (["proposals.method=builtin:best"], "unknown builtin quality 'best'"),
+    (["proposals.method=sam:/no/sam.pth"], "SAM checkpoint '/no/sam.pth' does not exist"),
+    (["prm.score=bogus"], "prm.score='bogus' must be one of peak, class, retrieval"),
+    (["classifier.optimizer=adam"], "must be one of sgd, adamw"),
+    (["segmenter.roi_align_backward=dense"], "must be one of sparse, torchvision"),
+    (["device=gpu"], "device='gpu' is not a device"),
+    (["data.negatives=/no/negatives"], "the negatives folder does not exist"),
+    (["evaluate.min_score=2"], "evaluate.min_score=2 must be within [0, 1]"),
+    (["predict.min_score=1.5"], "predict.min_score=1.5 must be within [0, 1]"),
+    (["segmenter.color_jitter=5"], "segmenter.color_jitter=5 must be within [0, 1]"),
+    (["auto.min_input=512", "auto.max_input=128"],
+     "auto.min_input=512 is larger than auto.max_input=128"),
+    (["auto.min_epochs=50"], "auto.min_epochs=50 is larger than auto.max_epochs=40"),
+    (["segmenter.min_size=600", "segmenter.max_size=300"], "segmenter.min_size=600 is larger"),
+    (["segmenter.anchor_sizes=[]"], "segmenter.anchor_sizes=[] needs exactly 5 entries, got 0"),
+    (["segmenter.anchor_sizes=[16,32,64.5,128,256]"], "entry 64.5 is outside its range"),
+    (["segmenter.mask_layers=[]"], "needs at least 1 entry"),
+    (["peaks.scales=[]"], "peaks.scales=[] needs at least 1 entry"),
+    (["peaks.scales=[100]"], "entry 100 is outside its range: numbers 0.1 … 4"),
+    (["classifier.scale=[0.9,0.5]"], "smallest ≤ largest"),
+    (["classifier.input_size=1000000"], "larger than 4096 px"),
+    (["segmenter.min_size=100000", "segmenter.max_size=100000"],
+     "segmenter.min_size=100000 is larger than 4096 px"),
+    (["auto.max_input=10000"], "auto.max_input=10000 is larger than 4096 px"),
+], ids=lambda v: v if isinstance(v, str) and "=" not in v else None)
+def test_setting_refused_before_any_work(tmp_path, run_cli, overrides, needle):
+    import sys
+
+    had_torch = "torch" in sys.modules
+    code, _, err = run_cli("run", "--data", tmp_path / "no-such-data", "--out", tmp_path / "r",
+                           *overrides)  # --preset auto: checked before torch decides it
+    _one_line_error(code, err, needle)
+    assert not (tmp_path / "r").exists()
+    assert had_torch or "torch" not in sys.modules
+
+
+def test_device_option_is_checked_with_the_settings(tmp_path, run_cli):
+    code, _, err = run_cli("run", "--data", tmp_path / "none", "--out", tmp_path / "r",
+                           "--device", "foo")
+    _one_line_error(code, err, "device='foo' is not a device (use auto, cpu or cuda[:N])")
+    from wiseseg.config import apply_overrides, load_preset
+
+    cfg = apply_overrides(load_preset("cpu"), ["device=cuda:1", "device=cpu"])
+    assert cfg["device"] == "cpu"
+
+
+def test_setting_choices_match_the_code():
+    """config.CHOICES and the lists of the code that reads each setting agree."""
+    from wiseseg import config
+    from wiseseg.engine.trainer import warmup_schedule
+    from wiseseg.inference.prm_baseline import SCORES
+    from wiseseg.models.cam_geometry import CONVENTIONS
+    from wiseseg.models.names import BACKBONE_NAMES
+    from wiseseg.models.peak_ops import STIMULATION_GRADIENTS
+    from wiseseg.proposals.builtin import QUALITIES
+    from wiseseg.proposals.sam import MODEL_TYPES
+
+    c = config.CHOICES
+    assert c["classifier.backbone"] == c["segmenter.backbone"] == BACKBONE_NAMES
+    assert c["prm.score"] == SCORES
+    assert c["classifier.cam_geometry"] == CONVENTIONS
+    assert c["classifier.stimulation"] == STIMULATION_GRADIENTS
+    assert tuple(QUALITIES) == config._BUILTIN_QUALITIES
+    assert config._SAM_MODEL_TYPES == MODEL_TYPES
+    for kind in c["classifier.schedule"]:
+        warmup_schedule(10, 1, kind)  # each known to the trainer
+    for sec in ("classifier", "segmenter"):  # every word a built-in preset uses is a choice
+        for name in config.preset_names():
+            cfg = config.load_preset(name)
+            for key in ("optimizer", "schedule", "pretrained", "backbone"):
+                assert cfg[sec][key] in c[f"{sec}.{key}"]
+
+
+# ----------------------------------------------------------- preset files (F5, F6, F16)
+@pytest.mark.parametrize("content,needle", [
+    (b"seed: 0\n\x80\x81\xfe binary\n", "mine.yaml: line 2: not UTF-8 text (byte 0x80)"),
+    (b"seed: [1, 2\n", "mine.yaml: invalid YAML (line 2, column 1: expected ',' or ']'"),
+    (b"seed: !!python/object/apply:os.system ['true']\n",
+     "mine.yaml: invalid YAML (line 1, column 7: could not determine a constructor"),
+    (b"seed: 0\n\tdevice: cpu\n", "mine.yaml: invalid YAML (line 2, column 1:"),
+], ids=["binary", "syntax", "python-tag", "tab"])
+def test_preset_file_errors_are_one_line(tmp_path, run_cli, content, needle):
+    preset = tmp_path / "mine.yaml"
+    preset.write_bytes(content)
+    code, _, err = run_cli("run", "--data", "shapes", "--out", tmp_path / "r", "--preset",
+                           preset)
+    _one_line_error(code, err, needle)
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda c: c["classifier"].update(lrr=0.1),
+     "unknown setting 'classifier.lrr': no 'lrr' under classifier (known: "),
+    (lambda c: c.update(extra={"a": 1}), "unknown setting 'extra': no 'extra' under the top"),
+    (lambda c: c["proposals"].update(method="json:/no/such/dir"),
+     "proposals.method='json:/no/such/dir': proposal folder"),
+], ids=["typo", "section", "method"])
+def test_preset_file_settings_are_checked(tmp_path, run_cli, edit, needle):
+    import yaml
+
+    from wiseseg.config import load_preset
+
+    cfg = load_preset("cpu")
+    cfg.pop("preset")
+    edit(cfg)
+    preset = tmp_path / "mine.yaml"
+    preset.write_text(yaml.safe_dump(cfg))
+    code, _, err = run_cli("run", "--data", tmp_path / "none", "--out", tmp_path / "r",
+                           "--preset", preset)
+    _one_line_error(code, err, needle)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_runs_config_yaml_serves_as_preset(tmp_path):
+    """A run's config.yaml records `preset` and `data.spec` besides the settings."""
+    import yaml
+
+    from wiseseg.config import load_preset
+
+    cfg = load_preset("cpu")
+    cfg["data"]["spec"] = "shapes"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert load_preset(str(tmp_path / "config.yaml"))["data"]["spec"] == "shapes"
+
+
+# --------------------------------------------- --set values of proposal sources (F9)
+@pytest.mark.parametrize("setting,needle", [
+    ("nms_iou=abc", "builtin proposals: nms_iou='abc' must be a finite number"),
+    ("sigma=.nan", "sigma=nan must be a finite number"),
+    ("pool_factor=2.5", "pool_factor=2.5 must be a whole number"),
+    ("work_pixels=1000000000000", "work_pixels=1000000000000 is more than 16777216"),
+    ("deep_layer=[1]", "deep_layer=[1] must be a word"),
+    ("segmentations=[1,2]", "segmentations must be [colour space, scale] pairs"),
+], ids=["str", "nan", "float-for-int", "huge", "list-for-str", "pairs"])
+def test_proposal_set_values_are_typed(tmp_path, run_cli, setting, needle):
+    code, _, err = run_cli("proposals", "--data", tmp_path / "none", "--out", tmp_path / "p",
+                           "--workers", "1", "--set", setting)
+    _one_line_error(code, err, needle)
+    code, _, err = run_cli("proposals", "--data", tmp_path / "none", "--out", tmp_path / "p",
+                           "--top-k", "0")
+    _one_line_error(code, err, "--top-k=0 must be ≥ 1")
+    assert not (tmp_path / "p").exists()
+
+
+# ------------------------------------------------------- a failed start leaves nothing
+def test_failed_start_removes_the_run_directory_it_made(tmp_path):
+    from wiseseg.errors import WisesegError
+    from wiseseg.io import atomic_write_json
+    from wiseseg.runlock import run_lock
+
+    run = tmp_path / "new" / "R"
+    with pytest.raises(WisesegError, match="bad device"), run_lock(run):
+        atomic_write_json(run / "auto.json", {})
+        raise WisesegError("bad device")
+    assert not run.exists() and (tmp_path / "new").exists()
+    run.mkdir()
+    (run / "classifier").mkdir()  # work done: kept, also when the directory was made anew
+    with pytest.raises(WisesegError), run_lock(run):
+        raise WisesegError("later failure")
+    assert (run / "classifier").exists()
+    other = tmp_path / "other"
+    with pytest.raises(WisesegError), run_lock(other):
+        (other / "classifier").mkdir()
+        raise WisesegError("a stage failed")
+    assert (other / "classifier").is_dir()  # a started stage is kept for the resume

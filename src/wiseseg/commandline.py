@@ -91,19 +91,27 @@ def run_config(args, section: str | None = None, preset_name: str | None = None)
     An override key not found at the top level is looked up in ``section`` too, so
     ``lr=0.02`` works for ``train-classifier``.
     """
-    from wiseseg.config import apply_overrides, load_preset
+    from wiseseg.config import apply_overrides, check_setting, load_preset
 
-    name = resolve_preset_name(preset_name or args.preset, getattr(args, "data", "shapes"))
-    cfg = load_preset(name)
-    items = []
-    for item in getattr(args, "overrides", []) or []:
-        key = item.partition("=")[0]
-        top = key.split(".")[0]
-        if section and top not in cfg and isinstance(cfg.get(section), dict) \
-                and top in cfg[section]:
-            item = f"{section}.{item}"
-        items.append(item)
-    cfg = apply_overrides(cfg, items)
+    def configured(name: str) -> dict:
+        cfg = load_preset(name)
+        items = []
+        for item in getattr(args, "overrides", []) or []:
+            key = item.partition("=")[0]
+            top = key.split(".")[0]
+            if section and top not in cfg and isinstance(cfg.get(section), dict) \
+                    and top in cfg[section]:
+                item = f"{section}.{item}"
+            items.append(item)
+        return apply_overrides(cfg, items)
+
+    if getattr(args, "device", None):
+        check_setting("device", args.device)
+    name = preset_name or args.preset
+    if name == "auto":  # resolving it imports torch (seconds): a bad override fails first
+        configured("cpu")
+        name = resolve_preset_name(name, getattr(args, "data", "shapes"))
+    cfg = configured(name)
     if getattr(args, "seed", None) is not None:
         cfg["seed"] = args.seed
     if getattr(args, "deterministic", False):

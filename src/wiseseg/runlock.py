@@ -58,9 +58,16 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
     """Hold the lock on ``run_dir`` (created) for the ``with`` block; a run directory that
     another live process holds is a one-line :class:`WisesegError` naming its pid."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    created = not run_dir.exists()
     path = run_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    for attempt in range(2):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            break
+        except FileNotFoundError:  # a failed start removing the directory it had made
+            if attempt:
+                raise
     try:
         import fcntl
 
@@ -85,7 +92,27 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
         os.pwrite(fd, json.dumps(me).encode(), 0)
         try:
             yield path
+        except BaseException:
+            if created:
+                _remove_failed_start(run_dir)
+            raise
         finally:
             os.ftruncate(fd, 0)  # released: the file stays, empty (unlinking would race)
     finally:
         os.close(fd)  # closing drops the flock
+
+
+#: What a run writes before its first stage: a run directory holding nothing else when the
+#: start fails (--device foo, a missing negatives folder) is removed again if the run made it.
+_BEFORE_STAGES = frozenset({LOCK_NAME, "auto.json", "config.yaml"})
+
+
+def _remove_failed_start(run_dir: Path) -> None:
+    try:
+        names = {p.name for p in run_dir.iterdir()}
+        if names <= _BEFORE_STAGES:
+            for name in names:
+                (run_dir / name).unlink()
+            run_dir.rmdir()
+    except OSError:  # something appeared meanwhile: leave it
+        pass

@@ -29,6 +29,7 @@ measures both on real photographs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -127,9 +128,17 @@ class BuiltinSettings:
         if self.pool_factor < 1:
             raise ConfigError(f"builtin proposals: pool_factor={self.pool_factor} must be ≥ 1")
         if self.top_k < 1 or self.work_pixels < 64 or self.sigma < 0 or self.min_size < 0:
-            raise ConfigError("builtin proposals: top_k ≥ 1, work_pixels ≥ 64, sigma ≥ 0 and "
-                              "min_size ≥ 0 are required")
+            raise ConfigError(f"builtin proposals: top_k ≥ 1, work_pixels ≥ 64, sigma ≥ 0 and "
+                              f"min_size ≥ 0 are required (top_k={self.top_k}, work_pixels="
+                              f"{self.work_pixels}, sigma={self.sigma}, min_size="
+                              f"{self.min_size})")
+        if self.work_pixels > MAX_WORK_PIXELS:
+            raise ConfigError(f"builtin proposals: work_pixels={self.work_pixels} is more than "
+                              f"{MAX_WORK_PIXELS} (4096²); the grouping's memory grows with it")
 
+
+#: The most working pixels a setting may ask for (a 4096 × 4096 image).
+MAX_WORK_PIXELS = 4096 * 4096
 
 #: Presets of :class:`BuiltinSettings` (``fast`` is the dataclass's defaults).
 QUALITIES: dict[str, dict] = {
@@ -143,6 +152,25 @@ QUALITIES: dict[str, dict] = {
         "pool_factor": 8,
     },
 }
+
+
+def _check_type(key: str, value, default) -> None:
+    """A ``--set`` value must have its setting's type: a whole number where the default is
+    one, a finite number where it is a float, a word where it is a string (the checks of
+    :meth:`BuiltinSettings.validate` compare numbers)."""
+    if isinstance(default, bool) or default is None or isinstance(default, (tuple, list)):
+        return
+    if isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = "a whole number"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)
+        want = "a finite number"
+    else:
+        ok, want = isinstance(value, str), "a word"
+    if not ok:
+        raise ConfigError(f"builtin proposals: {key}={value!r} must be {want}")
 
 
 class BuiltinSource(ProposalSource):
@@ -159,9 +187,16 @@ class BuiltinSource(ProposalSource):
         if settings is None or "quality" in overrides:
             base.update(asdict(BuiltinSettings()))
             base.update(QUALITIES[quality])
+        for key, value in overrides.items():
+            _check_type(key, value, base.get(key))
         base.update(overrides)
-        base["segmentations"] = tuple((str(c), float(k)) for c, k in base["segmentations"])
-        base["strategies"] = tuple((str(c), str(s)) for c, s in base["strategies"])
+        try:
+            base["segmentations"] = tuple((str(c), float(k)) for c, k in base["segmentations"])
+            base["strategies"] = tuple((str(c), str(s)) for c, s in base["strategies"])
+        except (TypeError, ValueError):
+            raise ConfigError("builtin proposals: segmentations must be [colour space, scale] "
+                              "pairs and strategies [colour space, letters] pairs, got "
+                              f"{base['segmentations']!r} and {base['strategies']!r}") from None
         try:
             self.config = BuiltinSettings(**base)
         except TypeError as e:

@@ -62,6 +62,8 @@ def cmd_proposals(args) -> int:
 
     if args.workers < 1:
         raise ConfigError(f"--workers={args.workers} must be ≥ 1")
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k={args.top_k} must be ≥ 1")
     shard = parse_shard(args.shard) if args.shard is not None else None
     if shard is not None and args.eval:
         raise ConfigError(f"--eval needs the whole split: merge the shards (`wiseseg "
