@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from .conftest import make_coco, make_voc, two_instance_item
-from .test_hostile_input import _one_line_error
+from .test_hostile_input import _one_line_error, _record
 
 
 # --------------------------------------------------- one file under two names (F1, F2)
@@ -334,3 +335,55 @@ def test_failed_start_removes_the_run_directory_it_made(tmp_path):
         (other / "classifier").mkdir()
         raise WisesegError("a stage failed")
     assert (other / "classifier").is_dir()  # a started stage is kept for the resume
+
+
+# ------------------------------------------------- .mat decompression bomb (F10)
+def _mat_bomb(path, name=b"superpixels", dims=(30000, 30000)):
+    """A level-5 .mat file whose compressed variable declares ``dims`` uint8 (only its header
+    and a few bytes of data are there: the header is what must be refused)."""
+    import struct
+    import zlib
+
+    def element(mdtype, data):
+        return struct.pack("<II", mdtype, len(data)) + data + b"\0" * (-len(data) % 8)
+
+    body = (element(6, struct.pack("<II", 9, 0))  # array flags: mxUINT8_CLASS
+            + element(5, struct.pack(f"<{len(dims)}i", *dims)) + element(1, name)
+            + element(2, b"\0" * 64))
+    matrix = struct.pack("<II", 14, len(body)) + body
+    packed = zlib.compress(matrix)
+    head = b"MATLAB 5.0 MAT-file, hostile".ljust(116) + b"\0" * 8 + b"\x00\x01IM"
+    path.write_bytes(head + struct.pack("<II", 15, len(packed)) + packed)
+
+
+def test_mat_header_is_read_without_inflating(tmp_path):
+    from scipy.io import savemat, whosmat
+
+    from wiseseg.proposals.loaders import mat_variables
+
+    cells = np.empty((3, 1), dtype=object)
+    for i in range(3):
+        cells[i, 0] = np.arange(i + 1.0)
+    data = {"superpixels": np.ones((6, 8)), "labels": cells, "a_rather_long_name": 1.0,
+            "maskmat": np.zeros((6, 8, 5), bool), "v": np.arange(7)}
+    for compress in (False, True):
+        f = tmp_path / f"m{compress}.mat"
+        savemat(str(f), data, do_compression=compress)
+        assert mat_variables(f) == [(n, tuple(s)) for n, s, _ in whosmat(str(f))]
+    _mat_bomb(tmp_path / "bomb.mat")
+    assert mat_variables(tmp_path / "bomb.mat") == [("superpixels", (30000, 30000))]
+
+
+@pytest.mark.parametrize("method", ["mcg", "cob"])
+def test_mat_decompression_bomb_is_refused_before_loadmat(tmp_path, monkeypatch, method):
+    import scipy.io
+
+    from wiseseg.errors import DataError
+    from wiseseg.proposals import build_proposal_source
+
+    _mat_bomb(tmp_path / "img1.mat", b"superpixels" if method == "mcg" else b"maskmat")
+    monkeypatch.setattr(scipy.io, "loadmat", lambda *a, **k: pytest.fail("loadmat called"))
+    src = build_proposal_source(f"{method}:{tmp_path}")
+    with pytest.raises(DataError, match="is declared 30000×30000 .900000000 elements.") as e:
+        src.propose(np.zeros((6, 8, 3), np.uint8), _record())
+    assert "img1.mat" in str(e.value)

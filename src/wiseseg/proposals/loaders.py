@@ -19,6 +19,7 @@ A COB file without scores keeps the order of its masks and is scored by ``rank``
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -57,11 +58,110 @@ def map_scores(raw: np.ndarray, how: str, path: str | Path) -> np.ndarray:
     raise ConfigError(f"unknown score_map {how!r} (known: {', '.join(SCORE_MAPS)})")
 
 
-def _load_mat(path: Path) -> dict:
+#: Elements a ``.mat`` variable may hold beyond ``4 × H × W`` (score and box vectors of tiny
+#: images); a stack of H×W masks may have this many masks.
+_MAT_SLACK = 2**20
+_MAX_STACK = 2**16
+
+
+def mat_variables(path: Path) -> list[tuple[str, tuple[int, ...]]]:
+    """``(name, shape)`` of the variables of a MATLAB ``.mat`` file, as their headers declare
+    them. A level-5 file's compressed variables are inflated only as far as their header
+    (a few hundred bytes): ``scipy.io.whosmat`` inflates a whole 128 KiB block of compressed
+    data, up to ~130 MB of a decompression bomb's zeros. Other versions go to ``whosmat``
+    (level 4 is not compressed; 7.3 raises NotImplementedError)."""
+    import struct
+    import zlib
+
+    with path.open("rb") as fh:
+        head = fh.read(128)
+        endian = {b"IM": "<", b"MI": ">"}.get(head[126:128])
+        if len(head) < 128 or endian is None or head[124:126] not in (b"\x00\x01", b"\x01\x00"):
+            from scipy.io import whosmat
+
+            return [(n, tuple(int(d) for d in shape)) for n, shape, _ in whosmat(str(path))]
+        out = []
+        while True:
+            tag = fh.read(8)
+            if len(tag) < 8:
+                return out
+            mdtype, nbytes = struct.unpack(endian + "II", tag)
+            start = fh.tell()
+            if mdtype == 15:  # miCOMPRESSED: inflate just the matrix header
+                inflate, body, left = zlib.decompressobj(), b"", nbytes
+                while len(body) < 1024 and left > 0 and not inflate.eof:
+                    chunk = fh.read(min(4096, left))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+                    body += inflate.decompress(inflate.unconsumed_tail + chunk,
+                                               1024 - len(body))
+                mdtype, _ = struct.unpack(endian + "II", body[:8])
+                body = body[8:]
+            else:
+                body = fh.read(min(nbytes, 1024))
+            if mdtype != 14:  # miMATRIX
+                raise ValueError(f"expected a matrix, got data type {mdtype}")
+            out.append(_matrix_header(body, endian))
+            fh.seek(start + nbytes)
+
+
+def _matrix_header(body: bytes, endian: str) -> tuple[str, tuple[int, ...]]:
+    """Name and dimensions from the start of a level-5 miMATRIX element (array flags,
+    dimensions, name)."""
+    import struct
+
+    pos, parts = 0, []
+    for _ in range(3):
+        first, second = struct.unpack(endian + "II", body[pos:pos + 8])
+        if first >> 16:  # small data element: 2-byte size, 2-byte type, 4 bytes of data
+            size, data = first >> 16, body[pos + 4:pos + 4 + (first >> 16)]
+            pos += 8
+        else:
+            size, data = second, body[pos + 8:pos + 8 + second]
+            pos += 8 + (size + 7) // 8 * 8
+        if len(data) < size:
+            raise ValueError("matrix header cut short")
+        parts.append(data)
+    dims = struct.unpack(endian + f"{len(parts[1]) // 4}i", parts[1])
+    return parts[2].decode("latin1"), tuple(dims)
+
+
+def _check_mat_header(path: Path, image_size: tuple[int, int]) -> None:
+    """Refuse a ``.mat`` file whose variables (as its header declares them,
+    :func:`mat_variables`, without inflating their data) hold more than a small multiple of
+    the image: a compressed file of 1 MB can declare a 30000 × 30000 map that ``loadmat``
+    would allocate. A stack of H×W masks (COB's ``maskmat`` as an H×W×N array) may hold up
+    to :data:`_MAX_STACK` masks; a cell array up to ``4 × H × W`` entries (their contents are
+    checked against the image after loading)."""
+    h, w = image_size
+    limit = 4 * h * w + _MAT_SLACK
+    try:
+        variables = mat_variables(path)
+    except NotImplementedError:
+        raise DataError(path, "MATLAB v7.3 (HDF5) files are not supported; re-save the "
+                              "proposals with save(..., '-v7')") from None
+    except Exception as e:  # scipy raises several types for broken files
+        raise DataError(path, f"unreadable .mat file ({e})") from None
+    for name, shape in variables:
+        n = math.prod(int(d) for d in shape)
+        if len(shape) == 3 and tuple(shape[:2]) == (h, w) and shape[2] <= _MAX_STACK:
+            continue  # H×W×N masks
+        if n > limit:
+            dims = "×".join(str(d) for d in shape)
+            raise DataError(path, f"variable '{name}' is declared {dims} ({n} elements), "
+                                  f"more than a {h}×{w} image's proposals can need; not "
+                                  f"loaded (a corrupt or foreign .mat file?)")
+        if name == "superpixels" and len(shape) == 2:
+            _check_size(tuple(shape), image_size, path, "'superpixels'")
+
+
+def _load_mat(path: Path, image_size: tuple[int, int]) -> dict:
     from scipy.io import loadmat
 
     if not path.is_file():
         raise DataError(path, "proposal file not found (one file per image is expected)")
+    _check_mat_header(path, image_size)  # before loadmat allocates what the file declares
     try:
         return loadmat(str(path), squeeze_me=False, struct_as_record=False)
     except NotImplementedError:
@@ -140,7 +240,7 @@ class MCGSource(_FileSource):
 
     def propose(self, image: np.ndarray, record: ImageRecord) -> Proposals:
         path = self.file_for(record)
-        mat = _load_mat(path)
+        mat = _load_mat(path, (image.shape[0], image.shape[1]))
         for key in ("superpixels", "labels", "scores"):
             if key not in mat:
                 raise DataError(path, f"missing variable '{key}' (MCG files hold superpixels, "
@@ -203,7 +303,7 @@ class COBSource(_FileSource):
 
     def propose(self, image: np.ndarray, record: ImageRecord) -> Proposals:
         path = self.file_for(record)
-        mat = _load_mat(path)
+        mat = _load_mat(path, (image.shape[0], image.shape[1]))
         if "maskmat" not in mat:
             raise DataError(path, "missing variable 'maskmat' (COB files hold a cell array "
                                   "of masks)")
