@@ -387,3 +387,59 @@ def test_mat_decompression_bomb_is_refused_before_loadmat(tmp_path, monkeypatch,
     with pytest.raises(DataError, match="is declared 30000×30000 .900000000 elements.") as e:
         src.propose(np.zeros((6, 8, 3), np.uint8), _record())
     assert "img1.mat" in str(e.value)
+
+
+# ------------------------------------- precomputed proposal files re-exported (F3)
+def _export(kind, folder, records, value):
+    """One proposal file per record: a mask of the top-left corner, score ``value``."""
+    from pycocotools import mask as mask_utils
+    from scipy.io import savemat
+
+    folder.mkdir(exist_ok=True)
+    for r in records:
+        m = np.zeros((r.height, r.width), np.uint8)
+        m[: r.height // 2, : r.width // 2] = 1
+        if kind == "json":
+            seg = mask_utils.encode(np.asfortranarray(m))
+            seg["counts"] = seg["counts"].decode()
+            (folder / f"{r.name}.json").write_text(json.dumps([{"segmentation": seg,
+                                                                "score": value}]))
+        else:
+            labels = np.empty((1, 1), dtype=object)
+            labels[0, 0] = np.asarray([[2.0]])
+            savemat(str(folder / f"{r.name}.mat"), {"superpixels": m.astype(float) + 1,
+                                                    "labels": labels,
+                                                    "scores": np.asarray([[value]])})
+
+
+@pytest.mark.parametrize("kind", ["json", "mcg"])
+def test_reexported_proposal_files_are_not_reused(tmp_path, kind):
+    import os
+
+    from wiseseg.data import open_dataset
+    from wiseseg.errors import DataError
+    from wiseseg.proposals import build_proposal_source, compute_proposals
+
+    records = open_dataset("shapes:train=2,val=2,size=32,seed=3", progress=False).records("val")
+    src_dir, out = tmp_path / "exported", tmp_path / "store"
+    _export(kind, src_dir, records, 0.5)
+    source = build_proposal_source(f"{kind}:{src_dir}")
+    first = compute_proposals(records, source, out, progress=False)
+    assert first.manifest["counts"]["computed"] == 2
+    changed = src_dir / f"{records[1].name}.{'json' if kind == 'json' else 'mat'}"
+    stat = changed.stat()
+    _export(kind, src_dir, records[1:], 0.25)  # re-exported: other scores
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(DataError, match="is not the proposal file .* it changed since "
+                                        ".*--overwrite to recompute") as e:
+        compute_proposals(records, source, out, progress=False)
+    assert changed.name in str(e.value)
+    again = compute_proposals(records, source, out, progress=False, overwrite=True)
+    assert again.manifest["counts"]["computed"] == 1
+    assert again.get(records[1].id).scores[0] < first.get(records[0].id).scores[0]
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5 * 10**9))  # touched only
+    assert compute_proposals(records, source, out, progress=False).manifest["counts"][
+        "reused"] == 2
+    changed.unlink()  # gone: the store cannot say what it was read from
+    with pytest.raises(DataError, match="holds proposals read from it"):
+        compute_proposals(records, source, out, progress=False)

@@ -7,6 +7,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -130,6 +131,12 @@ class ProposalSource(ABC):
     def needs_image(self) -> bool:
         """Whether :meth:`propose` reads the pixels (precomputed loaders only check the size)."""
         return True
+
+    def source_file(self, record: ImageRecord) -> Path | None:
+        """The file :meth:`propose` reads ``record``'s proposals from (precomputed loaders),
+        or None. A store records its size, time and digest, so that a re-exported file is
+        never answered with the proposals of the old one."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings()})"

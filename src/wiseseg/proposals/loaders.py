@@ -219,6 +219,9 @@ class _FileSource(ProposalSource):
     def needs_image(self) -> bool:
         return False
 
+    def source_file(self, record: ImageRecord) -> Path:
+        return self.file_for(record)
+
     def file_for(self, record: ImageRecord) -> Path:
         """The proposal file of ``record`` (the first suffix that exists, else the first)."""
         candidates = [safe_join(self.root, record.name + s, self.root) for s in self.suffixes]

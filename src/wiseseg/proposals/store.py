@@ -262,6 +262,29 @@ def check_item(data, path: str | Path, image_id: int,
         raise bad(f"corrupt proposal file ({e})") from None
 
 
+def _stale(record: ImageRecord, entry: dict, source: ProposalSource,
+           root: Path) -> DataError | None:
+    """Why the stored proposals of ``record`` (its manifest ``entry``) may not be reused, or
+    None: its image file, or the proposal file a precomputed source reads, is not the one
+    recorded when they were computed (size + mtime, or SHA-256 where the time differs)."""
+    advice = "use a new --out, or --overwrite to recompute"
+    if not same_file(record.path, entry.get("file")):
+        return DataError(record.path, f"is not the image whose proposals {root} holds for id "
+                                      f"{record.id} ({record.name}): the file changed or the "
+                                      f"store was computed on other data; {advice}")
+    try:
+        src = source.source_file(record)
+    except DataError as e:  # the proposal file is gone
+        return DataError(e.path, f"{e.problem}, but {root} holds proposals read from it; "
+                                 f"{advice}")
+    if src is not None and not same_file(src, entry.get("source_file")):
+        return DataError(src, f"is not the proposal file {root} read for id {record.id} "
+                              f"({record.name}): it changed since (re-exported?), or the "
+                              f"store was computed from other files or by an older "
+                              f"wiseseg; {advice}")
+    return None
+
+
 def _blank(record: ImageRecord) -> np.ndarray:
     """A zero-cost stand-in image of the record's size for sources that read no pixels."""
     return np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (record.height, record.width, 3))
@@ -273,15 +296,18 @@ def _compute_one(source: ProposalSource, record: ImageRecord, path: Path,
     from wiseseg.data.images import load_image
 
     try:
+        src = source.source_file(record)
+        # before reading it: a file rewritten meanwhile is then seen as changed, not reused
+        src_fp = {"source_file": file_fingerprint(src)} if src is not None else {}
         image = load_image(record.path) if source.needs_image() else _blank(record)
         start = time.perf_counter()
         props = source.propose(image, record).top(top_k)
         seconds = time.perf_counter() - start
         fp = file_fingerprint(record.path)
         atomic_write_json(path, {"image_id": record.id, "name": record.name,
-                                 "seconds": seconds, "file": fp, **props.to_json()})
+                                 "seconds": seconds, "file": fp, **src_fp, **props.to_json()})
         return {"id": record.id, "name": record.name, "proposals": len(props),
-                "seconds": seconds, "file": fp}
+                "seconds": seconds, "file": fp, **src_fp}
     except WisesegError as e:
         # DataError(path, problem) does not survive pickling across the process boundary,
         # so the parts travel as plain data and are rebuilt in the parent.
@@ -450,17 +476,15 @@ def compute_proposals(records: Sequence[ImageRecord], source: ProposalSource,
         if not item.is_file():
             todo.append(r)
             continue
-        recorded = (previous.get(str(r.id)) or {}).get("file")
-        if recorded is None:  # finished by a run whose manifest was lost: the file says
+        entry = previous.get(str(r.id)) or {}
+        if "file" not in entry:  # finished by a run whose manifest was lost: the file says
             with contextlib.suppress(OSError, ValueError, AttributeError):
-                recorded = json.loads(item.read_text()).get("file")
-        if same_file(r.path, recorded):
+                entry = json.loads(item.read_text())
+        stale = _stale(r, entry, source, root)
+        if stale is None:
             continue
         if not overwrite:
-            raise DataError(r.path, f"is not the image whose proposals {root} holds for id "
-                                    f"{r.id} ({r.name}): the file changed or the store was "
-                                    f"computed on other data; use a new --out, or "
-                                    f"--overwrite to recompute")
+            raise stale
         item.unlink()
         previous.pop(str(r.id), None)
         todo.append(r)
@@ -480,14 +504,16 @@ def compute_proposals(records: Sequence[ImageRecord], source: ProposalSource,
 
     images = dict(previous)
     for res in results:
-        images[str(res["id"])] = {"name": res["name"], "proposals": res["proposals"],
-                                  "seconds": res["seconds"], "file": res["file"]}
+        images[str(res["id"])] = {k: res[k] for k in ("name", "proposals", "seconds", "file",
+                                                      "source_file") if k in res}
     store = ProposalStore(root, manifest)
     for r in records:
         if str(r.id) not in images:  # finished by an earlier run whose manifest was lost
             data = store.load(r.id)
             images[str(r.id)] = {"name": r.name, "proposals": len(data["scores"]),
-                                 "seconds": data["seconds"], "file": data.get("file")}
+                                 "seconds": data["seconds"], "file": data.get("file"),
+                                 **({"source_file": data["source_file"]}
+                                    if "source_file" in data else {})}
     these = [images[str(r.id)] for r in records]
     manifest.update({
         "complete": True, "images": images,
@@ -612,9 +638,10 @@ def merge_shards(shard_dirs: Sequence[str | Path], out_dir: str | Path) -> Propo
             data = st.load(image_id)
             check_item(data, st.path(image_id), image_id)
             entry = st.manifest.get("images", {}).get(str(image_id))
-            images[str(image_id)] = entry or {"name": data.get("name"),
-                                              "proposals": len(data["scores"]),
-                                              "seconds": data["seconds"]}
+            images[str(image_id)] = entry or {
+                "name": data.get("name"), "proposals": len(data["scores"]),
+                "seconds": data["seconds"],
+                **{k: data[k] for k in ("file", "source_file") if k in data}}
             _link_or_copy(st.path(image_id), items / f"{image_id}.json")
     these = [images[str(i)] for i in order]
     counts = [st.manifest.get("counts", {}) for st in shards]
