@@ -5,6 +5,7 @@ skips and counts where a user expects it. The table is docs/bad-input.md."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -443,3 +444,60 @@ def test_reexported_proposal_files_are_not_reused(tmp_path, kind):
     changed.unlink()  # gone: the store cannot say what it was read from
     with pytest.raises(DataError, match="holds proposals read from it"):
         compute_proposals(records, source, out, progress=False)
+
+
+# ------------------------------------------------------- a hostile peaks.json (F13)
+def _peaks_file(tmp_path, mutate):
+    data = {"classes": ["cat", "dog"], "split": "train", "images": [
+        {"image_id": 1, "height": 6, "width": 8, "labels": [0],
+         "peaks": [{"class": 0, "y": 2, "x": 3, "score": 1.5}]},
+        {"image_id": 2, "height": 6, "width": 8, "labels": [], "peaks": []}]}
+    mutate(data)
+    path = tmp_path / "peaks.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _peak(**kw):
+    return lambda d: d["images"][0]["peaks"][0].update(kw)
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (_peak(y=float("nan")), "image 1, peak 0: 'y' must be a finite number, got nan"),
+    (_peak(score="high"), "image 1, peak 0: 'score' must be a finite number, got 'high'"),
+    (_peak(**{"class": "cat"}), "image 1, peak 0: 'class' must be a whole number"),
+    (lambda d: d["images"].append(5), "image entry 2 is not an object: 5"),
+    (lambda d: d["images"][0].update(image_id="abc"), "'image_id' must be a whole number"),
+    (lambda d: d["images"][1].update(image_id=1), "image 1 is listed twice"),
+    (lambda d: d["images"][0].update(peaks=None), "image 1: 'peaks' must be a list"),
+    (lambda d: d.pop("classes"), "not a wiseseg peaks file"),
+    (_peak(x=1e9), "image 1, peak 0: (y, x) = (2, 1e+09) is outside the 8×6 image"),
+    (_peak(x=-5), "(y, x) = (2, -5) is outside the 8×6 image"),
+    (_peak(**{"class": 99}), "image 1, peak 0: class 99 is not a class index 0 … 1"),
+    (lambda d: d["images"][1].update(image_id=7), "image 7 is not an image of the split"),
+    (lambda d: d.update(classes=["a", "b"]),
+     "the peaks file lists 2 classes (a, b) but the dataset has 2 (cat, dog)"),
+], ids=["nan", "score-str", "class-str", "entry-number", "id-str", "id-twice", "peaks-null",
+        "no-classes", "huge", "negative", "class-99", "other-image", "other-classes"])
+def test_peaks_file_is_checked(tmp_path, mutate, needle):
+    from wiseseg.classifier.peaks import read_peaks
+    from wiseseg.errors import DataError
+    from wiseseg.peaks_file import check_peaks_for
+
+    path = _peaks_file(tmp_path, mutate)
+    records = [replace(_record(), id=i) for i in (1, 2)]
+    with pytest.raises(DataError) as e:
+        check_peaks_for(path, read_peaks(path), ("cat", "dog"), records)
+    assert needle in str(e.value) and str(path) in str(e.value)
+    assert "classifier" not in str(e.value)
+
+
+def test_good_peaks_file_passes(tmp_path):
+    from wiseseg.classifier.peaks import read_peaks
+    from wiseseg.peaks_file import check_peaks_for
+
+    path = _peaks_file(tmp_path, lambda d: None)
+    records = [replace(_record(), id=i) for i in (1, 2)]
+    data = read_peaks(path)
+    check_peaks_for(path, data, ("cat", "dog"), records)
+    assert data["by_id"] == {1: [{"class": 0, "y": 2, "x": 3, "score": 1.5}], 2: []}

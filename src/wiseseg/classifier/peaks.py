@@ -174,10 +174,8 @@ def write_peaks(path: str | Path, peaks: dict) -> Path:
 
 def read_peaks(path: str | Path) -> dict:
     """Load ``peaks.json``; returns the dict with ``by_id`` added (image id → peak dicts)."""
-    from wiseseg.errors import DataError
+    from wiseseg.peaks_file import peaks_by_id
 
     data = read_json(path, "peaks")
-    if not isinstance(data, dict) or "images" not in data or "classes" not in data:
-        raise DataError(path, "not a wiseseg peaks file (needs 'classes' and 'images')")
-    data["by_id"] = {int(im["image_id"]): im["peaks"] for im in data["images"]}
+    data["by_id"] = peaks_by_id(data, path)  # types and structure, one-line errors
     return data

@@ -45,8 +45,10 @@ def cmd_pseudo_masks(args) -> int:
     model, ccfg, classes = load_classifier(args.classifier, device)
     check_classes(args.classifier, classes, ds.classes)
     if args.peaks:
+        from wiseseg.peaks_file import check_peaks_for
+
         peaks = read_peaks(args.peaks)
-        check_classes(args.peaks, peaks["classes"], ds.classes)
+        check_peaks_for(args.peaks, peaks, ds.classes, ds.weak(args.split).records)
     else:
         peaks = compute_peaks(model, split, ccfg["input_size"], cfg["peaks"], use_labels=True,
                               device=device, progress=not args.quiet,
