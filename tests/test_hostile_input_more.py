@@ -501,3 +501,23 @@ def test_good_peaks_file_passes(tmp_path):
     data = read_peaks(path)
     check_peaks_for(path, data, ("cat", "dog"), records)
     assert data["by_id"] == {1: [{"class": 0, "y": 2, "x": 3, "score": 1.5}], 2: []}
+
+
+# ---------------------------------------------------- disk full in make-shapes (minor)
+def test_make_shapes_disk_full_names_the_folder(tmp_path, monkeypatch, run_cli):
+    import errno
+
+    from PIL import Image as PILImage
+
+    def full(self, fp, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PILImage.Image, "save", full)
+    code, _, err = run_cli("make-shapes", tmp_path / "S", "--train", "2", "--val", "1",
+                           "--size", "32")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and lines[-1].startswith(f"error: {tmp_path / 'S'}: no space left")
+    assert not any(p.name.startswith(".S-") for p in tmp_path.iterdir())  # nothing kept
+    code, _, err = run_cli("make-shapes", "-q", tmp_path / "S", "--train", "2", "--val", "1",
+                           "--size", "32")
+    _one_line_error(code, err, str(tmp_path / "S"), "no space left on the device")

@@ -30,7 +30,7 @@ from scipy import ndimage
 from skimage.draw import polygon2mask
 from skimage.transform import resize
 
-from wiseseg.errors import ConfigError
+from wiseseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,7 @@ def write_shapes(out: Path, cfg: ShapesConfig, progress: bool = True) -> Path:
         raise ConfigError(f"{out}: directory exists and is not empty; choose a new one")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    bar = None
     try:
         for sub in ("JPEGImages", "SegmentationObject", "SegmentationClass",
                     "ImageSets/Segmentation"):
@@ -309,8 +310,16 @@ def write_shapes(out: Path, cfg: ShapesConfig, progress: bool = True) -> Path:
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if bar is not None:
+            bar.close()  # its line ends before the error's
+        from wiseseg.io import disk_full_message, is_disk_full
+
+        if isinstance(e, OSError) and is_disk_full(e):  # PIL's errors name no file
+            raise DataError(out, f"{disk_full_message(e)} while writing the dataset "
+                                 f"(nothing was kept); free space or choose another "
+                                 f"folder") from None
         raise
     return out
 
