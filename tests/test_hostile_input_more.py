@@ -521,3 +521,20 @@ def test_make_shapes_disk_full_names_the_folder(tmp_path, monkeypatch, run_cli):
     code, _, err = run_cli("make-shapes", "-q", tmp_path / "S", "--train", "2", "--val", "1",
                            "--size", "32")
     _one_line_error(code, err, str(tmp_path / "S"), "no space left on the device")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["predict", "--checkpoint", "none.pt", "--out", "o.json", "predict.batch_size=0"],
+     "predict.batch_size=0 must be > 0"),
+    (["predict", "--checkpoint", "none.pt", "--out", "o.json", "segmenter.min_size=100000"],
+     "segmenter.min_size=100000 is larger than 4096 px"),
+    (["train-segmenter", "--masks", "gt", "--out", "ts", "segmenter.lr=-1"],
+     "segmenter.lr=-1 must be > 0"),
+    (["prm-baseline", "--classifier", "c.pt", "--proposals", "p", "--out", "o.json",
+      "prm.score=bogus"], "prm.score='bogus' must be one of"),
+], ids=["predict", "predict-size", "train-segmenter", "prm-baseline"])
+def test_stage_commands_check_settings_first(tmp_path, monkeypatch, run_cli, argv, needle):
+    monkeypatch.chdir(tmp_path)  # the checkpoint, data and outputs do not exist
+    code, _, err = run_cli(*argv[:1], "--data", "no-such-data", *argv[1:])
+    _one_line_error(code, err, needle)
+    assert list(tmp_path.iterdir()) == []

@@ -34,18 +34,18 @@ def _cfg_predict(p: argparse.ArgumentParser) -> None:
 @command("predict", "run Mask R-CNN on a split or on image files (COCO results JSON)",
          _cfg_predict)
 def cmd_predict(args) -> int:
+    if args.refine and not args.proposals:
+        raise WisesegError("--refine needs --proposals DIR (the proposals of these images)")
+    if args.images and args.refine:
+        raise WisesegError("--refine works on a dataset split (proposals are stored by image "
+                           "id); drop --images or --refine")
+    pcfg = run_config(args, section="predict")["predict"]  # before the imports of torch
     from wiseseg.engine.reproducibility import resolve_device
     from wiseseg.inference.predict import paths_as_items, predict, records_as_items
     from wiseseg.inference.refine import refine_all, refine_summary
     from wiseseg.io import atomic_write_json
     from wiseseg.segmenter.model_io import load_segmenter
 
-    if args.refine and not args.proposals:
-        raise WisesegError("--refine needs --proposals DIR (the proposals of these images)")
-    if args.images and args.refine:
-        raise WisesegError("--refine works on a dataset split (proposals are stored by image "
-                           "id); drop --images or --refine")
-    pcfg = run_config(args, section="predict")["predict"]
     device = resolve_device(args.device or "auto")
     model, _, classes, _ = load_segmenter(args.checkpoint, device)
     if args.images:
@@ -96,13 +96,13 @@ def _cfg_prm(p: argparse.ArgumentParser) -> None:
 @command("prm-baseline", "PRM: peaks + peak response maps + proposal retrieval (COCO results)",
          _cfg_prm)
 def cmd_prm_baseline(args) -> int:
+    cfg = run_config(args, section="prm")  # before the imports of torch (seconds)
     from wiseseg.classifier.model_io import check_classes, load_classifier
     from wiseseg.engine.reproducibility import resolve_device
     from wiseseg.inference.prm_baseline import RetrievalSettings, prm_baseline
     from wiseseg.io import atomic_write_json
     from wiseseg.proposals import ProposalStore
 
-    cfg = run_config(args, section="prm")
     device = resolve_device(args.device or "auto")
     model, ccfg, classes = load_classifier(args.classifier, device)
     ds = open_dataset_from_args(args)

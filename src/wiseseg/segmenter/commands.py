@@ -31,11 +31,11 @@ def _cfg(p: argparse.ArgumentParser) -> None:
 
 @command("train-segmenter", "train Mask R-CNN on pseudo masks (or --masks gt)", _cfg)
 def cmd_train_segmenter(args) -> int:
+    cfg = run_config(args, section="segmenter")  # before the imports of torch (seconds)
     from wiseseg.config import save_config
     from wiseseg.pseudo.labels import read_pseudo
     from wiseseg.segmenter.train import train_segmenter
 
-    cfg = run_config(args, section="segmenter")
     if args.mode:
         cfg["segmenter"]["mode"] = args.mode
     ds = open_dataset_from_args(args)
