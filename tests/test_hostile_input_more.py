@@ -538,3 +538,72 @@ def test_stage_commands_check_settings_first(tmp_path, monkeypatch, run_cli, arg
     code, _, err = run_cli(*argv[:1], "--data", "no-such-data", *argv[1:])
     _one_line_error(code, err, needle)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------ model checkpoints: config and weights (F11, F12)
+def _checkpoint(tmp_path, kind, section, cfg_edit=None, model=None):
+    import torch
+
+    from wiseseg.config import load_preset
+
+    cfg = dict(load_preset("cpu")[section])
+    cfg.update({"input_size": 64} if section == "classifier" else
+               {"min_size": 64, "max_size": 64, "anchor_sizes": [8, 16, 32, 64, 128],
+                "epochs": 1})
+    if cfg_edit:
+        cfg_edit(cfg)
+    path = tmp_path / "model.pt"
+    torch.save({"kind": kind, "model": model if model is not None else {}, "config": cfg,
+                "classes": ["a", "b"]}, path)
+    return path
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda c: c.update(min_size=30000, max_size=30000),
+     "setting segmenter.min_size=30000 is larger than 4096 px"),
+    (lambda c: c.update(box_score_thresh=float("nan")),
+     "segmenter.box_score_thresh=nan must be a finite number"),
+    (lambda c: c.update(box_detections_per_img=-1), "box_detections_per_img=-1 must be > 0"),
+    (lambda c: c.update(min_size="abc"), "segmenter.min_size='abc' must be"),
+    (lambda c: c.update(roi_align_backward="fast"), "must be one of sparse, torchvision"),
+    (lambda c: c.update(anchor_sizes=[8, 16]), "anchor_sizes=[8, 16] needs exactly 5 entries"),
+    (lambda c: c.update(secret=1), "config has an unknown setting 'secret'"),
+], ids=["huge", "nan", "negative", "string", "choice", "anchors", "unknown"])
+def test_segmenter_checkpoint_config_is_checked(tmp_path, edit, needle):
+    from wiseseg.errors import WisesegError
+    from wiseseg.segmenter.model_io import load_segmenter
+
+    path = _checkpoint(tmp_path, "wiseseg.maskrcnn", "segmenter", edit)
+    with pytest.raises(WisesegError) as e:
+        load_segmenter(path)
+    assert str(e.value).startswith(f"{path}: the segmenter checkpoint's config")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kind,section", [("wiseseg.maskrcnn", "segmenter"),
+                                          ("wiseseg.peakcam", "classifier")])
+@pytest.mark.parametrize("value,word", [(float("nan"), "NaN"), (float("inf"), "infinite")])
+def test_checkpoint_with_non_finite_weights_is_refused(tmp_path, kind, section, value, word):
+    import torch
+
+    from wiseseg.classifier.model_io import load_classifier
+    from wiseseg.errors import WisesegError
+    from wiseseg.segmenter.model_io import load_segmenter
+
+    weights = {"head.weight": torch.ones(3, 3), "head.bias": torch.tensor([0.0, value]),
+               "steps": torch.tensor(5)}
+    path = _checkpoint(tmp_path, kind, section, model=weights)
+    load = load_segmenter if section == "segmenter" else load_classifier
+    with pytest.raises(WisesegError, match=f"{section} checkpoint's tensor 'head.bias' holds "
+                                           f"{word} values"):
+        load(path)
+
+
+def test_classifier_checkpoint_config_is_checked(tmp_path):
+    from wiseseg.classifier.model_io import load_classifier
+    from wiseseg.errors import WisesegError
+
+    path = _checkpoint(tmp_path, "wiseseg.peakcam", "classifier",
+                       lambda c: c.update(input_size=1000000))
+    with pytest.raises(WisesegError, match="classifier.input_size=1000000 is larger than 4096"):
+        load_classifier(path)

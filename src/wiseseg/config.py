@@ -358,6 +358,28 @@ def _dotted_keys(cfg: Mapping, prefix: str = "") -> list[str]:
     return out
 
 
+def check_saved_config(cfg: Mapping, section: str, source: str | Path) -> None:
+    """The ``section`` settings a model checkpoint was saved with, checked as overrides are
+    (type, range, sizes, words) and with no setting the presets do not have: a checkpoint is
+    a file from anywhere, and its ``min_size: 30000`` or ``box_score_thresh: NaN`` would
+    otherwise reach the model."""
+    ref = _reference()
+    for k, v in cfg.items():
+        key = f"{section}.{k}"
+        if key not in ref:
+            raise ConfigError(f"{source}: the {section} checkpoint's config has an unknown "
+                              f"setting {str(k)[:60]!r} (not a {section} setting of this "
+                              f"wiseseg: saved by another version, or edited)")
+        try:
+            check_setting(key, v, ref)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: the {section} checkpoint's config: {e}") from None
+    try:
+        check_consistency({section: cfg})
+    except ConfigError as e:
+        raise ConfigError(f"{source}: the {section} checkpoint's config: {e}") from None
+
+
 def check_training_length(cfg: Mapping) -> None:
     """A trained stage with ``epochs: 0`` and ``steps: 0`` would train for no step at all."""
     for sec in ("classifier", "segmenter"):

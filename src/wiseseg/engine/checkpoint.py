@@ -83,6 +83,10 @@ def load_model(path: str | Path, kind: str, what: str, build) -> tuple:
     cfg, classes = ck["config"], list(ck["classes"])
     if not isinstance(cfg, dict) or not all(isinstance(c, str) for c in classes):
         raise WisesegError(f"{path}: {what} checkpoint has a malformed config or class list")
+    from wiseseg.config import check_saved_config
+
+    check_saved_config(cfg, what, path)  # as an override: no size, NaN or typo reaches build
+    check_finite(ck["model"], path, what)
     model = build(cfg, len(classes))
     try:
         model.load_state_dict(ck["model"])
@@ -91,3 +95,18 @@ def load_model(path: str | Path, kind: str, what: str, build) -> tuple:
                            ) from None
     extras = {k: v for k, v in ck.items() if k not in ("model", "config", "classes", "kind")}
     return model.eval(), cfg, classes, extras
+
+
+def check_finite(state, path: str | Path, what: str) -> None:
+    """Every floating tensor of the state dict ``state`` finite: a NaN weight would make
+    every prediction NaN, dropped by the score threshold, and a run report zero objects
+    without an error."""
+    if not isinstance(state, dict):
+        raise WisesegError(f"{path}: {what} checkpoint's model is not a state dict")
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() \
+                and not bool(torch.isfinite(value).all()):
+            kind = "NaN" if bool(torch.isnan(value).any()) else "infinite"
+            raise WisesegError(f"{path}: {what} checkpoint's tensor {key!r} holds {kind} "
+                               f"values (training diverged, or a corrupt file); use another "
+                               f"checkpoint")
