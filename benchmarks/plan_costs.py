@@ -102,7 +102,8 @@ def main() -> None:
                           {"commit": commit, "runs": args.runs,
                            "cost": {k: float(f"{v:.4g}") for k, v in cost.items()},
                            "rows": table, "totals": totals}, indent=1)
-    print("| run | stage | actual s | planned s (fitted) | planned s (code) |\n|---|---|---|---|---|")
+    print("| run | stage | actual s | planned s (fitted) | planned s (code) |\n"
+          "|---|---|---|---|---|")
     for r in table:
         print(f"| {Path(r['run']).name} | {r['stage']} | {r['seconds']:.0f} | "
               f"{r['planned']:.0f} | {r['planned_code']:.0f} |")
