@@ -22,7 +22,10 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from wiseseg.models.backbones import Backbone, build_backbone
 from wiseseg.models.freezing import freeze_batchnorm, freeze_stages, is_fixed
+from wiseseg.models.heads import use_matmul_predictor
 from wiseseg.models.roi_align import FastMultiScaleRoIAlign
+from wiseseg.models.rpn import LeanRPN, SparseGradRPNHead
+from wiseseg.models.sparse_conv import SparseGradConv2d
 from wiseseg.tensors import pad_stack
 
 _LEVELS = ("c2", "c3", "c4", "c5")
@@ -71,6 +74,7 @@ def build_maskrcnn(
     box_nms_thresh: float = 0.5,
     box_detections_per_img: int = 100,
     roi_align_backward: str = "sparse",
+    cpu_shortcuts: bool = True,
 ) -> MaskRCNN:
     """torchvision Mask R-CNN with ``num_classes`` foreground classes (+1 background).
 
@@ -82,6 +86,16 @@ def build_maskrcnn(
     ``roi_align_backward``: ``sparse`` (the RoI poolers' backward as one sparse product on a
     CPU: the same gradient, ~3× faster than torchvision's loop; see
     :mod:`wiseseg.models.roi_align`) or ``torchvision`` (its own kernel).
+
+    ``cpu_shortcuts``: skip the work whose result a CPU training step throws away — the
+    RPN decodes boxes only for the anchors it keeps and encodes targets only for the sampled
+    ones (:class:`~wiseseg.models.rpn.LeanRPN`), its head backpropagates only from the
+    sampled anchors (:class:`~wiseseg.models.rpn.SparseGradRPNHead`), the FPN's 3×3
+    convolutions only from the positions that RoIs and anchors read when they are few
+    (:class:`~wiseseg.models.sparse_conv.SparseGradConv2d`), and the mask predictor
+    runs as matrix products (:class:`~wiseseg.models.heads.MatmulMaskRCNNPredictor`). Same
+    parameters, state-dict keys, random draws, losses and gradients (to float rounding);
+    False is torchvision's modules as they are.
     """
     body = build_backbone(backbone, pretrained=pretrained, weights=backbone_weights)
     if freeze_bn:
@@ -117,6 +131,14 @@ def build_maskrcnn(
                                          num_classes + 1),
     )
     init_predictors(model)
+    if cpu_shortcuts:
+        # built from the constructed modules (no initialisation, no random draw): the same
+        # parameters as torchvision's model, whatever the seed
+        model.rpn = LeanRPN.from_rpn(model.rpn)
+        model.rpn.head = SparseGradRPNHead.from_head(model.rpn.head)
+        for block in fpn.fpn.layer_blocks:  # gradient only where RoIs and anchors read
+            block[0] = SparseGradConv2d.from_conv(block[0])
+        use_matmul_predictor(model)
     return model
 
 

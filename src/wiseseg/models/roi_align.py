@@ -123,19 +123,24 @@ def roi_align_features_grad(grad_out: Tensor, rois: Tensor, shape: tuple[int, ..
                               aligned)
     k = idx.shape[-1]
     flat = idx.reshape(-1)
-    # Aᵀ in CSR, one row per feature pixel: the entries sorted by pixel (a stable sort keeps
-    # each pixel's bins in order), duplicates kept — the product adds them up
+    # Aᵀ in CSR with one row per feature pixel that some bin reads (the entries sorted by
+    # pixel; a stable sort keeps each pixel's bins in order; duplicates kept — the product
+    # adds them up). Pixels no bin reads get no row: on a CPU the product's cost grows with
+    # the number of rows, empty or not, and most pixels of a fine FPN level are read by no
+    # RoI.
     order = torch.argsort(flat, stable=True)
-    crow = torch.zeros(N * H * W + 1, dtype=torch.long, device=flat.device)
-    crow[1:] = torch.bincount(flat, minlength=N * H * W).cumsum(0)
-    cols = torch.arange(R * ph * pw, device=flat.device).repeat_interleave(k)[order]
+    pixels, counts = torch.unique_consecutive(flat[order], return_counts=True)
+    crow = torch.zeros(len(pixels) + 1, dtype=torch.long, device=flat.device)
+    crow[1:] = counts.cumsum(0)
+    cols = torch.div(order, k, rounding_mode="floor")  # the bin (row of grad_out) of each entry
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
         at = torch.sparse_csr_tensor(crow, cols, wts.reshape(-1)[order],
-                                     (N * H * W, R * ph * pw), check_invariants=False)
+                                     (len(pixels), R * ph * pw), check_invariants=False)
     g = grad_out.permute(0, 2, 3, 1).reshape(R * ph * pw, C)
-    out = at @ g  # (N·H·W) × C
-    return out.reshape(N, H, W, C).permute(0, 3, 1, 2)
+    out = grad_out.new_zeros((N * H * W, C))
+    out[pixels] = at @ g  # (read pixels) × C
+    return out.view(N, H, W, C).permute(0, 3, 1, 2)
 
 
 def roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int],

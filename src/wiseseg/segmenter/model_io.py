@@ -18,7 +18,7 @@ _MODEL_KEYS = ("backbone", "pretrained", "backbone_weights", "frozen_stages", "f
                "max_size", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train",
                "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "rpn_batch_size_per_image",
                "box_batch_size_per_image", "box_score_thresh", "box_nms_thresh",
-               "box_detections_per_img", "roi_align_backward")
+               "box_detections_per_img", "roi_align_backward", "cpu_shortcuts")
 
 
 def build_segmenter(cfg: dict[str, Any], num_classes: int, pretrained: bool = True):
