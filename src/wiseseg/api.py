@@ -99,6 +99,9 @@ def run_pipeline(dataset: Dataset | str, cfg: dict | str, out: str | Path,
                  data_spec: str | None = None, reference: bool = True,
                  progress: bool = True) -> RunResult:
     """Run (or resume) every stage into ``out`` and write metrics.json and report.html."""
+    from wiseseg.allocator import keep_freed_memory
+
+    keep_freed_memory()  # every stage's tensors reuse freed memory (see wiseseg.allocator)
     ds = open_dataset(dataset, progress=progress) if isinstance(dataset, str) else dataset
     cfg = load_config(cfg) if isinstance(cfg, str) else copy.deepcopy(cfg)
     # config.yaml records the data spec; it is not a setting, and must not change the hashes

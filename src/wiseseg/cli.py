@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from wiseseg.allocator import keep_freed_memory
+
+    keep_freed_memory()  # tensors reuse freed memory instead of faulting in fresh pages
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

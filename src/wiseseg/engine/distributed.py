@@ -65,9 +65,12 @@ def cleanup(info: DistInfo) -> None:
 
 def setup_training(device: str, seed: int, deterministic: bool
                    ) -> tuple[torch.device, DistInfo]:
-    """Device (this rank's GPU under torchrun), process group, seeds, deterministic flag."""
+    """Device (this rank's GPU under torchrun), process group, seeds, deterministic flag;
+    freed memory kept for reuse (:func:`wiseseg.allocator.keep_freed_memory`)."""
+    from wiseseg.allocator import keep_freed_memory
     from wiseseg.engine.reproducibility import resolve_device, seed_everything, set_deterministic
 
+    keep_freed_memory()
     dev = resolve_device(device)
     info = init_distributed(dev)
     if info.enabled and dev.type == "cuda":
