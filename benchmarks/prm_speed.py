@@ -2,6 +2,7 @@
 
 usage: python benchmarks/prm_speed.py RUN_DIR [--images 40] [--threads 2] [--batch 1 4]
                                       [--profile] [--label after]
+                                      [--predictions OUT.json] [--same-as OTHER.json]
 
 Times :func:`wiseseg.inference.prm_baseline.prm_baseline` (the PRM stage's work, less writing
 its JSON) on the first ``--images`` images of the run's validation split, counts the peaks
@@ -10,7 +11,10 @@ backpropagated, and extrapolates to the whole split. ``--batch`` times each peak
 the top cProfile entries. Each call appends one entry per batch size to
 benchmarks/results/prm_speed.json (``--result``), so runs of two versions of the code (e.g.
 ``PYTHONPATH=<old checkout>/src``) sit side by side; the machine is shared, so compare
-entries measured back to back at similar load averages (recorded).
+entries measured back to back at similar load averages (recorded); CPU seconds (user +
+system of the process) are recorded too, less disturbed by other jobs than wall seconds.
+``--predictions`` writes the predictions; ``--same-as`` checks them against another run's
+file (same images, classes, masks; scores to 1e-5) and records the outcome.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, nargs="*", default=[1])
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--label", default="")
+    ap.add_argument("--predictions", type=Path, default=None,
+                    help="write the predictions here (to compare versions with --same-as)")
+    ap.add_argument("--same-as", type=Path, default=None,
+                    help="predictions of another version on the same images: must be equal")
     ap.add_argument("--result", type=Path,
                     default=ROOT / "benchmarks" / "results" / "prm_speed.json")
     args = ap.parse_args(argv)
@@ -51,6 +59,11 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:  # as `wiseseg run` does (code before it had no such setting)
+        from wiseseg.allocator import keep_freed_memory
+        kept = keep_freed_memory()
+    except ImportError:
+        kept = None
     cfg = load_config(args.run_dir / "config.yaml")
     ds = open_dataset(cfg["data"]["spec"], progress=False)
     split = cfg["data"]["val_split"]
@@ -77,7 +90,7 @@ def main(argv=None) -> int:
         peaks_seen[0] = 0
         load_before = [round(v, 2) for v in os.getloadavg()]
         prof = cProfile.Profile() if args.profile else None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if prof:
             prof.enable()
         preds = prm.prm_baseline(model, records, store, ccfg["input_size"], cfg["peaks"],
@@ -85,12 +98,14 @@ def main(argv=None) -> int:
         if prof:
             prof.disable()
         secs = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         entry = {
             "label": args.label, "wiseseg": str(Path(wiseseg.__file__).parent),
             "run_dir": str(args.run_dir), "images": len(records), "split_images": n_split,
             "input_size": ccfg["input_size"], "peaks": peaks_seen[0],
             "predictions": len(preds), "peak_batch": batch,
             "torch_threads": torch.get_num_threads(), "seconds": round(secs, 2),
+            "cpu_seconds": round(cpu, 2), "keep_freed_memory": kept,
             "seconds_per_image": round(secs / max(1, len(records)), 4),
             "seconds_per_peak": round(secs / max(1, peaks_seen[0]), 4),
             "split_seconds_extrapolated": round(secs / max(1, len(records)) * n_split, 1),
@@ -104,16 +119,32 @@ def main(argv=None) -> int:
                 {"function": f"{Path(f).name}:{line}({fn})", "calls": v[1],
                  "tottime": round(v[2], 2), "cumtime": round(v[3], 2)}
                 for (f, line, fn), v in top]
+        if args.predictions:
+            args.predictions.write_text(json.dumps(preds))
+        if args.same_as:
+            entry["same_as"] = str(args.same_as)
+            entry["same_predictions"] = _same(preds, json.loads(args.same_as.read_text()))
         entries.append(entry)
         print(f"{args.label or 'run'} batch={batch}: {secs:.1f} s for {len(records)} images, "
               f"{peaks_seen[0]} peaks ({entry['seconds_per_peak']:.3f} s/peak; "
-              f"{entry['split_seconds_extrapolated']:.0f} s for the {n_split}-image split)")
+              f"{entry['split_seconds_extrapolated']:.0f} s for the {n_split}-image split; "
+              f"CPU {cpu:.1f} s)" + (f"; same predictions as {args.same_as}: "
+                                     f"{entry['same_predictions']}" if args.same_as else ""))
     prm.response_maps_at = original
     old = json.loads(args.result.read_text()) if args.result.is_file() else []
     args.result.parent.mkdir(parents=True, exist_ok=True)
     args.result.write_text(json.dumps(old + entries, indent=2) + "\n")
     print(f"wrote {args.result}")
     return 0
+
+
+def _same(a: list[dict], b: list[dict]) -> bool:
+    """The same instances in the same order: image, class and mask equal, scores to 1e-5."""
+    if len(a) != len(b):
+        return False
+    return all(x["image_id"] == y["image_id"] and x["category_id"] == y["category_id"]
+               and x["segmentation"] == y["segmentation"]
+               and abs(x["score"] - y["score"]) <= 1e-5 for x, y in zip(a, b))
 
 
 if __name__ == "__main__":

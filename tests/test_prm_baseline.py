@@ -82,6 +82,24 @@ def test_contour_skips_the_image_border():
     assert band[4:6].any()
 
 
+@pytest.mark.parametrize("width", [3, 5, 7, 4])
+def test_contour_equals_scipy_morphology(width):
+    """The running max / min filters give the pixels of binary dilation minus erosion with
+    the square (even squares go to scipy itself)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(width)
+    masks = rng.random((6, 23, 31)) < 0.3
+    masks[0] = False
+    masks[1] = True
+    masks[2, 5:15, 0:20] = True
+    st = np.ones((1, width, width), bool)
+    want = ndimage.binary_dilation(masks, st) & ~ndimage.binary_erosion(masks, st,
+                                                                        border_value=1)
+    got = contours(masks, width)
+    assert got.dtype == bool and np.array_equal(got, want)
+
+
 def test_zero_peaks_and_zero_proposals():
     size = (60, 80)
     obj, prm, cam, big = _scene(size)

@@ -81,13 +81,27 @@ class RetrievalSettings:
 def contours(masks: np.ndarray, width: int) -> np.ndarray:
     """Morphological gradient (dilation minus erosion, ``width×width`` square) of each mask in
     ``N×H×W`` bool, vectorised over N; the erosion treats outside the image as foreground (as
-    OpenCV's default border does), so a mask is not outlined along the image border."""
+    OpenCV's default border does), so a mask is not outlined along the image border.
+
+    A square is the product of two lines, so for an odd ``width`` (the contour side always
+    is) the dilation and erosion are running maxima and minima along rows, then columns — the
+    same pixels as ``ndimage.binary_dilation`` / ``binary_erosion`` with the square, at a
+    fraction of their cost (which grows with the square's area)."""
     if masks.size == 0:
         return masks.copy()
-    st = np.zeros((1, width, width), bool)
-    st[0] = True
-    return ndimage.binary_dilation(masks, st) & ~ndimage.binary_erosion(masks, st,
-                                                                         border_value=1)
+    if width % 2 == 0:  # an even square is not centred; keep scipy's own convention
+        st = np.zeros((1, width, width), bool)
+        st[0] = True
+        return ndimage.binary_dilation(masks, st) & ~ndimage.binary_erosion(masks, st,
+                                                                             border_value=1)
+    m = masks.view(np.uint8) if masks.dtype == bool else masks.astype(np.uint8)
+    grown = ndimage.maximum_filter1d(ndimage.maximum_filter1d(m, width, axis=1, cval=0,
+                                                              mode="constant"),
+                                     width, axis=2, cval=0, mode="constant")
+    shrunk = ndimage.minimum_filter1d(ndimage.minimum_filter1d(m, width, axis=1, cval=1,
+                                                               mode="constant"),
+                                      width, axis=2, cval=1, mode="constant")
+    return (grown > shrunk).astype(bool)
 
 
 def background(cam: np.ndarray, bg_factor: float) -> np.ndarray:

@@ -34,10 +34,9 @@ class _ExcitationConv2d(torch.autograd.Function):
     ``conv(x − min x, W⁺)`` (0 where it vanishes) depend on the forward pass only; they are
     computed at the first backward and kept, so that backpropagating several peaks through
     one retained forward pass (:func:`peak_response_maps`) pays for them once. They are kept
-    channels-last, as the backbones run, and the rule's transposed convolution is
-    ``conv_transpose2d`` (oneDNN) rather than ``conv2d_input`` — on a CPU the latter takes a
-    slow path for depthwise and channels-last convolutions (lite0 at 384 px: a peak's
-    backpropagation ~1.8× faster, same values to float rounding).
+    channels-last, as the backbones run, and the rule's transposed convolution is the
+    cheapest equal product (:class:`_TransposedProduct`) rather than ``conv2d_input`` — on a
+    CPU the latter takes a slow path for depthwise and channels-last convolutions.
 
     ``replicated``: the batch holds copies of one image (one peak seeded per copy, see
     :meth:`PeakBackprop.maps`); the forward-only terms are then computed on the first copy
@@ -60,15 +59,56 @@ class _ExcitationConv2d(torch.autograd.Function):
             fmt = torch.channels_last if x.dim() == 4 else torch.contiguous_format
             shifted = (x - x.min()).contiguous(memory_format=fmt)
             pos_w = weight.clamp(min=0).contiguous(memory_format=fmt)
-            norm = F.conv2d(shifted, pos_w, None, stride, padding, dilation, groups).abs()
-            inv = torch.where(norm > _EPS, 1.0 / (norm + _EPS), torch.zeros_like(norm))
-            ctx.memo = (shifted, pos_w, inv.contiguous(memory_format=fmt),
-                        _output_padding(ctx.in_size, norm.shape[-2:], weight.shape[-2:],
-                                        stride, padding, dilation))
-        shifted, pos_w, inv, output_padding = ctx.memo
-        back = F.conv_transpose2d(grad_out * inv, pos_w, None, stride, padding, output_padding,
-                                  groups, dilation)
-        return shifted * back, None, None, None, None, None, None, None
+            norm = F.conv2d(shifted, pos_w, None, stride, padding, dilation, groups).abs_()
+            # 1 / (norm + eps) where norm > eps, else 0 (in place: these are the largest
+            # tensors of the pass, and the rule needs only the result)
+            inv = (norm + _EPS).reciprocal_().masked_fill_(~(norm > _EPS), 0.0)
+            ctx.memo = (shifted, _TransposedProduct(pos_w, ctx.in_size, norm.shape[-2:],
+                                                    stride, padding, dilation, groups),
+                        inv.contiguous(memory_format=fmt))
+        shifted, transposed, inv = ctx.memo
+        return shifted * transposed(grad_out * inv), None, None, None, None, None, None, None
+
+
+class _TransposedProduct:
+    """``conv_transpose2d(·, W⁺)`` back to the convolution's input size, by the cheapest
+    equal product: a 1×1 stride-1 convolution's is a matrix product over the pixels
+    (channels-last), a stride-1 one's is a convolution with the kernel flipped (and, with
+    one group, input and output channels swapped) and padding ``d·(k − 1) − p``; strided
+    ones use ``conv_transpose2d``. On a CPU at one thread PyTorch runs a transposed 1×1
+    convolution on its slow reference path (``slow_conv_transpose2d``) and a grouped one
+    group by group; the same sums as these products, in another order (equal to float
+    rounding; ``benchmarks/prm_speed.py --same-as`` checks the predictions)."""
+
+    def __init__(self, pos_w: Tensor, in_size, out_size, stride, padding, dilation, groups):
+        s, p, d = _pair(stride), _pair(padding), _pair(dilation)
+        k = tuple(int(v) for v in pos_w.shape[-2:])
+        self.args = (s, p, d, int(groups))
+        self.output_padding = _output_padding(in_size, out_size, k, s, p, d)
+        self.weight = pos_w
+        self.kind = "transpose"
+        if pos_w.dim() == 4 and s == (1, 1) and self.output_padding == (0, 0):
+            if k == (1, 1) and p == (0, 0) and groups == 1:
+                self.kind = "matmul"
+                self.weight = pos_w.reshape(pos_w.shape[0], pos_w.shape[1]).contiguous()
+            elif all(d[i] * (k[i] - 1) - p[i] >= 0 for i in range(2)):
+                self.kind = "flipped"
+                # per group, (out, in) → (in, out): the transposed convolution's weight
+                o, i = pos_w.shape[0], pos_w.shape[1]
+                w = pos_w.reshape(groups, o // groups, i, *k).transpose(1, 2)
+                w = w.reshape(groups * i, o // groups, *k).flip(-1, -2)
+                self.weight = w.contiguous(memory_format=torch.channels_last)
+                self.padding = tuple(d[i] * (k[i] - 1) - p[i] for i in range(2))
+
+    def __call__(self, g: Tensor) -> Tensor:
+        s, p, d, groups = self.args
+        if self.kind == "matmul":
+            n, c, h, w = g.shape
+            pixels = g.permute(0, 2, 3, 1).reshape(-1, c)  # a view when g is channels-last
+            return (pixels @ self.weight).view(n, h, w, -1).permute(0, 3, 1, 2)
+        if self.kind == "flipped":
+            return F.conv2d(g, self.weight, None, 1, self.padding, d, groups)
+        return F.conv_transpose2d(g, self.weight, None, s, p, self.output_padding, groups, d)
 
 
 def _pair(v) -> tuple[int, int]:
