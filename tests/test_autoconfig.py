@@ -165,3 +165,25 @@ def test_plan_covers_every_stage_and_grows_with_the_work(tmp_path):
     assert bare == {"classifier", "peaks", "proposals", "pseudo", "wise"}
     line = plan_lines(plan_run(cfg, sizes, 10, 1.0))[0]
     assert line.startswith("expected wall time on 2 CPU cores:") and "prm" in line
+
+
+def test_classifier_epochs_follow_the_median_class(tmp_path):
+    """Stage 1 trains until the median class has been seen auto.classifier_class_views times:
+    20 images of one class → views ÷ 20 epochs; spread over 10 classes → views ÷ 2 (capped by
+    max_epochs); without the key, the budget share decides as before."""
+    ds = _dataset(tmp_path, 128, 128, side=30)
+    cfg, notes = resolve_auto(_cfg("auto.classifier_class_views=200"), ds)
+    assert measure_sizes(ds, "train").weak_images_per_class == 20
+    assert cfg["classifier"]["epochs"] == 10
+    assert any("seen 200 times (auto.classifier_class_views)" in n for n in notes)
+    rare = _dataset(tmp_path, 128, 128, side=30)
+    rare.classes = tuple(f"c{k}" for k in range(10))
+    rare._records["train"] = tuple(
+        ImageRecord(r.id, r.name, r.path, r.height, r.width, frozenset({i % 10}))
+        for i, r in enumerate(rare._records["train"]))
+    cfg, _ = resolve_auto(_cfg("auto.classifier_class_views=200"), rare)
+    assert cfg["classifier"]["epochs"] == min(100, cfg["auto"]["max_epochs"])
+    old = _cfg()
+    del old["auto"]["classifier_class_views"]
+    cfg, notes = resolve_auto(old, ds)
+    assert any("of the 10.0-minute budget" in n for n in notes if n.startswith("classifier"))
