@@ -154,3 +154,24 @@ def test_sparse_grad_conv_no_gradient_and_other_convs():
     strided = SparseGradConv2d.from_conv(torch.nn.Conv2d(4, 4, 3, stride=2, padding=1))
     assert not strided._sparse_ok(x)
 
+
+def test_detections_from_body_maps_equal_the_forward():
+    """Predicting from each image's own body maps (what the run's body cache holds) gives the
+    forward's detections on a batch of same-size images, at the images' own size."""
+    from wiseseg.models.maskrcnn import body_features_sized, detect_from_body
+
+    model = _model(True).eval()
+    g = torch.Generator().manual_seed(3)
+    images = [torch.rand(3, 80, 72, generator=g) for _ in range(3)]  # resized to 96 and back
+    with torch.no_grad():
+        want = model(images)
+        feats, sizes = body_features_sized(model, images)
+        got = detect_from_body(model, feats, sizes, [(80, 72)] * 3)
+    assert sizes == [(96, 86)] * 3
+    assert sum(len(w["labels"]) for w in want) > 0
+    for a, b in zip(want, got):
+        assert torch.equal(a["labels"], b["labels"])
+        assert torch.allclose(a["boxes"], b["boxes"], atol=1e-3)
+        assert torch.allclose(a["scores"], b["scores"], atol=1e-5)
+        assert a["masks"].shape[-2:] == (80, 72)
+        assert torch.allclose(a["masks"], b["masks"], atol=1e-4)

@@ -31,6 +31,9 @@ def test_tiny_run_has_every_stage_and_row(tiny_run):
     assert set(metrics["stages"]) == set(STAGES_ALL)
     assert metrics["pseudo_quality"]["pseudo_mAP50"] is not None
     assert (tiny_run / "config.yaml").exists() and (tiny_run / "report.html").exists()
+    # the fixed body's maps were computed once per split for every Mask R-CNN's predictions
+    for split in ("train", "val"):
+        assert (tiny_run / "cache" / f"segmenter_body_{split}.pt").is_file()
 
 
 def test_rerun_skips_every_stage(tiny_run):

@@ -11,7 +11,14 @@ from wiseseg import rle
 from wiseseg.config import apply_overrides, load_preset
 from wiseseg.data import open_dataset
 from wiseseg.data.dataset import ImageRecord
-from wiseseg.inference.predict import detections_to_results, predict, records_as_items
+from wiseseg.inference.predict import (
+    body_cache,
+    detections_to_results,
+    predict,
+    predict_from_body,
+    records_as_items,
+    uniform_size,
+)
 from wiseseg.inference.refine import refine_predictions
 from wiseseg.pseudo.sampling import Candidate, PseudoImage, PseudoInstance
 from wiseseg.segmenter.data import SegmenterData, build_target
@@ -86,6 +93,18 @@ def test_train_on_pseudo_and_gt_then_predict(ds, tmp_path):
     for q in preds:
         assert q["category_id"] in ds.category_ids and 0 <= q["score"] <= 1
         assert q["segmentation"]["size"] == [48, 48] and len(q["bbox"]) == 4
+    # from the body's maps kept in a file (what a run shares between its Mask R-CNNs): the
+    # same predictions, and the file serves a second model with the same body
+    val = list(ds.records("val"))
+    assert uniform_size(val)
+    cache = body_cache(model, val, "cpu", tmp_path / "body.pt", progress=False)
+    again = predict_from_body(model, val, cache, ds.category_ids, progress=False)
+    assert [(q["image_id"], q["category_id"], q["segmentation"]) for q in again] == \
+        [(q["image_id"], q["category_id"], q["segmentation"]) for q in preds]
+    assert np.allclose([q["score"] for q in again], [q["score"] for q in preds], atol=1e-5)
+    other, _, _, _ = load_segmenter(p1)
+    loaded = body_cache(other, val, "cpu", tmp_path / "body.pt", progress=False)
+    assert torch.equal(loaded.get(0)["c2"], cache.get(0)["c2"])
 
 
 def test_all_empty_targets_train(ds, tmp_path):

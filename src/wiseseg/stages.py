@@ -16,6 +16,7 @@ Outputs (under RUN/):
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from wiseseg.engine.reproducibility import resolve_device
@@ -208,17 +209,37 @@ def run_reference(ctx: RunContext, d: Path) -> dict:
 
 def _predict(ctx: RunContext, model_dir: Path, split: str, **settings) -> list[dict]:
     """Predictions of ``model_dir/model.pt`` on ``split``; ``settings`` (batch_size,
-    mask_threshold, min_score) replace the ``predict`` section's."""
-    from wiseseg.inference.predict import predict, records_as_items
+    mask_threshold, min_score) replace the ``predict`` section's.
+
+    When the body is fixed and the split's images share one size, the body's maps of the
+    split are computed once per run (``RUN/cache/segmenter_body_<split>.pt``) and every
+    Mask R-CNN predicts from them — WISE's self-training and Table 3 on the training images,
+    WISE and the reference on the validation images (the same results as running the
+    body each time: :func:`~wiseseg.inference.predict.predict_from_body`)."""
+    from wiseseg.inference.predict import (
+        body_cache,
+        predict,
+        predict_from_body,
+        records_as_items,
+        uniform_size,
+    )
+    from wiseseg.models.maskrcnn import body_is_fixed
     from wiseseg.segmenter.model_io import load_segmenter
 
     dev = _device(ctx)
     pc = {**ctx.cfg["predict"], **settings}
     model, _, _, _ = load_segmenter(model_dir / "model.pt", dev)
-    recs = ctx.dataset.records(split)
+    recs = list(ctx.dataset.records(split))
+    kw = dict(batch_size=int(pc["batch_size"]), mask_threshold=float(pc["mask_threshold"]),
+              min_score=float(pc["min_score"]), progress=ctx.progress)
+    if recs and body_is_fixed(model) and uniform_size(recs):
+        name = re.sub(r"[^\w.-]", "_", split)
+        cache = body_cache(model, recs, dev, ctx.run_dir / "cache" /
+                           f"segmenter_body_{name}.pt", ctx.progress)
+        return predict_from_body(model, recs, cache, ctx.dataset.category_ids, device=dev,
+                                 **kw)
     return predict(model, records_as_items(recs), ctx.dataset.category_ids, device=dev,
-                   batch_size=int(pc["batch_size"]), mask_threshold=float(pc["mask_threshold"]),
-                   min_score=float(pc["min_score"]), total=len(recs), progress=ctx.progress)
+                   total=len(recs), **kw)
 
 
 def run_predict_wise(ctx: RunContext, d: Path) -> dict:

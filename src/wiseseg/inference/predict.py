@@ -68,6 +68,75 @@ def predict(model, items: Iterable[tuple[int, np.ndarray]], category_ids: Sequen
     return results
 
 
+def uniform_size(records: Sequence[ImageRecord]) -> bool:
+    """Every image has one size (then a batch is never padded beyond any of its images, and
+    predictions from each image's own body features are those of the batched forward)."""
+    return len({(r.height, r.width) for r in records}) == 1
+
+
+def body_cache(model, records: Sequence[ImageRecord], device, path: Path | None,
+               progress: bool = True):
+    """The fixed body's float32 maps of ``records`` at the model's inference size, with that
+    size (``"size"``: float ``2``), computed once and kept in ``path`` — every Mask R-CNN
+    with this body (WISE's rounds, the reference) predicts from them instead of running the
+    body again. Keyed by the body's weights, the transform and the images."""
+    from wiseseg import __version__
+    from wiseseg.config import config_hash
+    from wiseseg.engine.feature_cache import FeatureCache, cache_batch_size
+    from wiseseg.models.maskrcnn import body_features_sized
+
+    body_state = model.backbone.body.state_dict()
+    fingerprint = config_hash({
+        "body": {k: [list(v.shape), float(v.double().sum())] for k, v in body_state.items()},
+        "transform": [model.transform.min_size, model.transform.max_size,
+                      model.transform.image_mean, model.transform.image_std,
+                      model.transform.size_divisible],
+        "images": [(str(r.path), r.height, r.width) for r in records],
+        "dtype": "float32", "version": __version__,
+    })
+
+    def compute(indices, flip):
+        ims = [to_tensor(load_image(records[i].path)).to(device) for i in indices]
+        feats, sizes = body_features_sized(model, ims)
+        return [{**f, "size": torch.tensor(sz, dtype=torch.float32)}
+                for f, sz in zip(feats, sizes)]
+
+    model.eval()
+    return FeatureCache.build(len(records), compute, fingerprint, flips=False,
+                              batch_size=cache_batch_size(device), dtype=torch.float32,
+                              path=path, progress=progress, desc="body features")
+
+
+def predict_from_body(model, records: Sequence[ImageRecord], cache,
+                      category_ids: Sequence[int], device: torch.device | str = "cpu",
+                      batch_size: int = 4, mask_threshold: float = 0.5, min_score: float = 0.0,
+                      progress: bool = True) -> list[dict]:
+    """:func:`predict` on ``records`` from their cached body maps (:func:`body_cache`): the
+    same results when the images share one size (:func:`uniform_size`), without running
+    the body."""
+    from tqdm import tqdm
+
+    from wiseseg.models.maskrcnn import detect_from_body
+
+    model.eval()
+    results: list[dict] = []
+    bar = tqdm(total=len(records), desc="predict", unit="img", disable=not progress)
+    for start in range(0, len(records), batch_size):
+        idx = range(start, min(len(records), start + batch_size))
+        items = [cache.get(i) for i in idx]
+        feats = [{k: v.to(device) for k, v in f.items() if k != "size"} for f in items]
+        sizes = [tuple(int(v) for v in f["size"].tolist()) for f in items]
+        with torch.no_grad():
+            outs = detect_from_body(model, feats, sizes,
+                                    [(records[i].height, records[i].width) for i in idx])
+        for i, o in zip(idx, outs):
+            results.extend(detections_to_results(o, records[i].id, category_ids,
+                                                 mask_threshold, min_score))
+        bar.update(len(idx))
+    bar.close()
+    return results
+
+
 def records_as_items(records: Iterable[ImageRecord]):
     for r in records:
         yield r.id, load_image(r.path)

@@ -181,7 +181,16 @@ def body_features(model: MaskRCNN, images: Sequence[Tensor]) -> list[dict[str, T
     Returns:
         per image, level → float ``C×h×w``.
     """
-    prepared = [model.transform([im])[0].tensors[0] for im in images]
+    return body_features_sized(model, images)[0]
+
+
+def body_features_sized(model: MaskRCNN, images: Sequence[Tensor]
+                        ) -> tuple[list[dict[str, Tensor]], list[tuple[int, int]]]:
+    """:func:`body_features` and each image's size after the transform's resize (before
+    padding), which the heads and the post-processing need."""
+    lists = [model.transform([im])[0] for im in images]
+    prepared = [il.tensors[0] for il in lists]
+    sizes = [tuple(int(v) for v in il.image_sizes[0]) for il in lists]
     out: list[dict[str, Tensor] | None] = [None] * len(prepared)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, t in enumerate(prepared):
@@ -190,7 +199,40 @@ def body_features(model: MaskRCNN, images: Sequence[Tensor]) -> list[dict[str, T
         feats = model.backbone.body(torch.stack([prepared[i] for i in idx]))
         for b, i in enumerate(idx):
             out[i] = {k: feats[k][b] for k in _LEVELS}
-    return out  # type: ignore[return-value]
+    return out, sizes  # type: ignore[return-value]
+
+
+def detect_from_body(model: MaskRCNN, feats: Sequence[dict[str, Tensor]],
+                     image_sizes: Sequence[tuple[int, int]],
+                     original_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
+    """Mask R-CNN's inference (``model.eval()(images)``) from the body's maps of the images
+    (:func:`body_features_sized`): the FPN, RPN, heads and post-processing run as in the
+    model's forward. The same detections as the forward on the images when every image of
+    the batch has the same size (the maps are then those of the padded batch; with mixed
+    sizes, cached maps are zero-padded where the forward pads the images).
+
+    Args:
+        feats: per image, level → float ``C×h×w``.
+        image_sizes: per image, ``(h, w)`` after the transform's resize.
+        original_sizes: per image, ``(h, w)`` of the image given (detections are returned
+            at this size).
+
+    Returns:
+        torchvision's detections, one dict per image.
+    """
+    m = model
+    dtype = next(m.backbone.fpn.parameters()).dtype
+    body = OrderedDict((k, pad_stack([f[k] for f in feats], dtype)) for k in _LEVELS)
+    div = m.transform.size_divisible
+    h = -(-max(s[0] for s in image_sizes) // div) * div
+    w = -(-max(s[1] for s in image_sizes) // div) * div
+    dummy = body["c2"].new_zeros(()).expand(len(feats), 3, h, w)
+    images = ImageList(dummy, [(int(a), int(b)) for a, b in image_sizes])
+    fpn = m.backbone.from_body(body)
+    proposals, _ = m.rpn(images, fpn)
+    detections, _ = m.roi_heads(fpn, proposals, images.image_sizes)
+    return m.transform.postprocess(detections, images.image_sizes,
+                                   [(int(a), int(b)) for a, b in original_sizes])
 
 
 class MaskRCNNOnFeatures(nn.Module):
