@@ -57,7 +57,9 @@ class _ExcitationConv2d(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.conf
         if ctx.memo is None:
             fmt = torch.channels_last if x.dim() == 4 else torch.contiguous_format
-            shifted = (x - x.min()).contiguous(memory_format=fmt)
+            low = x.min()
+            # after a ReLU the minimum is 0 and x − 0 is x itself: no second copy of it
+            shifted = (x if bool(low == 0) else x - low).contiguous(memory_format=fmt)
             pos_w = weight.clamp(min=0).contiguous(memory_format=fmt)
             norm = F.conv2d(shifted, pos_w, None, stride, padding, dilation, groups).abs_()
             # 1 / (norm + eps) where norm > eps, else 0 (in place: these are the largest
