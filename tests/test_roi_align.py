@@ -71,3 +71,29 @@ def test_multiscale_pooler_matches_torchvision():
     for a, b in zip(outs[0][1], outs[1][1]):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     assert FastMultiScaleRoIAlign(names, 7, 2, backward="torchvision").backward == "torchvision"
+
+
+def test_multiscale_pooler_all_rois_on_one_level():
+    """Small boxes all map to the finest level: that level's output is returned as it is,
+    the same values and gradients as torchvision's pooler."""
+    torch.manual_seed(3)
+    names = ["0", "1", "2", "3"]
+    feats = {k: torch.randn(2, 4, 32 // 2**i, 32 // 2**i, requires_grad=True)
+             for i, k in enumerate(names)}
+    boxes = [torch.tensor([[2.0, 3, 20, 30], [10, 10, 40, 35]]),
+             torch.tensor([[50.0, 60, 70, 90]])]
+    sizes = [(128, 128), (128, 128)]
+    outs = []
+    for pool in (MultiScaleRoIAlign(names, 7, 2), FastMultiScaleRoIAlign(names, 7, 2)):
+        y = pool(feats, boxes, sizes)
+        assert int(pool.map_levels(boxes).max()) == 0
+        grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(),
+                                    list(feats.values()), allow_unused=True)
+        outs.append((y, grads))
+    assert torch.equal(outs[0][0], outs[1][0])
+    for a, b in zip(outs[0][1], outs[1][1]):
+        if a is None or b is None:
+            assert (a is None or torch.count_nonzero(a) == 0) and \
+                (b is None or torch.count_nonzero(b) == 0)
+        else:
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)

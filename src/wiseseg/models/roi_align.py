@@ -185,6 +185,13 @@ class FastMultiScaleRoIAlign(MultiScaleRoIAlign):
             return roi_align(feats[0], rois, self.output_size, self.scales[0],
                              self.sampling_ratio, backward=self.backward)
         levels = self.map_levels(boxes)
+        counts = torch.bincount(levels, minlength=len(feats)).tolist()
+        if len(rois) and max(counts) == len(rois):
+            # every RoI on one level (small images: all on the finest): that level's output
+            # is the result, in order, without scattering it into a zero tensor
+            level = counts.index(len(rois))
+            return roi_align(feats[level], rois, self.output_size, self.scales[level],
+                             self.sampling_ratio, backward=self.backward)
         result = feats[0].new_zeros((len(rois), feats[0].shape[1], *self.output_size))
         for level, (feat, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.where(levels == level)[0]
