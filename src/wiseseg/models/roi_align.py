@@ -1,16 +1,24 @@
-"""RoIAlign with a vectorised backward pass on a CPU.
+"""RoIAlign for Mask R-CNN training on a CPU: torchvision's values, faster.
 
 torchvision's CPU RoIAlign backward walks every (RoI, channel, bin, sample) in one thread and
 adds into the feature gradient one value at a time; in a Mask R-CNN training step on cached
-features it was about half of the backward pass. The same gradient is a sparse matrix
-product: every output bin is a fixed weighted sum of at most ``4 · samples`` feature pixels,
-so ``grad_features = Aᵀ · grad_output`` with ``A`` the (bins × pixels) interpolation matrix.
-:func:`roi_align` runs torchvision's forward unchanged and, on a CPU with a fixed
-``sampling_ratio`` > 0, this backward: the same sampling points, bilinear weights and border
-rules as torchvision's kernel (``bilinear_interpolate_gradient``), summed in another order
-(equal to float rounding). Elsewhere (a GPU, adaptive sampling) it is torchvision's own.
+features it was about half of the backward pass. Two equal forms replace it on a CPU with
+a fixed ``sampling_ratio`` > 0 (elsewhere — a GPU, adaptive sampling, no gradient — it is
+torchvision's own):
 
-:class:`FastMultiScaleRoIAlign` is torchvision's ``MultiScaleRoIAlign`` using it.
+- on small maps (up to :data:`SEPARABLE_MAX_CELLS` cells: the FPN levels of 128-px images)
+  the forward and backward are two dense matrix products per image
+  (:class:`_RoIAlignSeparable`): the kernel's weights factor into a row and a column part;
+- on larger maps torchvision's forward runs unchanged and the backward is one sparse matrix
+  product: every output bin is a fixed weighted sum of at most ``4 · samples`` feature
+  pixels, so ``grad_features = Aᵀ · grad_output`` with ``A`` the (bins × pixels)
+  interpolation matrix.
+
+Both use the same sampling points, bilinear weights and border rules as torchvision's
+kernel (``bilinear_interpolate`` / ``bilinear_interpolate_gradient``), summed in another
+order (equal to float rounding).
+
+:class:`FastMultiScaleRoIAlign` is torchvision's ``MultiScaleRoIAlign`` using them.
 """
 
 from __future__ import annotations
@@ -46,13 +54,11 @@ class _RoIAlignSparseBackward(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
-def _interpolation(rois: Tensor, size: tuple[int, int], output_size: tuple[int, int],
-                   scale: float, ratio: int, aligned: bool) -> tuple[Tensor, Tensor]:
-    """Per RoI, bin, sample and corner: the flat pixel index (``b·H·W + y·W + x``) and the
-    weight (bilinear weight / samples per bin; 0 where torchvision's kernel adds nothing).
-
-    Returns ``(index int64 R×PH×PW×S×4, weight float R×PH×PW×S×4)``, S = ``ratio²``."""
-    H, W = size
+def _sample_coordinates(rois: Tensor, output_size: tuple[int, int], scale: float, ratio: int,
+                        aligned: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The batch index (int64 ``R``) and the sampling points' y (``R×PH×ratio``) and x
+    (``R×PW×ratio``) in feature cells, as torchvision's kernel places them:
+    ``start + bin·size + (i + .5)·size / ratio``."""
     ph, pw = output_size
     dt, dev = rois.dtype, rois.device
     offset = 0.5 if aligned else 0.0
@@ -65,25 +71,40 @@ def _interpolation(rois: Tensor, size: tuple[int, int], output_size: tuple[int, 
         rw, rh = rw.clamp(min=1.0), rh.clamp(min=1.0)
     bh, bw = rh / ph, rw / pw
     grid = torch.arange(ratio, dtype=dt, device=dev)[None, None, :] + 0.5
-    # y: R×PH×ratio, x: R×PW×ratio (as the kernel: start + bin·size + (i + .5)·size / ratio)
     ys = (y0[:, None, None] + torch.arange(ph, dtype=dt, device=dev)[None, :, None]
           * bh[:, None, None] + grid * bh[:, None, None] / ratio)
     xs = (x0[:, None, None] + torch.arange(pw, dtype=dt, device=dev)[None, :, None]
           * bw[:, None, None] + grid * bw[:, None, None] / ratio)
+    return b, ys, xs
 
-    def corners(v: Tensor, n: int):
-        inside = (v >= -1.0) & (v <= n)
-        v = v.clamp(min=0.0)
-        low = v.floor().long()
-        top = low >= n - 1
-        low = torch.where(top, torch.full_like(low, n - 1), low)
-        high = torch.where(top, low, low + 1)
-        v = torch.where(top, low.to(dt), v)
-        frac = v - low.to(dt)
-        return inside, low, high, 1.0 - frac, frac
 
-    iy, yl, yh, hy, ly = corners(ys, H)
-    ix, xl, xh, hx, lx = corners(xs, W)
+def _corners(v: Tensor, n: int):
+    """torchvision's ``bilinear_interpolate`` along one axis of ``n`` cells: whether the
+    sample counts (``−1 ≤ v ≤ n``), its low and high cells and their weights."""
+    inside = (v >= -1.0) & (v <= n)
+    v = v.clamp(min=0.0)
+    low = v.floor().long()
+    top = low >= n - 1
+    low = torch.where(top, torch.full_like(low, n - 1), low)
+    high = torch.where(top, low, low + 1)
+    v = torch.where(top, low.to(v.dtype), v)
+    frac = v - low.to(v.dtype)
+    return inside, low, high, 1.0 - frac, frac
+
+
+def _interpolation(rois: Tensor, size: tuple[int, int], output_size: tuple[int, int],
+                   scale: float, ratio: int, aligned: bool) -> tuple[Tensor, Tensor]:
+    """Per RoI, bin, sample and corner: the flat pixel index (``b·H·W + y·W + x``) and the
+    weight (bilinear weight / samples per bin; 0 where torchvision's kernel adds nothing).
+
+    Returns ``(index int64 R×PH×PW×S×4, weight float R×PH×PW×S×4)``, S = ``ratio²``."""
+    H, W = size
+    ph, pw = output_size
+    dt = rois.dtype
+    b, ys, xs = _sample_coordinates(rois, output_size, scale, ratio, aligned)
+    iy, yl, yh, hy, ly = _corners(ys, H)
+    ix, xl, xh, hx, lx = _corners(xs, W)
+
     # broadcast to R×PH×PW×ratio_y×ratio_x
     def yb(t):
         return t[:, :, None, :, None]
@@ -99,6 +120,74 @@ def _interpolation(rois: Tensor, size: tuple[int, int], output_size: tuple[int, 
                       dim=-1) * ok[..., None]
     R = rois.shape[0]
     return idx.reshape(R, ph, pw, ratio * ratio * 4), wts.reshape(R, ph, pw, ratio * ratio * 4)
+
+
+def _axis_weights(v: Tensor, n: int) -> Tensor:
+    """``R×bins×n``: per RoI and bin, the weight of each of the ``n`` rows (or columns) —
+    the mean over the bin's samples of their bilinear weights (0 for a sample outside)."""
+    inside, low, high, w_low, w_high = _corners(v, n)
+    keep = inside.to(v.dtype) / v.shape[-1]
+    out = v.new_zeros((*v.shape[:2], n))
+    out.scatter_add_(2, low, w_low * keep)
+    out.scatter_add_(2, high, w_high * keep)
+    return out
+
+
+#: RoIAlign's separable form (:class:`_RoIAlignSeparable`) is used up to this many cells a
+#: map: its dense products cost ``R·PH·C·W·(H + PW)``, against a fixed
+#: ``R·PH·PW·4·ratio²·C`` for the sparse form with its sort and scatter overheads
+SEPARABLE_MAX_CELLS = 48 * 48
+
+
+class _RoIAlignSeparable(torch.autograd.Function):
+    """RoIAlign on a small map as two dense products per image, forward and backward.
+
+    The kernel's weights factor: a sample counts when its y and its x are inside, and its
+    bilinear weight is a y weight times an x weight, so a bin is
+    ``Σ_y Σ_x Ay[bin_y, y] · Ax[bin_x, x] · F[c, y, x]`` with ``Ay`` (``Ax``) the mean over the
+    bin's samples of their row (column) weights (:func:`_axis_weights`). Per image, one
+    matrix product contracts the rows of all its RoIs at once and a batched one the
+    columns; the backward is the same two products transposed. The same sums as
+    torchvision's kernel, in another order (equal to float rounding); no sort, no scatter.
+    """
+
+    @staticmethod
+    def forward(ctx, features, rois, output_size, spatial_scale, sampling_ratio, aligned):
+        N, C, H, W = features.shape
+        ph, pw = output_size
+        b, ys, xs = _sample_coordinates(rois.to(features.dtype), output_size,
+                                        float(spatial_scale), int(sampling_ratio),
+                                        bool(aligned))
+        ay, ax = _axis_weights(ys, H), _axis_weights(xs, W)  # R×PH×H, R×PW×W
+        groups = [torch.nonzero(b == n).flatten() for n in range(N)]
+        out = features.new_empty((rois.shape[0], ph, C, pw))
+        for n, idx in enumerate(groups):
+            if not len(idx):
+                continue
+            r = len(idx)
+            rows = features[n].permute(1, 0, 2).reshape(H, C * W)  # H × (C·W)
+            t = (ay[idx].reshape(r * ph, H) @ rows).view(r, ph * C, W)
+            out[idx] = (t @ ax[idx].transpose(1, 2)).view(r, ph, C, pw)
+        ctx.save_for_backward(ay, ax)
+        ctx.groups, ctx.shape = groups, (N, C, H, W)
+        return out.permute(0, 2, 1, 3)  # R×C×PH×PW
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None
+        ay, ax = ctx.saved_tensors
+        N, C, H, W = ctx.shape
+        ph, pw = ay.shape[1], ax.shape[1]
+        g = grad_out.permute(0, 2, 1, 3)  # R×PH×C×PW
+        grad = grad_out.new_zeros((N, H, C, W))
+        for n, idx in enumerate(ctx.groups):
+            if not len(idx):
+                continue
+            r = len(idx)
+            gt = g[idx].reshape(r, ph * C, pw) @ ax[idx]  # r × (PH·C) × W
+            grad[n] = (ay[idx].reshape(r * ph, H).t() @ gt.view(r * ph, C * W)).view(H, C, W)
+        return grad.permute(0, 2, 1, 3), None, None, None, None, None
 
 
 def roi_align_features_grad(grad_out: Tensor, rois: Tensor, shape: tuple[int, ...],
@@ -146,14 +235,19 @@ def roi_align_features_grad(grad_out: Tensor, rois: Tensor, shape: tuple[int, ..
 def roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int],
               spatial_scale: float, sampling_ratio: int, aligned: bool = False,
               backward: str = "sparse") -> Tensor:
-    """torchvision's ``roi_align`` (same forward and arguments; ``rois`` ``R×5``), with the
-    sparse backward above on a CPU when ``sampling_ratio`` > 0 and ``backward="sparse"``."""
+    """torchvision's ``roi_align`` (same arguments; ``rois`` ``R×5``); on a CPU, training
+    (features that need a gradient), with ``sampling_ratio`` > 0 and ``backward="sparse"``:
+    the separable form on small maps, torchvision's forward with the sparse backward on
+    larger ones (see the module docstring)."""
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}, got {backward!r}")
     if (backward == "torchvision" or features.device.type != "cpu" or sampling_ratio <= 0
             or not torch.is_grad_enabled() or not features.requires_grad):
         return tv_roi_align(features, rois, output_size, spatial_scale, sampling_ratio,
                             aligned)
+    if features.shape[-2] * features.shape[-1] <= SEPARABLE_MAX_CELLS:
+        return _RoIAlignSeparable.apply(features, rois, tuple(output_size), spatial_scale,
+                                        sampling_ratio, aligned)
     return _RoIAlignSparseBackward.apply(features, rois, tuple(output_size), spatial_scale,
                                          sampling_ratio, aligned)
 
