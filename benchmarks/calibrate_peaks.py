@@ -19,6 +19,10 @@ Writes benchmarks/results/calibrate_peaks_<name>.json and prints a markdown tabl
        python benchmarks/calibrate_peaks.py --summary RESULT.json [RESULT.json ...]
 prints, per classifier variant of the kept result files, recall / precision of each CAM
 geometry convention at the chosen peak settings (CHOSEN) and the variant's best combination.
+
+       python benchmarks/calibrate_peaks.py --choose RESULT.json:VARIANT [...]
+ranks the peak settings by their mean min(recall, precision) over several calibration sets
+(each a kept result file and one of its classifier variants).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from wiseseg import api
@@ -114,6 +119,40 @@ def summary(paths: list[str]) -> None:
         print(f"| {v or '(preset)'} | " + " | ".join(cells) + f" | {best} |")
 
 
+PEAK_KEYS = ("flip", "scales", "geometry", "relative", "min_score", "window", "exclusive")
+
+
+def choose(specs: list[str]) -> None:
+    """The peak settings best on several calibration sets at once: for each kept result file
+    and classifier variant (``FILE.json:VARIANT``), min(recall, precision) of every peak
+    setting; the settings ranked by their mean over the sets (ties: the smaller worst set)."""
+    import json
+
+    per_set = []
+    for spec in specs:
+        path, _, variant = spec.partition(":")
+        rows = [r for r in json.loads(Path(path).read_text())["rows"]
+                if r["variant"] == (variant or "(preset)")]
+        if not rows:
+            raise SystemExit(f"{path}: no rows of variant {variant or '(preset)'!r}")
+        per_set.append({tuple(json.dumps(r.get(k, [1.0] if k == "scales" else None))
+                              for k in PEAK_KEYS): r for r in rows})
+    common = set.intersection(*(set(d) for d in per_set))
+    ranked = sorted(common, key=lambda k: (
+        -np.mean([min(d[k]["recall"], d[k]["precision"]) for d in per_set]),
+        -min(min(d[k]["recall"], d[k]["precision"]) for d in per_set)))
+    print("| " + " | ".join(PEAK_KEYS) + " | " + " | ".join(
+        f"set {i + 1} R / P" for i in range(len(per_set))) + " | mean min(R, P) |")
+    print("|" + "---|" * (len(PEAK_KEYS) + len(per_set) + 1))
+    for k in ranked[:20]:
+        cells = [f"{100 * d[k]['recall']:.1f} / {100 * d[k]['precision']:.1f}" for d in per_set]
+        mean = np.mean([min(d[k]["recall"], d[k]["precision"]) for d in per_set])
+        print("| " + " | ".join(str(json.loads(v)) for v in k) + " | " + " | ".join(cells)
+              + f" | {100 * mean:.1f} |")
+    for i, spec in enumerate(specs):
+        print(f"set {i + 1}: {spec}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="shapes")
@@ -124,12 +163,17 @@ def main() -> None:
     ap.add_argument("--name", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--summary", nargs="+", default=None, metavar="RESULT.json")
+    ap.add_argument("--choose", nargs="+", default=None, metavar="RESULT.json:VARIANT",
+                    help="rank peak settings by their mean min(recall, precision) over sets")
     ap.add_argument("--negatives", default=None,
                     help="a folder of images with none of the classes (as `wiseseg run "
                          "--negatives`); default DATA/negatives when that folder exists")
     args = ap.parse_args()
     if args.summary:
         summary(args.summary)
+        return
+    if args.choose:
+        choose(args.choose)
         return
     ds = api.open_dataset(args.data, progress=False)
     name = args.name or ds.name

@@ -169,19 +169,24 @@ def test_plan_covers_every_stage_and_grows_with_the_work(tmp_path):
 
 def test_classifier_epochs_follow_the_median_class(tmp_path):
     """Stage 1 trains until the median class has been seen auto.classifier_class_views times:
-    20 images of one class → views ÷ 20 epochs; spread over 10 classes → views ÷ 2 (capped by
-    max_epochs); without the key, the budget share decides as before."""
+    20 images of one class → views ÷ 20 epochs, at least classifier_min_epochs; spread over 10
+    classes → views ÷ 2 (capped by max_epochs); without the key, the budget share decides."""
     ds = _dataset(tmp_path, 128, 128, side=30)
-    cfg, notes = resolve_auto(_cfg("auto.classifier_class_views=200"), ds)
+    cfg, notes = resolve_auto(_cfg("auto.classifier_class_views=200",
+                                   "auto.classifier_min_epochs=2"), ds)
     assert measure_sizes(ds, "train").weak_images_per_class == 20
     assert cfg["classifier"]["epochs"] == 10
-    assert any("seen 200 times (auto.classifier_class_views)" in n for n in notes)
+    cfg, notes = resolve_auto(_cfg("auto.classifier_class_views=200",
+                                   "auto.classifier_min_epochs=12"), ds)
+    assert cfg["classifier"]["epochs"] == 12  # the floor
+    assert any("seen 200 times (auto.classifier_class_views; at least 12" in n for n in notes)
     rare = _dataset(tmp_path, 128, 128, side=30)
     rare.classes = tuple(f"c{k}" for k in range(10))
     rare._records["train"] = tuple(
         ImageRecord(r.id, r.name, r.path, r.height, r.width, frozenset({i % 10}))
         for i, r in enumerate(rare._records["train"]))
-    cfg, _ = resolve_auto(_cfg("auto.classifier_class_views=200"), rare)
+    cfg, _ = resolve_auto(_cfg("auto.classifier_class_views=200",
+                               "auto.classifier_min_epochs=2"), rare)
     assert cfg["classifier"]["epochs"] == min(100, cfg["auto"]["max_epochs"])
     old = _cfg()
     del old["auto"]["classifier_class_views"]

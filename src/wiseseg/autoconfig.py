@@ -29,12 +29,13 @@ The rules (constants in the ``auto`` section):
   ``[min_epochs, max_epochs]``.
 - **classifier epochs by class views** (``classifier_class_views``, optional; replaces the
   classifier's budget share): stage 1 trains until the median class has been seen in this
-  many images (epochs = views ÷ the median number of stage 1's training images labelled with
-  the class, image-level labels, within ``[min_epochs, max_epochs]``). 2048 keeps the shapes'
-  calibrated 8 epochs (256 images a class); on VOC 2012 train-fit → train-calib (31 images a
-  class; ``benchmarks/calibrate_peaks.py``) the peaks went from 14–20 % recall at 8 epochs to
-  47.4 / 53.7 at 24 and 48.7 / 48.4 at 48, so any count above ~24 there serves (2048 gives
-  the ``max_epochs`` cap, 40).
+  many images — epochs = views ÷ the median number of stage 1's training images labelled
+  with the class (image-level labels), at least ``classifier_min_epochs``, at most
+  ``max_epochs``. Measured with ``benchmarks/calibrate_peaks.py`` (train-fit → train-calib):
+  VOC 2012 sample (29 images a class) 14–20 % peak recall at 8 epochs, 47.4 / 53.7 at 24 and
+  48.7 / 48.4 at 48; Penn-Fudan + negatives (109 images) 80.9 / 83.1 at 8 epochs and
+  70.2 / 69.6 at 19 (over-trained); the shapes (217) 69.3 / 67.3 at 4 and 76.4 / 75.5 at 8.
+  1024 views with at least 8 epochs gives 33, 8 and 8 epochs on the three training splits.
 - **enough views of every class** (``segmenter_class_views``, optional): a class that few
   images show needs more epochs than the budget gives. Mask R-CNN trains at least until the
   median class has been seen in this many images (epochs ≥ views ÷ the median number of its
@@ -251,10 +252,13 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
         per_epoch = COST["classifier_epoch_mp"] * mp * n
         views = a.get("classifier_class_views")
         if views and sizes.weak_images_per_class > 0:
-            c["epochs"] = _epochs(math.ceil(float(views) / sizes.weak_images_per_class), 1.0, a)
+            want = math.ceil(float(views) / sizes.weak_images_per_class)
+            low = int(a.get("classifier_min_epochs") or a["min_epochs"])
+            c["epochs"] = int(min(max(want, low), int(a["max_epochs"])))
             notes.append(f"classifier {c['epochs']} epochs: the median class, in "
                          f"{sizes.weak_images_per_class:g} of its {n} training images, is seen "
-                         f"{views} times (auto.classifier_class_views); ~{per_epoch:.1f} s "
+                         f"{views} times (auto.classifier_class_views; at least "
+                         f"{low}, at most {a['max_epochs']} epochs); ~{per_epoch:.1f} s "
                          f"an epoch")
         else:
             setup = COST["classifier_cache_mp"] * mp * n * 2

@@ -88,6 +88,7 @@ _POSITIVE = frozenset({
     "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
     "rpn_post_nms_top_n_test", "rpn_batch_size_per_image", "box_batch_size_per_image",
     "assumed_object", "segmenter_class_views", "classifier_class_views",
+    "classifier_min_epochs",
 })
 #: Settings that are fractions in [0, 1].
 _FRACTION = frozenset({
