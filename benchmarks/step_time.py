@@ -7,6 +7,13 @@ features (``*.cache_features``), including the one-off cost of computing the cac
 usage: python benchmarks/step_time.py [--presets cpu paper] [--steps 3] [--epoch-steps 30]
 Prints markdown tables; the per-epoch table is also written to
 benchmarks/results/step_time.json.
+
+       python benchmarks/step_time.py --segmenter-sizes 128 512 [--threads 1] [--steps 5]
+                                      [--repeats 5]
+times the Mask R-CNN training step on cached features for each of ``STEP_VARIANTS``
+(torchvision's modules as before issue 18, the sparse RoIAlign backward, the exact CPU
+shortcuts, the allocator setting), alternately and each in a fresh process, and writes
+step_time.json's ``segmenter_step_<threads>_threads``.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from functools import partial
@@ -126,10 +135,9 @@ def epoch_table(steps: int, data: str) -> list[dict]:
     return rows
 
 
-def segmenter_step(size: int, steps: int, variant: dict, objects: int = 3) -> float:
-    """Seconds per training step of the ``cpu`` preset's Mask R-CNN on cached body features
-    (as WISE and the reference train): batch of 4 random ``size``² images, ``objects``
-    squares of side ``size``/6 each, settings ``variant`` applied to the segmenter section."""
+def _step_setup(size: int, variant: dict, objects: int = 3):
+    """The benchmark's model, optimiser and one batch (see :func:`segmenter_step`); returns
+    ``(model, step function)``."""
     from wiseseg.models.maskrcnn import MaskRCNNOnFeatures, body_features
 
     torch.manual_seed(0)
@@ -151,33 +159,131 @@ def segmenter_step(size: int, steps: int, variant: dict, objects: int = 3) -> fl
         targets.append({"boxes": torch.cat([corners, corners + side], 1).float(),
                         "labels": torch.randint(1, 6, (objects,)), "masks": masks})
     net = MaskRCNNOnFeatures(model)
-    return _time(net, lambda m: sum(m(feats, [(size, size)] * 4, targets).values()), steps)
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> None:
+        torch.manual_seed(1)
+        opt.zero_grad()
+        sum(net(feats, [(size, size)] * 4, targets).values()).backward()
+        opt.step()
+
+    return model, step
 
 
-#: Mask R-CNN step variants: (name, segmenter settings); the first is the reference.
-STEP_VARIANTS = (("roi_align_backward=torchvision", {"roi_align_backward": "torchvision"}),
-                 ("roi_align_backward=sparse", {"roi_align_backward": "sparse"}))
+def step_profile(size: int, variant: dict, steps: int = 3, top: int = 25) -> dict:
+    """Where a step's time goes: torch.profiler's operators by own time (grouped by input
+    shapes), their share, and the share of convolutions and matrix products; and the
+    fraction of each FPN level's positions that receive a gradient (what the sparse
+    backward of :class:`~wiseseg.models.sparse_conv.SparseGradConv2d` skips)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, step = _step_setup(size, variant)
+    step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    gemm = ("aten::convolution_backward", "aten::mkldnn_convolution", "aten::mm",
+            "aten::addmm", "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward",
+            "aten::_convolution", "aten::slow_conv_transpose2d")
+    by_name: dict[str, float] = {}
+    for e in events:
+        by_name[e.key] = by_name.get(e.key, 0.0) + e.self_cpu_time_total
+    reached: dict[str, float] = {}
+    hooks = []
+    for i, block in enumerate(model.backbone.fpn.layer_blocks):
+        def keep(mod, inp, out, level=str(i)):
+            out.register_hook(lambda g: reached.__setitem__(
+                level, round(float((g != 0).any(1).float().mean()), 3)))
+        hooks.append(block.register_forward_hook(keep))
+    step()
+    for h in hooks:
+        h.remove()
+    return {
+        "profiled_seconds_per_step": round(total / 1e6 / steps, 4),
+        "convolution_and_matmul_share": round(sum(
+            v for k, v in by_name.items() if k in gemm) / total, 3),
+        "top_operators": [{"op": k, "share": round(v / total, 3)} for k, v in sorted(
+            by_name.items(), key=lambda kv: -kv[1])[:top]],
+        "top_by_shape": [{"op": e.key, "shapes": str(e.input_shapes)[:160],
+                          "calls_per_step": e.count // steps,
+                          "share": round(e.self_cpu_time_total / total, 3)}
+                         for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]],
+        "fpn_positions_with_gradient": reached,
+    }
 
 
-def step_table(sizes: list[int], steps: int, repeats: int) -> list[dict]:
-    """Variants timed alternately (``repeats`` rounds), so that load changes hit all alike."""
+def segmenter_step(size: int, steps: int, variant: dict, objects: int = 3
+                   ) -> tuple[float, float]:
+    """(wall, CPU) seconds per training step of the ``cpu`` preset's Mask R-CNN on cached
+    body features (as WISE and the reference train): batch of 4 random ``size``² images,
+    ``objects`` squares of side ``size``/6 each, settings ``variant`` applied to the
+    segmenter section. The RPN's and RoI heads' random draws are seeded per step, so every
+    variant trains on the same samples."""
+    _, step = _step_setup(size, variant, objects)
+    step()
+    w0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - w0) / steps, (time.process_time() - c0) / steps
+
+
+#: Mask R-CNN step variants: (name, segmenter settings, wiseseg.allocator on); the first is
+#: the code before the issue-18 work (torchvision's modules, glibc's default allocator).
+STEP_VARIANTS = (
+    ("torchvision", {"roi_align_backward": "torchvision", "cpu_shortcuts": False}, False),
+    ("roi_align_backward=sparse", {"roi_align_backward": "sparse", "cpu_shortcuts": False},
+     False),
+    ("sparse + cpu_shortcuts", {"roi_align_backward": "sparse", "cpu_shortcuts": True}, False),
+    ("torchvision + keep_freed_memory",
+     {"roi_align_backward": "torchvision", "cpu_shortcuts": False}, True),
+    ("sparse + cpu_shortcuts + keep_freed_memory",
+     {"roi_align_backward": "sparse", "cpu_shortcuts": True}, True),
+)
+
+
+def _step_in_child(size: int, steps: int, index: int, threads: int | None) -> dict:
+    """One variant timed in a fresh process (the allocator setting is per process and
+    cannot be undone; a fresh process also starts every variant from the same heap)."""
+    env = dict(os.environ, WISESEG_KEEP_FREED_MEMORY="1" if STEP_VARIANTS[index][2] else "0")
+    cmd = [sys.executable, __file__, "--child-step", str(size), str(steps), str(index)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def step_table(sizes: list[int], steps: int, repeats: int, threads: int | None) -> list[dict]:
+    """Variants timed alternately (``repeats`` rounds, each variant in its own process), so
+    that load changes hit all alike; medians of wall-clock and of CPU seconds per step."""
     rows = []
     print(f"\nMask R-CNN training step on cached features, batch 4, "
-          f"{torch.get_num_threads()} threads, {steps} steps × {repeats} alternating rounds\n")
-    print("| size | variant | s / step (median) | speed-up |")
-    print("|---|---|---|---|")
+          f"{threads or torch.get_num_threads()} threads, {steps} steps × {repeats} "
+          f"alternating rounds\n")
+    print("| size | variant | wall s / step (median) | speed-up | CPU s / step (median) | "
+          "speed-up |")
+    print("|---|---|---|---|---|---|")
     for size in sizes:
-        times: dict[str, list[float]] = {name: [] for name, _ in STEP_VARIANTS}
+        wall: dict[str, list[float]] = {name: [] for name, _, _ in STEP_VARIANTS}
+        cpu: dict[str, list[float]] = {name: [] for name, _, _ in STEP_VARIANTS}
         for _ in range(repeats):
-            for name, variant in STEP_VARIANTS:
-                times[name].append(segmenter_step(size, steps, variant))
-        ref = sorted(times[STEP_VARIANTS[0][0]])[repeats // 2]
-        for name, _ in STEP_VARIANTS:
-            med = sorted(times[name])[repeats // 2]
-            rows.append({"size": size, "variant": name, "seconds_per_step": round(med, 4),
-                         "all": [round(t, 4) for t in times[name]],
-                         "speedup": round(ref / med, 2)})
-            print(f"| {size} | {name} | {med:.3f} | {ref / med:.2f}× |", flush=True)
+            for index, (name, _, _) in enumerate(STEP_VARIANTS):
+                r = _step_in_child(size, steps, index, threads)
+                wall[name].append(r["wall"])
+                cpu[name].append(r["cpu"])
+        ref = STEP_VARIANTS[0][0]
+        w_ref, c_ref = statistics.median(wall[ref]), statistics.median(cpu[ref])
+        for name, variant, keep in STEP_VARIANTS:
+            w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+            rows.append({"size": size, "variant": name, "settings": variant,
+                         "keep_freed_memory": keep, "wall_seconds_per_step": round(w, 4),
+                         "cpu_seconds_per_step": round(c, 4),
+                         "wall_all": [round(t, 4) for t in wall[name]],
+                         "cpu_all": [round(t, 4) for t in cpu[name]],
+                         "wall_speedup": round(w_ref / w, 2), "cpu_speedup": round(c_ref / c, 2)})
+            print(f"| {size} | {name} | {w:.3f} | {w_ref / w:.2f}× | {c:.3f} | "
+                  f"{c_ref / c:.2f}× |", flush=True)
     return rows
 
 
@@ -192,18 +298,61 @@ def main() -> None:
                     help="time the Mask R-CNN step variants at these sizes, write them to "
                          "step_time.json's 'segmenter_step' and stop")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of the timed step (default: torch's)")
+    ap.add_argument("--child-step", type=int, nargs=3, metavar=("SIZE", "STEPS", "VARIANT"),
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--profile", action="store_true",
+                    help="with --segmenter-sizes: profile the first and last variant instead "
+                         "and write benchmarks/results/step_profile.json")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child_step:
+        size, steps, index = args.child_step
+        if STEP_VARIANTS[index][2]:
+            from wiseseg.allocator import keep_freed_memory
+
+            keep_freed_memory()
+        w, c = segmenter_step(size, steps, STEP_VARIANTS[index][1])
+        print(json.dumps({"wall": w, "cpu": c}))
+        return
+    if args.segmenter_sizes and args.profile:
+        out = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                                        capture_output=True, text=True).stdout.strip(),
+               "threads": torch.get_num_threads(),
+               "load_before": [round(v, 2) for v in os.getloadavg()],
+               "note": "torch.profiler self CPU time (wall time inside each operator) over 3 "
+                       "steps; shares are what compares across a shared machine",
+               "profiles": []}
+        for size in args.segmenter_sizes:
+            for name, variant, _keep in (STEP_VARIANTS[0], STEP_VARIANTS[-1]):
+                out["profiles"].append({"size": size, "variant": name,
+                                        **step_profile(size, variant)})
+                print(f"profiled {size} px, {name}", flush=True)
+        out["load_after"] = [round(v, 2) for v in os.getloadavg()]
+        atomic_write_json(Path("benchmarks/results/step_profile.json"), out, indent=1)
+        return
     if args.segmenter_sizes:
         path = Path("benchmarks/results/step_time.json")
         old = json.loads(path.read_text()) if path.is_file() else {}
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True).stdout.strip()
-        old["segmenter_step"] = {
-            "commit": commit, "threads": torch.get_num_threads(), "steps": args.steps,
+        key = f"segmenter_step_{args.threads or torch.get_num_threads()}_threads"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "src"],
+                               capture_output=True, text=True).stdout.strip() != ""
+        old[key] = {
+            "commit": commit, "uncommitted_src_changes": dirty,
+            "threads": args.threads or torch.get_num_threads(),
+            "steps": args.steps, "repeats": args.repeats,
             "load_before": [round(v, 2) for v in os.getloadavg()],
-            "note": "shared 2-core machine: variants alternate, medians compared",
-            "rows": step_table(args.segmenter_sizes, args.steps, args.repeats)}
-        old["segmenter_step"]["load_after"] = [round(v, 2) for v in os.getloadavg()]
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "note": "shared 2-core machine: variants alternate round by round, each in a "
+                    "fresh process; medians compared. CPU seconds (user + system of the "
+                    "process) are less disturbed by other jobs than wall seconds at one "
+                    "thread; at two threads OpenMP's waiting counts as CPU time too",
+            "rows": step_table(args.segmenter_sizes, args.steps, args.repeats, args.threads)}
+        old[key]["load_after"] = [round(v, 2) for v in os.getloadavg()]
         atomic_write_json(path, old, indent=2)
         return
     if args.epoch_steps > 0:
