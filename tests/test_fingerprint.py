@@ -1,6 +1,7 @@
 """Proposal stores and shards remember what they were computed from (issue 19): the image
-files (size, mtime, SHA-256), the method and its settings. A store is never reused for
-other data or settings: that is a one-line error pointing to a new --out or --overwrite."""
+files (size and SHA-256; the mtime is recorded, not trusted), the method and its settings.
+A store is never reused for other data or settings: that is a one-line error pointing to a
+new --out or --overwrite."""
 
 from __future__ import annotations
 
@@ -38,6 +39,25 @@ def test_same_content_with_a_new_mtime_is_reused(tmp_path, run_cli):
         os.utime(r.path, ns=(1, 1))  # a copy or a touch: the hash decides
     code, stdout, _ = _proposals(run_cli, D1, out)
     assert code == 0 and "0 computed, 3 reused" in stdout
+
+
+def test_other_pixels_with_the_same_size_and_mtime_are_refused(tmp_path, run_cli):
+    """`cp -p` / `rsync -a` of other data keeps size and mtime: only the content tells."""
+    import shutil
+
+    from wiseseg.data import open_dataset
+
+    out, d1 = tmp_path / "P", tmp_path / "d1"
+    shutil.copytree(open_dataset(D1, progress=False).root, d1)
+    assert _proposals(run_cli, str(d1), out)[0] == 0
+    img = open_dataset(str(d1), progress=False).records("val")[1].path
+    st = img.stat()
+    data = bytearray(img.read_bytes())
+    data[-40:-20] = bytes(255 - b for b in data[-40:-20])  # same length, other bytes
+    img.write_bytes(bytes(data))
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))
+    code, _, err = _proposals(run_cli, str(d1), out)
+    assert code == 2 and "is not the image whose proposals" in err and img.name in err, err
 
 
 def test_store_of_other_settings_is_refused(tmp_path, run_cli):

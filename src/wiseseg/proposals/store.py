@@ -83,7 +83,9 @@ def file_fingerprint(path: str | Path) -> dict:
 
 def same_file(path: str | Path, recorded) -> bool:
     """Whether ``path`` is still the file ``recorded`` (:func:`file_fingerprint`): the same
-    size and modification time, or, where the time differs (a copy), the same content."""
+    size and the same content (SHA-256). The modification time is not trusted: ``cp -p`` or
+    ``rsync -a`` of other data of the same size keeps it, and hashing costs far less than
+    the proposals it guards (~1 s per GB)."""
     if not isinstance(recorded, dict) or "bytes" not in recorded:
         return False
     try:
@@ -92,8 +94,6 @@ def same_file(path: str | Path, recorded) -> bool:
         return recorded["bytes"] is None
     if st.st_size != recorded["bytes"]:
         return False
-    if st.st_mtime_ns == recorded.get("mtime_ns"):
-        return True
     return file_fingerprint(path).get("sha256") == recorded.get("sha256")
 
 
@@ -266,7 +266,7 @@ def _stale(record: ImageRecord, entry: dict, source: ProposalSource,
            root: Path) -> DataError | None:
     """Why the stored proposals of ``record`` (its manifest ``entry``) may not be reused, or
     None: its image file, or the proposal file a precomputed source reads, is not the one
-    recorded when they were computed (size + mtime, or SHA-256 where the time differs)."""
+    recorded when they were computed (size and SHA-256)."""
     advice = "use a new --out, or --overwrite to recompute"
     if not same_file(record.path, entry.get("file")):
         return DataError(record.path, f"is not the image whose proposals {root} holds for id "
