@@ -205,6 +205,9 @@ def test_folder_nested_and_empty_class_folders_are_not_dropped(tmp_path, run_cli
     (root / "classes.txt").write_text("bird\ncat\ndog\n")  # named: the class is kept
     code, out, _ = run_cli("data-stats", "--data", root)
     assert code == 0
+    assert "warning: class 'bird' has no image in split 'train'" in out
+    assert json.loads(run_cli("data-stats", "--data", root, "--json")[1])["train"][
+        "classes_without_images"] == ["bird"]
 
 
 def test_voc_masks_unchanged(tmp_path):

@@ -150,8 +150,13 @@ def _add_negatives(ds: Dataset, cfg: dict) -> None:
 
 def _data_warnings(ds: Dataset, cfg: dict) -> list[str]:
     """Warnings about the training data that no setting fixes (printed now, kept in
-    metrics.json): a class in every training image."""
-    from wiseseg.data.stats import classes_everywhere, everywhere_warning
+    metrics.json): a class in every training image, a class in none."""
+    from wiseseg.data.stats import (
+        absent_warning,
+        classes_absent,
+        classes_everywhere,
+        everywhere_warning,
+    )
 
     split = cfg["data"]["train_split"]
     if not ds.has_split(split):
@@ -159,6 +164,8 @@ def _data_warnings(ds: Dataset, cfg: dict) -> list[str]:
     recs = ds.weak(split).records
     names = classes_everywhere(recs, ds.classes)
     out = [everywhere_warning(names, split, len(recs))] if names else []
+    absent = classes_absent(recs, ds.classes)
+    out += [absent_warning(absent, split)] if absent else []
     for line in out:
         print(line, file=sys.stderr)
     return out

@@ -54,6 +54,21 @@ def everywhere_warning(names: Sequence[str], split: str, n_images: int) -> str:
             f"containing none of the classes), or images of other classes")
 
 
+def classes_absent(records: Sequence[ImageRecord], classes: Sequence[str]) -> list[str]:
+    """Names of the classes labelled in none of ``records``: nothing teaches them (an empty
+    class folder listed in ``classes.txt``, a category without annotations)."""
+    seen = {c for r in records for c in r.labels}
+    return [name for c, name in enumerate(classes) if c not in seen]
+
+
+def absent_warning(names: Sequence[str], split: str) -> str:
+    """The one-line warning for :func:`classes_absent`'s answer."""
+    which = ", ".join(repr(n) for n in names)
+    return (f"warning: class {which} has no image in split {split!r}: nothing teaches it, "
+            f"so it is never predicted and scores 0 AP; add images of it or drop it from the "
+            f"class list")
+
+
 def split_stats(ds: Dataset, split: str) -> dict:
     """Numbers for one split (JSON-serialisable); the image-level counts include the split's
     image-level-only images and negatives (:meth:`Dataset.weak`)."""
@@ -67,6 +82,8 @@ def split_stats(ds: Dataset, split: str) -> dict:
     out["negative_images"] = sum(1 for r in weak if not r.labels)
     # only a training split is harmed (a validation split of one class is fine)
     out["classes_in_every_image"] = classes_everywhere(weak, ds.classes) \
+        if split.startswith("train") else []
+    out["classes_without_images"] = classes_absent(weak, ds.classes) \
         if split.startswith("train") else []
     if not out["has_masks"]:
         return out
@@ -108,6 +125,8 @@ def format_stats(ds: Dataset, stats: dict[str, dict]) -> str:
         if s.get("classes_in_every_image"):
             lines.append("  " + everywhere_warning(s["classes_in_every_image"], split,
                                                    s["images"] + extra))
+        if s.get("classes_without_images"):
+            lines.append("  " + absent_warning(s["classes_without_images"], split))
         if not s["has_masks"]:
             continue
         lines.append(f"  instances: {s['instances']}")
