@@ -137,7 +137,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
         except ValueError as e:
             if i == len(lines) - 1:
                 logging.getLogger(__name__).warning(
-                    "%s: line %d is cut short (an interrupted write); ignored", path, n)
+                    "warning: %s: line %d is cut short (an interrupted write); ignored", path, n)
                 break
             raise DataError(path, f"line {n} is not a JSON object ({e})") from None
         out.append(rec)
