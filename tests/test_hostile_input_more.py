@@ -532,7 +532,14 @@ def test_make_shapes_disk_full_names_the_folder(tmp_path, monkeypatch, run_cli):
      "segmenter.lr=-1 must be > 0"),
     (["prm-baseline", "--classifier", "c.pt", "--proposals", "p", "--out", "o.json",
       "prm.score=bogus"], "prm.score='bogus' must be one of"),
-], ids=["predict", "predict-size", "train-segmenter", "prm-baseline"])
+    (["train-classifier", "--out", "tc", "classifier.epochs=abc"],
+     "classifier.epochs='abc' must be auto or a whole number"),
+    (["peaks", "--checkpoint", "c.pt", "--out", "p.json", "peaks.relative=-1"],
+     "peaks.relative=-1"),
+    (["pseudo-masks", "--classifier", "c.pt", "--proposals", "p", "--out", "o.json",
+      "pseudo.dup_iou=-0.1"], "pseudo.dup_iou=-0.1 must be ≥ 0"),
+], ids=["predict", "predict-size", "train-segmenter", "prm-baseline", "train-classifier",
+        "peaks", "pseudo-masks"])
 def test_stage_commands_check_settings_first(tmp_path, monkeypatch, run_cli, argv, needle):
     monkeypatch.chdir(tmp_path)  # the checkpoint, data and outputs do not exist
     code, _, err = run_cli(*argv[:1], "--data", "no-such-data", *argv[1:])
@@ -607,3 +614,22 @@ def test_classifier_checkpoint_config_is_checked(tmp_path):
                        lambda c: c.update(input_size=1000000))
     with pytest.raises(WisesegError, match="classifier.input_size=1000000 is larger than 4096"):
         load_classifier(path)
+
+
+def test_a_bad_setting_fails_before_torch_is_imported(tmp_path):
+    """A fresh interpreter: every stage command refuses a bad override without importing
+    torch (seconds of imports on a CPU machine)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom wiseseg.cli import main\nrcs = []\n"
+            "for argv in ([['train-classifier', '--out', 'a', 'classifier.epochs=abc'],"
+            " ['peaks', '--checkpoint', 'c.pt', '--out', 'p.json', 'peaks.relative=-1'],"
+            " ['pseudo-masks', '--classifier', 'c.pt', '--proposals', 'p', '--out', 'o.json',"
+            " 'pseudo.dup_iou=-0.1'], ['train-segmenter', '--masks', 'gt', '--out', 'b',"
+            " 'segmenter.lr=-1']]):\n"
+            "    rcs.append(main([argv[0], '--data', 'nothing', *argv[1:]]))\n"
+            "print(rcs, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[2, 2, 2, 2] False", out.stderr[-2000:]

@@ -29,10 +29,10 @@ def _cfg_train(p: argparse.ArgumentParser) -> None:
 
 @command("train-classifier", "train the PeakCAM classifier on image-level labels", _cfg_train)
 def cmd_train_classifier(args) -> int:
+    cfg = run_config(args, section="classifier")  # before the imports of torch (seconds)
     from wiseseg.classifier.train import train_classifier
     from wiseseg.config import save_config
 
-    cfg = run_config(args, section="classifier")
     ds = open_dataset_from_args(args)
     cfg = resolve_auto_config(cfg, ds, args.train_split, args.quiet)
     out = Path(args.out)
@@ -59,6 +59,8 @@ def _cfg_peaks(p: argparse.ArgumentParser) -> None:
 
 @command("peaks", "find the CAM peaks of every image of a split (peaks.json)", _cfg_peaks)
 def cmd_peaks(args) -> int:
+    # settings before the imports of torch (seconds)
+    pcfg = run_config(args, section="peaks", preset_name=args.preset)["peaks"]
     from wiseseg.classifier.model_io import check_classes, load_classifier
     from wiseseg.classifier.peaks import compute_peaks, write_peaks
     from wiseseg.engine.reproducibility import resolve_device
@@ -67,7 +69,6 @@ def cmd_peaks(args) -> int:
     model, ccfg, classes = load_classifier(args.checkpoint, device)
     ds = open_dataset_from_args(args)
     check_classes(args.checkpoint, classes, ds.classes)
-    pcfg = run_config(args, section="peaks", preset_name=args.preset)["peaks"]
     peaks = compute_peaks(model, ds.weak(args.split), ccfg["input_size"], pcfg,
                           use_labels=not args.predicted_classes, device=device,
                           progress=not args.quiet, category_ids=ds.category_ids)

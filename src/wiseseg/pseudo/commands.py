@@ -30,13 +30,13 @@ def _cfg_pseudo(p: argparse.ArgumentParser) -> None:
 @command("pseudo-masks", "build pseudo masks from CAM peaks and proposals (COCO JSON)",
          _cfg_pseudo)
 def cmd_pseudo_masks(args) -> int:
+    cfg = run_config(args, section="pseudo")  # before the imports of torch (seconds)
     from wiseseg.classifier.model_io import check_classes, load_classifier
     from wiseseg.classifier.peaks import compute_peaks, read_peaks
     from wiseseg.engine.reproducibility import resolve_device
     from wiseseg.proposals import ProposalStore
     from wiseseg.pseudo.labels import build_pseudo_images, to_coco, write_pseudo
 
-    cfg = run_config(args, section="pseudo")
     if args.mode:
         cfg["pseudo"]["mode"] = args.mode
     ds = open_dataset_from_args(args)
