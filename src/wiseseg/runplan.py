@@ -24,33 +24,35 @@ from dataclasses import dataclass
 
 from wiseseg.autoconfig import DataSizes
 
-#: Seconds per unit on the reference 2-core CPU (see the module docstring). Provisional
-#: values (the autoconfig epoch costs and by-hand estimates) until plan_costs.py refits them.
+#: Seconds per unit on the reference 2-core CPU (see the module docstring): fitted by
+#: benchmarks/plan_costs.py to the VOC sample, Penn-Fudan + negatives and three shapes runs
+#: (benchmarks/results/plan_costs.json); the uncached classifier epoch is not in those runs
+#: and stays an estimate.
 COST: dict[str, float] = {
     # stage 1: fixed backbone's cached features (per image, flip and input megapixel), an
     # epoch over cached features (per image and megapixel), a forward pass (per image, view
     # and megapixel) for validation images and peaks
-    "classifier_cache_mp": 0.3,
-    "classifier_epoch_mp": 0.05,
+    "classifier_cache_mp": 0.01753,
+    "classifier_epoch_mp": 0.07566,
     "classifier_epoch_uncached_mp": 1.5,
-    "classifier_forward_mp": 0.3,
-    "peaks_cached_image": 0.005,
+    "classifier_forward_mp": 0.3767,
+    "peaks_cached_image": 0.0008282,
     # built-in proposals per image (scaled by its pixels up to the generator's working size)
-    "proposals_image": 1.6,
+    "proposals_image": 1.145,
     # candidates: decoding the kept proposals of every labelled training image
-    "pseudo_proposal_mp": 1e-4,
+    "pseudo_proposal_mp": 0.001846,
     # Mask R-CNN: per image of an epoch (a fixed part and a part per megapixel), its cached
     # body features (per image, flip and megapixel), inference per image and megapixel
-    "segmenter_image": 0.067,
-    "segmenter_image_mp": 0.61,
-    "segmenter_cache_mp": 0.3,
-    "predict_image_mp": 2.0,
+    "segmenter_image": 0.03424,
+    "segmenter_image_mp": 0.4216,
+    "segmenter_cache_mp": 0.004384,
+    "predict_image_mp": 0.9138,
     # WISE+Refine: every prediction of an image against its proposals
-    "refine_proposal_mp": 2e-4,
+    "refine_proposal_mp": 0.0001724,
     # PRM baseline: backward passes, per ground-truth-like instance of a validation image and
     # input megapixel (peaks ∝ instances)
-    "prm_instance_mp": 1.0,
-    "evaluate_image": 0.01,
+    "prm_instance_mp": 0.9291,
+    "evaluate_image": 0.007944,
 }
 
 #: Below this many working pixels the built-in generator's cost falls with the image
