@@ -13,6 +13,7 @@ images too.
 usage: python benchmarks/calibrate_stage2.py [--data shapes] [--preset cpu] [--seeds 0]
            [--base "k=v ..."] [--variants "" "pseudo.mode=argmax" ...] [--name shapes]
 Writes benchmarks/results/calibrate_stage2_<name>.json and prints a markdown table.
+DATA/negatives, when it exists, is passed as data.negatives (as benchmarks/real.py does).
 """
 
 from __future__ import annotations
@@ -64,12 +65,14 @@ def main() -> None:
     args = ap.parse_args()
     ds = api.open_dataset(args.data, progress=False)
     name = args.name or ds.name
+    neg = Path(args.data) / "negatives"  # as benchmarks/real.py: DATA/negatives joins stage 1
+    negatives = [f"data.negatives={neg}"] if neg.is_dir() else []
     rows = []
     for seed in args.seeds:
         run_dir = Path(args.out) / name / f"seed{seed}"
         for variant in args.variants:
             cfg = api.load_config(args.preset, [
-                *shlex.split(args.base), *shlex.split(variant), f"seed={seed}",
+                *negatives, *shlex.split(args.base), *shlex.split(variant), f"seed={seed}",
                 "data.train_split=train-fit", "data.val_split=train-calib"])
             t0 = time.time()
             res = api.run_pipeline(ds, cfg, run_dir, data_spec=args.data, progress=False)
