@@ -202,6 +202,21 @@ def body_features_sized(model: MaskRCNN, images: Sequence[Tensor]
     return out, sizes  # type: ignore[return-value]
 
 
+def _batch_from_body(m: MaskRCNN, feats: Sequence[dict[str, Tensor]],
+                     image_sizes: Sequence[tuple[int, int]]) -> tuple[ImageList, dict]:
+    """The padded batch of per-image body maps as the detector's heads see it: an
+    ``ImageList`` of the padded batch shape (a zero-stride stand-in: the RPN reads only its
+    shape, device and dtype) and the FPN's maps of the batch."""
+    dtype = next(m.backbone.fpn.parameters()).dtype
+    body = OrderedDict((k, pad_stack([f[k] for f in feats], dtype)) for k in _LEVELS)
+    div = m.transform.size_divisible
+    h = -(-max(s[0] for s in image_sizes) // div) * div
+    w = -(-max(s[1] for s in image_sizes) // div) * div
+    dummy = body["c2"].new_zeros(()).expand(len(feats), 3, h, w)
+    images = ImageList(dummy, [(int(a), int(b)) for a, b in image_sizes])
+    return images, m.backbone.from_body(body)
+
+
 def detect_from_body(model: MaskRCNN, feats: Sequence[dict[str, Tensor]],
                      image_sizes: Sequence[tuple[int, int]],
                      original_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
@@ -221,14 +236,7 @@ def detect_from_body(model: MaskRCNN, feats: Sequence[dict[str, Tensor]],
         torchvision's detections, one dict per image.
     """
     m = model
-    dtype = next(m.backbone.fpn.parameters()).dtype
-    body = OrderedDict((k, pad_stack([f[k] for f in feats], dtype)) for k in _LEVELS)
-    div = m.transform.size_divisible
-    h = -(-max(s[0] for s in image_sizes) // div) * div
-    w = -(-max(s[1] for s in image_sizes) // div) * div
-    dummy = body["c2"].new_zeros(()).expand(len(feats), 3, h, w)
-    images = ImageList(dummy, [(int(a), int(b)) for a, b in image_sizes])
-    fpn = m.backbone.from_body(body)
+    images, fpn = _batch_from_body(m, feats, image_sizes)
     proposals, _ = m.rpn(images, fpn)
     detections, _ = m.roi_heads(fpn, proposals, images.image_sizes)
     return m.transform.postprocess(detections, images.image_sizes,
@@ -262,15 +270,7 @@ class MaskRCNNOnFeatures(nn.Module):
             targets: torchvision's training targets at that size.
         """
         m = self.model
-        dtype = next(m.backbone.fpn.parameters()).dtype
-        body = OrderedDict((k, pad_stack([f[k] for f in feats], dtype)) for k in _LEVELS)
-        div = m.transform.size_divisible
-        h = -(-max(s[0] for s in image_sizes) // div) * div
-        w = -(-max(s[1] for s in image_sizes) // div) * div
-        # The RPN reads only the padded batch shape, device and dtype off the image tensor.
-        dummy = body["c2"].new_zeros(()).expand(len(feats), 3, h, w)
-        images = ImageList(dummy, [(int(a), int(b)) for a, b in image_sizes])
-        fpn = m.backbone.from_body(body)
+        images, fpn = _batch_from_body(m, feats, image_sizes)
         proposals, proposal_losses = m.rpn(images, fpn, targets)
         _, detector_losses = m.roi_heads(fpn, proposals, images.image_sizes, targets)
         return {**detector_losses, **proposal_losses}
