@@ -11,7 +11,7 @@ seconds of the stages it ran; the WISE+Refine threshold sweep is scored on the c
 images too.
 
 usage: python benchmarks/calibrate_stage2.py [--data shapes] [--preset cpu] [--seeds 0]
-           [--base "k=v ..."] [--variants "" "pseudo.mode=argmax" ...] [--name shapes]
+           [--base "k=v ..."] [--variants "" "segmenter.mode=argmax" ...] [--name shapes]
 Writes benchmarks/results/calibrate_stage2_<name>.json and prints a markdown table.
 DATA/negatives, when it exists, is passed as data.negatives (as benchmarks/real.py does).
 """

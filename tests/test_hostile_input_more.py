@@ -196,6 +196,7 @@ def test_closed_pipe_exits_quietly(monkeypatch, run_cli):
     (["segmenter.min_size=100000", "segmenter.max_size=100000"],
      "segmenter.min_size=100000 is larger than 4096 px"),
     (["auto.max_input=10000"], "auto.max_input=10000 is larger than 4096 px"),
+    (["pseudo.mode=argmax"], "pseudo.mode='argmax' differs from segmenter.mode='sample'"),
 ], ids=lambda v: v if isinstance(v, str) and "=" not in v else None)
 def test_setting_refused_before_any_work(tmp_path, run_cli, overrides, needle):
     import sys
@@ -633,3 +634,13 @@ def test_a_bad_setting_fails_before_torch_is_imported(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "[2, 2, 2, 2] False", out.stderr[-2000:]
+
+
+def test_the_draw_mode_is_segmenter_mode():
+    """segmenter.mode alone, or both modes alike, are accepted (pseudo.mode's default
+    ``sample`` is only recorded)."""
+    from wiseseg.api import load_config
+
+    for overrides in (["segmenter.mode=argmax"], ["segmenter.mode=argmax", "pseudo.mode=argmax"],
+                      ["segmenter.mode=fixed"]):
+        assert load_config("cpu", overrides)["segmenter"]["mode"] == overrides[0].split("=")[1]

@@ -265,13 +265,21 @@ _ORDERED = (("auto.min_input", "auto.max_input"), ("auto.min_epochs", "auto.max_
 
 def check_consistency(cfg: Mapping) -> None:
     """Settings that are fine alone but not together: each pair of :data:`_ORDERED` with
-    numbers in both places must be in order."""
+    numbers in both places must be in order; a ``pseudo.mode`` other than the default
+    ``sample`` must equal ``segmenter.mode`` (the proposal of a peak is drawn when Mask R-CNN
+    trains, by ``segmenter.mode``; ``pseudo.mode`` is only recorded in the pseudo-label file,
+    so ``pseudo.mode=argmax`` alone would be a silently ignored setting)."""
     for small, large in _ORDERED:
         a, b = _get(cfg, small), _get(cfg, large)
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)) \
                 and a > b:
             raise ConfigError(f"setting {small}={a!r} is larger than {large}={b!r}; "
                               f"{small} must be ≤ {large}")
+    pm, sm = _get(cfg, "pseudo.mode"), _get(cfg, "segmenter.mode")
+    if isinstance(pm, str) and isinstance(sm, str) and pm != sm and pm != "sample":
+        raise ConfigError(f"setting pseudo.mode={pm!r} differs from segmenter.mode={sm!r}: "
+                          f"the proposal of each peak is drawn when Mask R-CNN trains, by "
+                          f"segmenter.mode; set segmenter.mode={pm} (and pseudo.mode alike)")
 
 
 def _get(cfg: Mapping, dotted: str) -> Any:

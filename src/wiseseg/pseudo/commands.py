@@ -24,7 +24,8 @@ def _cfg_pseudo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train", help="training split (default: train)")
     p.add_argument("--peaks", default=None, help="use this peaks.json instead of computing")
     p.add_argument("--mode", choices=("sample", "argmax", "fixed"), default=None,
-                   help="sampling mode recorded for train-segmenter (default: preset)")
+                   help="sampling mode recorded in the file (the draw itself is made by "
+                        "train-segmenter --mode; default: preset)")
 
 
 @command("pseudo-masks", "build pseudo masks from CAM peaks and proposals (COCO JSON)",
