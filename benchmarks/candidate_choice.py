@@ -9,7 +9,7 @@ training images (a calibration part, or the images a classifier was trained on, 
 masks are made on them), never on the split a table reports.
 
 usage: python benchmarks/candidate_choice.py CLASSIFIER.pt DATA --split train-fit
-           [--negatives DIR] [--proposals DIR] [--preset cpu] [--name NAME]
+           [--negatives DIR] [--proposals DIR] [--top-k 1000] [--preset cpu] [--name NAME]
 Writes benchmarks/results/candidate_choice_<name>.json and prints a markdown table.
 """
 
@@ -24,38 +24,66 @@ import torch
 
 from wiseseg import api, rle
 from wiseseg.classifier.model_io import load_classifier
-from wiseseg.classifier.peaks import image_cams, peaks_for_image
-from wiseseg.data.images import load_image
+from wiseseg.classifier.peaks import cams_on_image, peak_cams, peaks_for_image
 from wiseseg.io import atomic_write_json
 from wiseseg.proposals import build_proposal_source, compute_proposals
+from wiseseg.pseudo.sampling import cam_agreement, eq1_probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def rules(ious: np.ndarray, scores: np.ndarray, areas: np.ndarray) -> dict[str, float]:
-    """IoU of each rule's pick (candidates sorted by nothing in particular)."""
-    order = np.argsort(-scores, kind="stable")
-    top3 = order[:3]
-    p3 = scores[top3] / scores[top3].sum() if scores[top3].sum() > 0 else \
-        np.full(len(top3), 1 / len(top3))
-    out = {"oracle": ious.max(), "top objectness (argmax)": ious[order[0]],
-           "Eq. 1 over top 3 (expected)": float((ious[top3] * p3).sum())}
+OVERLAPS = (0.5, 1.0, 2.0)  # pseudo.cam_overlap exponents
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4)  # pseudo.cam_threshold
+
+
+def eq1_top3(ious: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
+    """IoU of the arg-max and expected IoU of the Eq. 1 draw among the 3 of highest
+    ``weight`` (the ``cpu`` preset's ``max_candidates``)."""
+    top3 = np.argsort(-weight, kind="stable")[:3]
+    return float(ious[top3[0]]), float((ious[top3] * eq1_probabilities(weight[top3])).sum())
+
+
+def rules(ious: np.ndarray, scores: np.ndarray, areas: np.ndarray,
+          masks: np.ndarray, cam: np.ndarray, y: int, x: int) -> dict[str, float]:
+    """IoU of each rule's pick (candidates sorted by nothing in particular): objectness
+    alone, objectness × area^β, and objectness × CAM agreement^e (``pseudo.cam_overlap``,
+    ``pseudo.cam_threshold``: :func:`wiseseg.pseudo.sampling.cam_agreement`)."""
+    am, eq = eq1_top3(ious, scores)
+    out = {"oracle": ious.max(), "top objectness (argmax)": am,
+           "Eq. 1 over top 3 (expected)": eq}
     for beta in (0.3, 0.5):
         out[f"objectness × area^{beta}"] = ious[(scores * areas ** beta).argmax()]
+    top3 = np.argsort(-scores, kind="stable")[:3]
     out["largest of top 3"] = ious[top3[areas[top3].argmax()]]
+    for t in THRESHOLDS:
+        agree = cam_agreement(masks, cam, y, x, t)
+        for e in OVERLAPS:
+            am, eq = eq1_top3(ious, scores * agree ** e)
+            out[f"argmax, cam_overlap {e}, cam_threshold {t}"] = am
+            out[f"Eq. 1 over top 3, cam_overlap {e}, cam_threshold {t}"] = eq
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("classifier")
-    ap.add_argument("data")
+    ap.add_argument("classifier", nargs="?")
+    ap.add_argument("data", nargs="?")
+    ap.add_argument("--choose", nargs="+", metavar="RESULT.json",
+                    help="rank the Eq. 1 rules by their mean share of IoU ≥ 0.5 over these "
+                         "kept results (one per data set) and stop")
     ap.add_argument("--split", default="train-fit")
     ap.add_argument("--negatives", default=None)
     ap.add_argument("--proposals", default=None, help="proposal store folder (computed if new)")
     ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--top-k", type=int, default=1000,
+                    help="proposals per image (as the run: 1000 photographs, 300 shapes)")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
+    if args.choose:
+        choose(args.choose)
+        return
+    if not (args.classifier and args.data):
+        ap.error("CLASSIFIER and DATA are needed (or --choose)")
     torch.set_num_threads(2)
     cfg = api.load_config(args.preset)
     ds = api.open_dataset(args.data, progress=False)
@@ -69,13 +97,16 @@ def main() -> None:
     size = int(ccfg["input_size"])
     pc, sc = cfg["pseudo"], cfg["peaks"]
     store_dir = args.proposals or f"runs/candidate-choice/{Path(args.data).name}-{args.split}"
-    store = compute_proposals(list(recs), build_proposal_source("builtin", top_k=1000),
-                              store_dir, workers=2, progress=False, top_k=1000)
+    store = compute_proposals(list(recs), build_proposal_source("builtin", top_k=args.top_k),
+                              store_dir, workers=2, progress=False, top_k=args.top_k)
     picks: dict[str, list[float]] = {}
     without = 0
     for r in recs:
-        cam = image_cams(model, [load_image(r.path)], size, "cpu", flip=bool(sc["flip"]))[0]
+        if not gts[r.id].instances:
+            continue  # no masks (image-level labels only, or a negative)
+        cam = peak_cams(model, [r], size, sc, "cpu")[0]
         peaks = peaks_for_image(model, cam, r, sc, True, input_size=size)
+        cam_maps = cams_on_image(model, cam, size, r) if peaks else {}
         props = store.get(r.id)
         masks = rle.decode_many(props.masks, (r.height, r.width)).astype(bool)
         scores = np.asarray(props.scores, float)
@@ -98,7 +129,8 @@ def main() -> None:
                 continue
             m, g = masks[inside], gm[hit[0]]
             ious = (m & g).reshape(len(m), -1).sum(1) / (m | g).reshape(len(m), -1).sum(1)
-            for k, v in rules(ious, scores[inside], areas[inside]).items():
+            for k, v in rules(ious, scores[inside], areas[inside], m, cam_maps[p.category],
+                              p.y, p.x).items():
                 picks.setdefault(k, []).append(float(v))
     table = {k: {"mean_iou": float(np.mean(v)), "iou50": float(np.mean(np.array(v) >= 0.5)),
                  "peaks": len(v)} for k, v in picks.items()}
@@ -113,6 +145,27 @@ def main() -> None:
           f"{without} without a candidate\n\n| rule | mean IoU | IoU ≥ 0.5 |\n|---|---|---|")
     for k, v in table.items():
         print(f"| {k} | {v['mean_iou']:.3f} | {100 * v['iou50']:.1f} % |")
+
+
+def choose(paths: list[str]) -> None:
+    """Print the Eq. 1 draws (and the arg-max of objectness) ranked by their mean share of
+    correct peaks whose draw has IoU ≥ 0.5, over several data sets' result files."""
+    import json
+
+    tables = {Path(p).stem.removeprefix("candidate_choice_"): json.loads(Path(p).read_text())
+              for p in paths}
+    names = list(tables)
+    keys = [k for k in next(iter(tables.values()))["rules"]
+            if k.startswith("Eq. 1") or k.startswith("top objectness")
+            or k == "oracle"]
+    rows = sorted(((np.mean([tables[n]["rules"][k]["iou50"] for n in names]), k) for k in keys
+                   if all(k in tables[n]["rules"] for n in names)), reverse=True)
+    print("| rule | " + " | ".join(f"{n} IoU≥0.5 / mean IoU" for n in names) + " | mean |")
+    print("|---" * (len(names) + 2) + "|")
+    for mean, k in rows:
+        cells = [f"{100 * tables[n]['rules'][k]['iou50']:.1f} / "
+                 f"{tables[n]['rules'][k]['mean_iou']:.3f}" for n in names]
+        print(f"| {k} | " + " | ".join(cells) + f" | {100 * mean:.1f} |")
 
 
 if __name__ == "__main__":

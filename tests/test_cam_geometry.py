@@ -145,3 +145,22 @@ def test_response_of_an_isolated_object_is_mostly_inside_it(models, name):
     # ImageNet normalisation leaves the black background above the input's minimum in two
     # channels, and the excitation rule weighs inputs by their distance to that minimum)
     assert float(maps[0][mask].sum()) > 0.6
+
+
+@pytest.mark.parametrize("convention", ["uniform", "corners"])
+def test_cam_on_image_reads_each_cell_at_its_pixel(convention):
+    # 97 px input, 9 cells: under `corners` the cells sit exactly on pixels 0, 12, …, 96
+    g = make_geometry(convention, (97, 97), (9, 9), 12)
+    cam = torch.rand(3, 9, 9)
+    img = g.to_image(cam, (97, 97))
+    assert img.shape == (3, 97, 97)
+    if convention == "corners":
+        torch.testing.assert_close(img[:, ::12, ::12], cam)
+    # a CAM linear in the cell index is linear in the image (bilinear resampling)
+    ramp = torch.arange(9.0).view(1, 9, 1).expand(1, 9, 9)
+    col = g.to_image(ramp, (97, 50))[0, :, 7]
+    inner = [g.pixel_to_cell(y, 7, (97, 50))[0] for y in range(97)]
+    assert torch.all(col[1:] >= col[:-1])  # monotone down the image
+    assert max(abs(float(c) - i) for c, i in zip(col, inner)) <= 0.5 + 1e-6  # nearest cell ±½
+    with pytest.raises(ValueError, match="cells"):
+        g.to_image(torch.rand(3, 8, 9), (97, 97))

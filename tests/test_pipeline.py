@@ -34,6 +34,35 @@ def test_tiny_run_has_every_stage_and_row(tiny_run):
     # the fixed body's maps were computed once per split for every Mask R-CNN's predictions
     for split in ("train", "val"):
         assert (tiny_run / "cache" / f"segmenter_body_{split}.pt").is_file()
+    # the default pseudo masks weigh objectness by the CAM agreement (pseudo.cam_overlap)
+    pseudo = json.loads((tiny_run / "pseudo" / "pseudo.json").read_text())
+    assert pseudo["wiseseg"]["settings"]["cam_overlap"] > 0
+
+
+def test_training_cams_from_the_cache_match_the_images(tiny_run):
+    """The pseudo stage's CAMs come from stage 1's cached features; they must be the CAMs of
+    the images (up to the cache's float16)."""
+    import numpy as np
+
+    from wiseseg.classifier.model_io import load_classifier
+    from wiseseg.classifier.peaks import cam_function
+    from wiseseg.classifier.train import ClassifierData, classifier_feature_cache
+
+    cfg = load_config(tiny_run / "config.yaml")
+    model, ccfg, _ = load_classifier(tiny_run / "classifier" / "model.pt")
+    split = api.open_dataset(cfg["data"]["spec"]).weak("train")
+    size = ccfg["input_size"]
+    feats = classifier_feature_cache(
+        model, ClassifierData(split, size, hflip=bool(cfg["peaks"]["flip"])), "cpu",
+        tiny_run / "cache" / "classifier_features.pt", progress=False)
+    cached = cam_function(model, size, cfg["peaks"], "cpu", split, feats)
+    direct = cam_function(model, size, cfg["peaks"], "cpu")
+    for rec in list(split.records)[:4]:
+        a, b = cached(rec), direct(rec)
+        assert sorted(a) == sorted(rec.labels) == sorted(b)
+        for c in a:
+            assert a[c].shape == (rec.height, rec.width)
+            np.testing.assert_allclose(a[c], b[c], atol=0.02 * max(1.0, np.abs(b[c]).max()))
 
 
 def test_rerun_skips_every_stage(tiny_run):
@@ -47,6 +76,9 @@ def test_changed_setting_reruns_only_dependants(tiny_run):
     assert res.metrics["run"]["ran"] == ["prm", "evaluate"]
     res = _rerun(tiny_run, "prm.nms_iou=0.5", "evaluate.min_score=0.1")
     assert res.metrics["run"]["ran"] == ["evaluate"]
+    res = _rerun(tiny_run, "pseudo.cam_overlap=0.0")  # the paper's objectness alone
+    assert res.metrics["run"]["ran"][:2] == ["pseudo", "wise"]
+    assert "classifier" not in res.metrics["run"]["ran"]
     _rerun(tiny_run)  # back to the fixture's settings for the other tests
 
 

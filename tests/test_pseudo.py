@@ -159,3 +159,39 @@ def test_coco_file_roundtrip_and_pycocotools(tmp_path):
     back = read_pseudo(path, split, [1, 2, 3])[7]
     assert [(i.category, len(i.candidates)) for i in back.instances] == [(0, 2), (1, 1)]
     assert back.instances[0].candidates[0].score == 0.6
+
+
+def test_cam_agreement_is_the_iou_with_the_cam_region():
+    from wiseseg.pseudo.sampling import cam_agreement
+
+    cam = np.zeros((H, W), np.float32)
+    cam[5:20, 5:20] = 1.0       # the class is here
+    cam[10, 10] = 2.0           # the peak
+    masks = rle.decode_many([PROPS[0], PROPS[1]], (H, W)).astype(bool)
+    # region {cam ≥ 0.3 × 2.0} = the 15×15 square = proposal 0; proposal 1 is 22×22
+    got = cam_agreement(masks, cam, 10, 10, 0.3)
+    np.testing.assert_allclose(got, [1.0, 225 / 484])
+    assert cam_agreement(masks, cam, 10, 10, 0.6).tolist() == [1 / 225, 1 / 484]
+    assert cam_agreement(masks, -cam, 10, 10, 0.3).tolist() == [0.0, 0.0]  # no activation
+    assert cam_agreement(np.zeros((0, H, W), bool), cam, 10, 10, 0.3).shape == (0,)
+    with pytest.raises(ValueError, match="CAM of"):
+        cam_agreement(masks, cam[:10], 10, 10, 0.3)
+
+
+def test_cam_overlap_reorders_and_reweighs_the_candidates():
+    # the CAM covers the larger proposal 1, whose objectness (0.2) is below proposal 0's (0.6)
+    cam = np.zeros((H, W), np.float32)
+    cam[3:25, 3:25] = 1.0
+    peaks = [{"class": 0, "y": 10, "x": 10, "score": 2.0}]
+    kw = dict(labels={0}, proposal_masks=PROPS, proposal_scores=SCORES, min_area_px=16,
+              max_area_frac=0.9)
+    plain = build_candidates(1, (H, W), peaks, **kw).instances[0].candidates
+    assert [c.segmentation for c in plain] == [PROPS[0], PROPS[1]]
+    weighted = build_candidates(1, (H, W), peaks, cams={0: cam}, cam_overlap=2.0,
+                                cam_threshold=0.3, **kw).instances[0].candidates
+    assert [c.segmentation for c in weighted] == [PROPS[1], PROPS[0]]
+    np.testing.assert_allclose([c.score for c in weighted], [0.2, 0.6 * (225 / 484) ** 2])
+    with pytest.raises(ValueError, match="CAM of class 0"):
+        build_candidates(1, (H, W), peaks, cam_overlap=2.0, **kw)
+    with pytest.raises(ValueError, match="cam_overlap"):
+        build_candidates(1, (H, W), peaks, cams={0: cam}, cam_overlap=-1.0, **kw)

@@ -95,7 +95,7 @@ _FRACTION = frozenset({
     "relative", "class_threshold", "min_area_frac", "max_area_frac",
     "warmup_factor", "box_score_thresh", "box_nms_thresh", "mask_threshold",
     "self_training_score", "nms_iou", "balance", "bg_factor", "classifier_share",
-    "assumed_object", "momentum", "refine_min_iou",
+    "assumed_object", "momentum", "refine_min_iou", "cam_threshold",
 })
 _KIND_WORDS = {"bool": "true or false", "int": "a whole number", "float": "a number",
                "str": "a string", "list": "a list", "dict": "a mapping of settings",

@@ -132,8 +132,20 @@ def run_pseudo(ctx: RunContext, d: Path) -> dict:
         model, ccfg, _ = load_classifier(ctx.stage_dir("classifier") / "model.pt", dev)
         retrieval_fn = retrieval_function(model, ccfg["input_size"],
                                           RetrievalSettings(**ctx.cfg["prm"]), dev)
+    cam_fn = None
+    if float(ctx.cfg["pseudo"].get("cam_overlap", 0) or 0) > 0:
+        from wiseseg.classifier.model_io import load_classifier
+        from wiseseg.classifier.peaks import cam_function
+
+        dev = _device(ctx)
+        model, ccfg, _ = load_classifier(ctx.stage_dir("classifier") / "model.pt", dev)
+        # the training images' CAMs from stage 1's cached features, as the peaks stage did
+        cam_fn = cam_function(model, ccfg["input_size"], ctx.cfg["peaks"], dev,
+                              ds.weak(ctx.train_split),
+                              _classifier_features(ctx, model, ccfg, dev))
     images, stats = build_pseudo_images(split, peaks["by_id"], store, ctx.cfg["pseudo"],
-                                        progress=ctx.progress, retrieval_fn=retrieval_fn)
+                                        progress=ctx.progress, retrieval_fn=retrieval_fn,
+                                        cam_fn=cam_fn)
     coco = to_coco(images, split, ds.category_ids, stats, dict(ctx.cfg["pseudo"]))
     write_pseudo(d / "pseudo.json", coco)
     return {**stats.as_dict(), "instances": len(coco["annotations"]),
@@ -329,7 +341,7 @@ STAGES = (
     Stage("peaks", run_peaks, deps=("classifier",), config=("data", "peaks")),
     Stage("proposals", run_proposals, config=("data", "proposals")),
     Stage("pseudo", run_pseudo, deps=("peaks", "proposals"),
-          config=lambda ctx: ("pseudo", "prm") if _prm_candidates(ctx) else ("pseudo",)),
+          config=lambda ctx: ("pseudo", "peaks") + (("prm",) if _prm_candidates(ctx) else ())),
     Stage("wise", run_wise, deps=("pseudo",), config=("segmenter",)),
     Stage("reference", run_reference, config=("data", "segmenter"), enabled=_reference_on,
           ignores=tuple(f"segmenter.{k}" for k in PSEUDO_ONLY)),

@@ -117,6 +117,58 @@ def cached_cams(model: PeakCAM, features, indices: list[int], device,
     return cams.cpu()
 
 
+def peak_cams(model: PeakCAM, records: Sequence[ImageRecord], input_size: int,
+              cfg: dict[str, Any], device, features=None,
+              indices: Sequence[int] | None = None) -> torch.Tensor:
+    """The CAMs ``B×C×h×w`` peaks are taken from (``cfg``: the ``peaks`` settings ``flip``
+    and ``scales``): from ``features``, the classifier's feature cache, at its samples
+    ``indices`` (the records' images at ``input_size``), else from the images."""
+    flip = bool(cfg.get("flip", False))
+    scales = tuple(float(s) for s in (cfg.get("scales") or (1.0,)))
+    if features is None:
+        return image_cams(model, [load_image(r.path) for r in records], input_size, device,
+                          flip=flip, scales=scales)
+    cams = cached_cams(model, features, list(indices), device, flip)
+    if scales != (1.0,):  # the other scales from the images; the cache holds 1.0
+        ims = [load_image(r.path) for r in records]
+        cams = multiscale_cams(cams, [
+            image_cams(model, ims, scaled_size(input_size, s), device, flip=flip)
+            for s in scales if s != 1.0], 1.0 in scales)
+    return cams
+
+
+def cam_function(model: PeakCAM, input_size: int, cfg: dict[str, Any], device,
+                 split: WeakSplit | None = None, features=None):
+    """``fn(record) -> {class: H×W float32 array}``: the CAM of each labelled class of the
+    record's image (as :func:`peak_cams` computes it for the peaks) resampled onto the
+    image's pixels (:meth:`~wiseseg.models.cam_geometry.CamGeometry.to_image`). With
+    ``features``, the classifier's feature cache of ``split``'s records in order, cached
+    images are not run through the backbone again."""
+    index = {r.id: i for i, r in enumerate(split.records)} \
+        if features is not None and split is not None else {}
+    model.eval()
+
+    def fn(record: ImageRecord) -> dict[int, Any]:
+        i = index.get(record.id)
+        cam = peak_cams(model, [record], input_size, cfg, device,
+                        features if i is not None else None, [i])[0]
+        return cams_on_image(model, cam, input_size, record)
+
+    return fn
+
+
+def cams_on_image(model: PeakCAM, cam: torch.Tensor, input_size: int,
+                  record: ImageRecord) -> dict[int, Any]:
+    """``{class: H×W float32 array}``: the record's labelled classes of ``cam`` (``C×h×w``,
+    from an ``input_size``² input) on the image's pixels."""
+    classes = sorted(record.labels)
+    if not classes:
+        return {}
+    maps = cam_geometry(model, cam, input_size).to_image(
+        cam[classes], (record.height, record.width)).numpy()
+    return {c: maps[k] for k, c in enumerate(classes)}
+
+
 def compute_peaks(model: PeakCAM, split: WeakSplit, input_size: int, cfg: dict[str, Any],
                   use_labels: bool = True, device: str | torch.device = "cpu",
                   batch_size: int = 16, progress: bool = True,
@@ -137,19 +189,8 @@ def compute_peaks(model: PeakCAM, split: WeakSplit, input_size: int, cfg: dict[s
     bar = tqdm(total=len(recs), desc="peaks", unit="img", disable=not progress)
     for start in range(0, len(recs), batch_size):
         chunk = recs[start:start + batch_size]
-        flip = bool(cfg.get("flip", False))
-        scales = tuple(float(s) for s in (cfg.get("scales") or (1.0,)))
-        if features is not None:
-            cams = cached_cams(model, features, list(range(start, start + len(chunk))),
-                               device, flip)
-            if scales != (1.0,):  # the other scales from the images; the cache holds 1.0
-                ims = [load_image(r.path) for r in chunk]
-                cams = multiscale_cams(cams, [
-                    image_cams(model, ims, scaled_size(input_size, s), device, flip=flip)
-                    for s in scales if s != 1.0], 1.0 in scales)
-        else:
-            cams = image_cams(model, [load_image(r.path) for r in chunk], input_size, device,
-                              flip=flip, scales=scales)
+        cams = peak_cams(model, chunk, input_size, cfg, device, features,
+                         list(range(start, start + len(chunk))))
         scores, _ = peak_stimulation(cams, model.peak_window, model.median_filter)
         probs = torch.sigmoid(scores)
         for r, cam, prob in zip(chunk, cams, probs):

@@ -104,6 +104,32 @@ class CamGeometry:
         dx = (x1 - x0) / (w - 1) if w > 1 else float(image_size[1])
         return (x0 - dx / 2, x1 + dx / 2, y1 + dy / 2, y0 - dy / 2)
 
+    def to_image(self, cam: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """Resample a CAM onto the pixels of the original image.
+
+        ``cam``: float ``C×h×w`` with ``(h, w) == cam_size``. Returns float ``C×H×W`` for
+        ``image_size = (H, W)``: at each pixel centre, the bilinear interpolation of the cells
+        around the position this geometry gives it (the value of the border cells beyond the
+        outermost cell centres), so a peak's pixel (:meth:`cell_to_pixel`) reads its cell's
+        value up to the rounding of its position.
+        """
+        import torch.nn.functional as F
+
+        if tuple(cam.shape[-2:]) != self.cam_size:
+            raise ValueError(f"CAM of {tuple(cam.shape[-2:])} cells, geometry has "
+                             f"{self.cam_size}")
+        axes = []
+        for a, n_img in ((0, image_size[0]), (1, image_size[1])):
+            n_in, n = self.input_size[a], self.cam_size[a]
+            pos = (torch.arange(n_img, dtype=torch.float64) + 0.5) * n_in / n_img - 0.5
+            k = (pos - self.offset[a]) / self.scale[a] / self._sub(a)
+            # grid_sample's align_corners=True: -1 and 1 are the first and last cell centres
+            axes.append((2 * k / (n - 1) - 1) if n > 1 else torch.zeros_like(k))
+        gy, gx = torch.meshgrid(axes[0], axes[1], indexing="ij")
+        grid = torch.stack([gx, gy], -1).to(torch.float32)[None]
+        return F.grid_sample(cam[None].float(), grid, mode="bilinear", padding_mode="border",
+                             align_corners=True)[0]
+
     def pixel_to_cell(self, y: float, x: float, image_size: tuple[int, int]) -> tuple[int, int]:
         """Image position → the nearest CAM cell."""
         return self.input_to_cell(image_to_input(y, image_size[0], self.input_size[0]),

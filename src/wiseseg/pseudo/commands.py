@@ -62,8 +62,14 @@ def cmd_pseudo_masks(args) -> int:
 
         retrieval_fn = retrieval_function(model, ccfg["input_size"],
                                           RetrievalSettings(**cfg["prm"]), device)
+    cam_fn = None
+    if float(cfg["pseudo"].get("cam_overlap", 0) or 0) > 0:
+        from wiseseg.classifier.peaks import cam_function
+
+        cam_fn = cam_function(model, ccfg["input_size"], cfg["peaks"], device)
     images, stats = build_pseudo_images(split, peaks["by_id"], store, cfg["pseudo"],
-                                        progress=not args.quiet, retrieval_fn=retrieval_fn)
+                                        progress=not args.quiet, retrieval_fn=retrieval_fn,
+                                        cam_fn=cam_fn)
     coco = to_coco(images, split, ds.category_ids, stats, dict(cfg["pseudo"]))
     write_pseudo(args.out, coco)
     s = stats.as_dict()

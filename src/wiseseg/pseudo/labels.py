@@ -1,7 +1,8 @@
 """Pseudo labels as a COCO instances file, built from peaks and proposals.
 
 The file is valid COCO: ``images``, ``categories`` and one annotation per peak whose
-``segmentation`` is its highest-objectness candidate (so detectron2 / mmdetection can train on
+``segmentation`` is its best candidate (highest Eq. 1 weight: the objectness, times the CAM
+agreement with ``cam_overlap``; so detectron2 / mmdetection can train on
 it as is). Each annotation also carries ``candidates`` (``[{segmentation, score}]``, the Eq. 1
 choices), ``peak`` (``{y, x, score}``) and ``ignore: 1`` when, under the duplicate rule,
 its arg-max mask duplicates a stronger peak's (mmdetection skips such annotations). The
@@ -34,24 +35,30 @@ from wiseseg.pseudo.sampling import (
 
 def build_pseudo_images(split: WeakSplit, peaks_by_id: dict[int, list[dict]], store,
                         cfg: dict[str, Any], progress: bool = True,
-                        retrieval_fn: Callable | None = None
+                        retrieval_fn: Callable | None = None,
+                        cam_fn: Callable | None = None
                         ) -> tuple[list[PseudoImage], CandidateStats]:
     """Candidates for every image of the split (peaks from stage 1, proposals from ``store``,
     a :class:`~wiseseg.proposals.ProposalStore`).
 
     ``retrieval_fn(record, peaks, proposal_masks) -> [values per proposal] per peak`` gives
-    PRM's retrieval values when ``cfg["prm_candidates"] > 0`` (see
-    :func:`~wiseseg.pseudo.sampling.build_candidates`).
+    PRM's retrieval values when ``cfg["prm_candidates"] > 0``; ``cam_fn(record) -> {class:
+    H×W CAM on the image}`` the CAMs of its labelled classes when ``cfg["cam_overlap"] > 0``
+    (see :func:`~wiseseg.pseudo.sampling.build_candidates`).
     """
     stats = CandidateStats()
     images = []
     k = int(cfg.get("prm_candidates", 0) or 0)
     if k > 0 and retrieval_fn is None:
         raise ValueError("pseudo.prm_candidates > 0 needs the classifier's response maps")
+    overlap = float(cfg.get("cam_overlap", 0.0) or 0.0)
+    if overlap > 0 and cam_fn is None:
+        raise ValueError("pseudo.cam_overlap > 0 needs the classifier's CAMs")
     for rec in tqdm(split.records, desc="pseudo masks", unit="img", disable=not progress):
         peaks = peaks_by_id.get(rec.id, [])
         props = store.get(rec.id, size=(rec.height, rec.width)) if peaks else None
         retrieval = retrieval_fn(rec, peaks, props.masks) if k > 0 and peaks else None
+        cams = cam_fn(rec) if overlap > 0 and peaks else None
         images.append(build_candidates(
             rec.id, (rec.height, rec.width), peaks, rec.labels,
             props.masks if props is not None else [],
@@ -59,7 +66,8 @@ def build_pseudo_images(split: WeakSplit, peaks_by_id: dict[int, list[dict]], st
             min_area_px=int(cfg["min_area_px"]), min_area_frac=float(cfg["min_area_frac"]),
             max_area_frac=float(cfg["max_area_frac"]),
             max_candidates=int(cfg["max_candidates"]), stats=stats,
-            retrieval=retrieval, prm_candidates=k))
+            retrieval=retrieval, prm_candidates=k, cams=cams, cam_overlap=overlap,
+            cam_threshold=float(cfg.get("cam_threshold", 0.3))))
     return images, stats
 
 

@@ -27,6 +27,15 @@ Size filter: candidates must cover at least ``max(min_area_px, min_area_frac × 
 and at most ``max_area_frac × H·W`` (a proposal covering nearly the whole image is background,
 not an object).
 
+Beyond the paper, ``cam_overlap = e > 0`` weighs each candidate by how well it covers the
+peak's class activation: with ``R = {CAM_c ≥ cam_threshold × CAM_c(peak)}`` (the class CAM
+resampled onto the image), the candidate's score becomes ``b_k · IoU(G_k, R)^e``; the
+``max_candidates`` best by that score are kept and it is their Eq. 1 weight. Objectness alone
+cannot tell an object from its parts and from the larger regions around it, all of which
+contain the peak; the CAM says where the class is. Chosen by ``benchmarks/candidate_choice.py``
+on the training images of VOC, Penn-Fudan + negatives and the shapes (docs/benchmarks.md);
+``cam_overlap: 0`` is the paper's objectness alone.
+
 Beyond the paper, ``prm_candidates = k > 0`` adds, for every peak, the ``k`` proposals of
 highest PRM retrieval value (:mod:`wiseseg.inference.prm_baseline`: the peak's response map
 inside and along the proposal, less its background) that do not contain the peak — the
@@ -37,7 +46,7 @@ containing proposal then still gets candidates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,7 +116,9 @@ def build_candidates(image_id: int, size: tuple[int, int], peaks: Iterable[dict]
                      max_candidates: int = 100,
                      stats: CandidateStats | None = None,
                      retrieval: list[np.ndarray] | None = None,
-                     prm_candidates: int = 0) -> PseudoImage:
+                     prm_candidates: int = 0,
+                     cams: Mapping[int, np.ndarray] | None = None,
+                     cam_overlap: float = 0.0, cam_threshold: float = 0.3) -> PseudoImage:
     """Candidates of every peak of a labelled class (see the module docstring).
 
     Args:
@@ -118,7 +129,12 @@ def build_candidates(image_id: int, size: tuple[int, int], peaks: Iterable[dict]
         retrieval: per peak (in the order given), PRM's retrieval value of every proposal
             (``NaN`` where not computed); needed when ``prm_candidates > 0``.
         prm_candidates: extra candidates per peak by retrieval value (module docstring).
+        cams: class index → float ``H×W`` CAM of that class on the image's pixels (centre of
+            pixel (r, c) at (r, c)); needed for the labelled classes when ``cam_overlap > 0``.
+        cam_overlap, cam_threshold: the CAM agreement weight (module docstring; 0: off).
     """
+    if cam_overlap < 0:
+        raise ValueError(f"cam_overlap must be ≥ 0, got {cam_overlap}")
     stats = stats if stats is not None else CandidateStats()
     h, w = size
     labels = set(labels)
@@ -141,21 +157,54 @@ def build_candidates(image_id: int, size: tuple[int, int], peaks: Iterable[dict]
             continue
         y, x = int(p["y"]), int(p["x"])
         inside = np.nonzero(masks[:, y, x])[0] if len(masks) else np.zeros(0, int)
-        order = inside[np.argsort(-scores[inside], kind="stable")][:max_candidates]
+        weight = scores
+        if cam_overlap > 0 and len(inside):
+            if cams is None or int(p["class"]) not in cams:
+                raise ValueError(f"cam_overlap > 0 needs the CAM of class {p['class']}")
+            agree = np.zeros(len(scores))
+            agree[inside] = cam_agreement(masks[inside], cams[int(p["class"])], y, x,
+                                          cam_threshold)
+            weight = scores * agree ** cam_overlap
+        order = inside[np.argsort(-weight[inside], kind="stable")][:max_candidates]
         if prm_candidates > 0 and p.get("_retrieval") is not None and len(keep):
             r = np.asarray(p["_retrieval"], dtype=np.float64)[keep]
             r[np.isin(np.arange(len(keep)), inside)] = np.nan  # containing ones are in
             best = np.argsort(-np.nan_to_num(r, nan=-np.inf), kind="stable")
             extra = [i for i in best if np.isfinite(r[i])][:prm_candidates]
             order = np.concatenate([order, np.asarray(extra, dtype=int)])
-            order = order[np.argsort(-scores[order], kind="stable")]
+            order = order[np.argsort(-weight[order], kind="stable")]
         if order.size == 0:
             stats.without_candidate.append({"image_id": image_id, "class": int(p["class"]),
                                             "y": y, "x": x, "score": float(p["score"])})
             continue
-        cands = [Candidate(proposal_masks[keep[i]], float(scores[i])) for i in order]
+        cands = [Candidate(proposal_masks[keep[i]], float(weight[i])) for i in order]
         out.instances.append(PseudoInstance(int(p["class"]), (y, x, float(p["score"])), cands))
     return out
+
+
+def cam_agreement(masks: np.ndarray, cam: np.ndarray, y: int, x: int,
+                  threshold: float) -> np.ndarray:
+    """IoU of each mask with the region where the CAM is at least ``threshold`` × its value
+    at the peak pixel ``(y, x)``.
+
+    Args:
+        masks: bool or {0, 1} ``N×H×W``; cam: float ``H×W`` on the same pixels.
+    Returns:
+        float64 ``N`` in [0, 1] (0 for all when the CAM at the peak is ≤ 0; ``N = 0``: empty).
+    """
+    masks = np.asarray(masks)
+    if masks.shape[0] == 0:
+        return np.zeros(0)
+    if masks.shape[1:] != cam.shape:
+        raise ValueError(f"masks of {masks.shape[1:]} pixels, CAM of {cam.shape}")
+    v = float(cam[y, x])
+    if not np.isfinite(v) or v <= 0:
+        return np.zeros(masks.shape[0])
+    region = (cam >= threshold * v).reshape(-1)
+    flat = masks.reshape(masks.shape[0], -1).astype(bool, copy=False)
+    inter = flat[:, region].sum(1, dtype=np.int64)
+    union = flat.sum(1, dtype=np.int64) + int(region.sum()) - inter
+    return inter / np.maximum(union, 1)
 
 
 def fix_draws(images: Iterable[PseudoImage], seed: int) -> None:
