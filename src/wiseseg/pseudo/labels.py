@@ -1,10 +1,10 @@
 """Pseudo labels as a COCO instances file, built from peaks and proposals.
 
 The file is valid COCO: ``images``, ``categories`` and one annotation per peak whose
-``segmentation`` is its best candidate (highest Eq. 1 weight: the objectness, times the CAM
-agreement with ``cam_overlap``; so detectron2 / mmdetection can train on
-it as is). Each annotation also carries ``candidates`` (``[{segmentation, score}]``, the Eq. 1
-choices), ``peak`` (``{y, x, score}``) and ``ignore: 1`` when, under the duplicate rule,
+``segmentation`` is its best candidate (highest Eq. 1 weight; so detectron2 / mmdetection can
+train on it as is). Each annotation also carries ``candidates`` (``[{segmentation, score}]``,
+the Eq. 1 choices, ``score`` their Eq. 1 weight: the objectness, times the CAM agreement when
+``cam_overlap > 0``), ``peak`` (``{y, x, score}``) and ``ignore: 1`` when, under the duplicate rule,
 its arg-max mask duplicates a stronger peak's (mmdetection skips such annotations). The
 top-level ``wiseseg`` key holds the settings and the counts of peaks dropped (class absent from
 the image-level label) and peaks without any candidate, listed one by one.
