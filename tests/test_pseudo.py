@@ -195,3 +195,13 @@ def test_cam_overlap_reorders_and_reweighs_the_candidates():
         build_candidates(1, (H, W), peaks, cam_overlap=2.0, **kw)
     with pytest.raises(ValueError, match="cam_overlap"):
         build_candidates(1, (H, W), peaks, cams={0: cam}, cam_overlap=-1.0, **kw)
+
+
+def test_cam_overlap_without_activation_falls_back_to_objectness():
+    peaks = [{"class": 0, "y": 10, "x": 10, "score": 2.0}]
+    img = build_candidates(1, (H, W), peaks, labels={0}, proposal_masks=PROPS,
+                           proposal_scores=SCORES, min_area_px=16, max_area_frac=0.9,
+                           cams={0: np.zeros((H, W), np.float32)}, cam_overlap=2.0)
+    cands = img.instances[0].candidates
+    assert [c.segmentation for c in cands] == [PROPS[0], PROPS[1]]  # objectness order
+    assert [c.score for c in cands] == [0.0, 0.0]  # Eq. 1 is then uniform

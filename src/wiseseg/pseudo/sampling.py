@@ -165,14 +165,15 @@ def build_candidates(image_id: int, size: tuple[int, int], peaks: Iterable[dict]
             agree[inside] = cam_agreement(masks[inside], cams[int(p["class"])], y, x,
                                           cam_threshold)
             weight = scores * agree ** cam_overlap
-        order = inside[np.argsort(-weight[inside], kind="stable")][:max_candidates]
+        # by weight, ties (e.g. no activation at the peak) by objectness
+        order = inside[np.lexsort((-scores[inside], -weight[inside]))][:max_candidates]
         if prm_candidates > 0 and p.get("_retrieval") is not None and len(keep):
             r = np.asarray(p["_retrieval"], dtype=np.float64)[keep]
             r[np.isin(np.arange(len(keep)), inside)] = np.nan  # containing ones are in
             best = np.argsort(-np.nan_to_num(r, nan=-np.inf), kind="stable")
             extra = [i for i in best if np.isfinite(r[i])][:prm_candidates]
             order = np.concatenate([order, np.asarray(extra, dtype=int)])
-            order = order[np.argsort(-weight[order], kind="stable")]
+            order = order[np.lexsort((-scores[order], -weight[order]))]
         if order.size == 0:
             stats.without_candidate.append({"image_id": image_id, "class": int(p["class"]),
                                             "y": y, "x": x, "score": float(p["score"])})
