@@ -294,6 +294,8 @@ def test_disk_full_elsewhere_is_one_line_in_the_cli(monkeypatch, run_cli):
     ("classifier=5", "classifier=5 must be a mapping"),
     ("segmenter.epochs=-1", "segmenter.epochs=-1 must be ≥ 0"),
     ("pseudo.max_area_frac=2", "must be within [0, 1]"),
+    ("pseudo.cam_overlap=-1", "pseudo.cam_overlap=-1 must be ≥ 0"),
+    ("pseudo.cam_threshold=1.5", "pseudo.cam_threshold=1.5 must be within [0, 1]"),
     ("classifier.lr=.nan", "must be a finite number"),
     ("classifier.amp=3", "must be true or false"),
     ("classifier.epochs=0", "classifier.epochs=0 with classifier.steps=0 trains nothing"),
