@@ -205,3 +205,23 @@ def test_cam_overlap_without_activation_falls_back_to_objectness():
     cands = img.instances[0].candidates
     assert [c.segmentation for c in cands] == [PROPS[0], PROPS[1]]  # objectness order
     assert [c.score for c in cands] == [0.0, 0.0]  # Eq. 1 is then uniform
+
+
+def test_cam_overlap_also_weighs_prm_candidates():
+    """An extra candidate by PRM retrieval (not containing the peak) is weighed by the same
+    CAM region, not left at weight 0 (which Eq. 1 would never draw)."""
+    nan = float("nan")
+    retrieval = [np.array([0.5, 0.4, 0.9, nan, 0.1]), np.array([0.2, 0.3, 0.8, nan, 0.1]),
+                 np.array([0.7, 0.1, 0.2, nan, 0.0]), np.array([nan] * 5)]
+    cam = np.ones((H, W), np.float32)  # the region is the whole image: agreement = area share
+    img = build_candidates(7, (H, W), _peaks(), labels={0, 1}, proposal_masks=PROPS,
+                           proposal_scores=SCORES, min_area_px=16, max_area_frac=0.9,
+                           retrieval=retrieval, prm_candidates=1, cams={0: cam, 1: cam},
+                           cam_overlap=1.0)
+    left = img.instances[0]
+    assert {c.segmentation["counts"] for c in left.candidates} == \
+        {PROPS[i]["counts"] for i in (0, 1, 2)}
+    areas = {PROPS[0]["counts"]: 225, PROPS[1]["counts"]: 484, PROPS[2]["counts"]: 400}
+    for c, b in zip(left.candidates, [c.score for c in left.candidates]):
+        obj = SCORES[[p["counts"] for p in PROPS].index(c.segmentation["counts"])]
+        assert b == pytest.approx(obj * areas[c.segmentation["counts"]] / (H * W))

@@ -33,7 +33,7 @@ resampled onto the image), the candidate's score becomes ``b_k · IoU(G_k, R)^e`
 ``max_candidates`` best by that score are kept and it is their Eq. 1 weight. Objectness alone
 cannot tell an object from its parts and from the larger regions around it, all of which
 contain the peak; the CAM says where the class is. Chosen by ``benchmarks/candidate_choice.py``
-on the training images of VOC, Penn-Fudan + negatives and the shapes (docs/benchmarks.md);
+on the training images of VOC, Penn-Fudan + negatives and the shapes (docs/cpu-preset.md);
 ``cam_overlap: 0`` is the paper's objectness alone.
 
 Beyond the paper, ``prm_candidates = k > 0`` adds, for every peak, the ``k`` proposals of
@@ -157,22 +157,25 @@ def build_candidates(image_id: int, size: tuple[int, int], peaks: Iterable[dict]
             continue
         y, x = int(p["y"]), int(p["x"])
         inside = np.nonzero(masks[:, y, x])[0] if len(masks) else np.zeros(0, int)
-        weight = scores
-        if cam_overlap > 0 and len(inside):
+        weight = scores.copy()  # objectness, × CAM agreement^e where cam_overlap > 0
+        cam = None
+        if cam_overlap > 0:
             if cams is None or int(p["class"]) not in cams:
                 raise ValueError(f"cam_overlap > 0 needs the CAM of class {p['class']}")
-            agree = np.zeros(len(scores))
-            agree[inside] = cam_agreement(masks[inside], cams[int(p["class"])], y, x,
-                                          cam_threshold)
-            weight = scores * agree ** cam_overlap
+            cam = cams[int(p["class"])]
+            weight[inside] = _weighted(scores, masks, inside, cam, y, x, cam_threshold,
+                                       cam_overlap)
         # by weight, ties (e.g. no activation at the peak) by objectness
         order = inside[np.lexsort((-scores[inside], -weight[inside]))][:max_candidates]
         if prm_candidates > 0 and p.get("_retrieval") is not None and len(keep):
             r = np.asarray(p["_retrieval"], dtype=np.float64)[keep]
             r[np.isin(np.arange(len(keep)), inside)] = np.nan  # containing ones are in
             best = np.argsort(-np.nan_to_num(r, nan=-np.inf), kind="stable")
-            extra = [i for i in best if np.isfinite(r[i])][:prm_candidates]
-            order = np.concatenate([order, np.asarray(extra, dtype=int)])
+            extra = np.asarray([i for i in best if np.isfinite(r[i])][:prm_candidates], int)
+            if cam is not None:  # they do not contain the peak: the same CAM region
+                weight[extra] = _weighted(scores, masks, extra, cam, y, x, cam_threshold,
+                                          cam_overlap)
+            order = np.concatenate([order, extra])
             order = order[np.lexsort((-scores[order], -weight[order]))]
         if order.size == 0:
             stats.without_candidate.append({"image_id": image_id, "class": int(p["class"]),
@@ -181,6 +184,14 @@ def build_candidates(image_id: int, size: tuple[int, int], peaks: Iterable[dict]
         cands = [Candidate(proposal_masks[keep[i]], float(weight[i])) for i in order]
         out.instances.append(PseudoInstance(int(p["class"]), (y, x, float(p["score"])), cands))
     return out
+
+
+def _weighted(scores: np.ndarray, masks: np.ndarray, idx: np.ndarray, cam: np.ndarray,
+              y: int, x: int, threshold: float, exponent: float) -> np.ndarray:
+    """Objectness × CAM agreement^exponent of the proposals ``idx``."""
+    if not len(idx):
+        return np.zeros(0)
+    return scores[idx] * cam_agreement(masks[idx], cam, y, x, threshold) ** exponent
 
 
 def cam_agreement(masks: np.ndarray, cam: np.ndarray, y: int, x: int,
