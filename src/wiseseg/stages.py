@@ -123,22 +123,21 @@ def run_pseudo(ctx: RunContext, d: Path) -> dict:
     split = ds.segmenter_view(ctx.train_split, "pseudo")
     peaks = read_peaks(ctx.stage_dir("peaks") / f"peaks_{ctx.train_split}.json")
     store = ProposalStore.open(ctx.stage_dir("proposals"))
-    retrieval_fn = None
-    if _prm_candidates(ctx):
+    retrieval_fn = cam_fn = None
+    cam_overlap = float(ctx.cfg["pseudo"].get("cam_overlap", 0) or 0) > 0
+    if _prm_candidates(ctx) or cam_overlap:
         from wiseseg.classifier.model_io import load_classifier
+
+        dev = _device(ctx)
+        model, ccfg, _ = load_classifier(ctx.stage_dir("classifier") / "model.pt", dev)
+    if _prm_candidates(ctx):
         from wiseseg.inference.prm_baseline import RetrievalSettings, retrieval_function
 
-        dev = _device(ctx)
-        model, ccfg, _ = load_classifier(ctx.stage_dir("classifier") / "model.pt", dev)
         retrieval_fn = retrieval_function(model, ccfg["input_size"],
                                           RetrievalSettings(**ctx.cfg["prm"]), dev)
-    cam_fn = None
-    if float(ctx.cfg["pseudo"].get("cam_overlap", 0) or 0) > 0:
-        from wiseseg.classifier.model_io import load_classifier
+    if cam_overlap:
         from wiseseg.classifier.peaks import cam_function
 
-        dev = _device(ctx)
-        model, ccfg, _ = load_classifier(ctx.stage_dir("classifier") / "model.pt", dev)
         # the training images' CAMs from stage 1's cached features, as the peaks stage did
         cam_fn = cam_function(model, ccfg["input_size"], ctx.cfg["peaks"], dev,
                               ds.weak(ctx.train_split),
