@@ -1,13 +1,14 @@
 """Seconds of the PRM baseline stage on a finished run's classifier and proposals.
 
 usage: python benchmarks/prm_speed.py RUN_DIR [--images 40] [--threads 2] [--batch 1 4]
-                                      [--profile] [--label after]
+                                      [--workers 1 2] [--profile] [--label after]
                                       [--predictions OUT.json] [--same-as OTHER.json]
 
 Times :func:`wiseseg.inference.prm_baseline.prm_baseline` (the PRM stage's work, less writing
 its JSON) on the first ``--images`` images of the run's validation split, counts the peaks
 backpropagated, and extrapolates to the whole split. ``--batch`` times each peak batch size
-(``peak_batch`` of the code under test; code without it is timed once). ``--profile`` adds
+(``peak_batch`` of the code under test; code without it is timed once), and ``--workers``
+each number of processes sharing the images (``prm.workers``). ``--profile`` adds
 the top cProfile entries. Each call appends one entry per batch size to
 benchmarks/results/prm_speed.json (``--result``), so runs of two versions of the code (e.g.
 ``PYTHONPATH=<old checkout>/src``) sit side by side; the machine is shared, so compare
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import inspect
+import itertools
 import json
 import os
 import pstats
@@ -38,6 +40,9 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=40, help="first N val images (0: all)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--batch", type=int, nargs="*", default=[1])
+    ap.add_argument("--workers", type=int, nargs="*", default=[1],
+                    help="prm.workers values to time (processes of one thread each; peaks are "
+                         "counted in this process only, so with workers > 1 they read 0)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--label", default="")
     ap.add_argument("--predictions", type=Path, default=None,
@@ -73,7 +78,7 @@ def main(argv=None) -> int:
         records = records[: args.images]
     model, ccfg, _ = load_classifier(args.run_dir / "classifier" / "model.pt", "cpu")
     store = ProposalStore.open(args.run_dir / "proposals")
-    settings = prm.RetrievalSettings(**cfg["prm"])
+    settings = prm.RetrievalSettings(**{k: v for k, v in cfg["prm"].items() if k != "workers"})
     has_batch = "peak_batch" in inspect.signature(prm.prm_baseline).parameters
 
     peaks_seen = [0]
@@ -85,8 +90,12 @@ def main(argv=None) -> int:
 
     prm.response_maps_at = counting
     entries = []
-    for batch in (args.batch if has_batch else [None]):
+    has_workers = "workers" in inspect.signature(prm.prm_baseline).parameters
+    for batch, workers in itertools.product(args.batch if has_batch else [None],
+                                            args.workers if has_workers else [None]):
         kw = {"peak_batch": batch} if has_batch else {}
+        if workers is not None:
+            kw.update(workers=workers, model_path=args.run_dir / "classifier" / "model.pt")
         peaks_seen[0] = 0
         load_before = [round(v, 2) for v in os.getloadavg()]
         prof = cProfile.Profile() if args.profile else None
@@ -103,7 +112,7 @@ def main(argv=None) -> int:
             "label": args.label, "wiseseg": str(Path(wiseseg.__file__).parent),
             "run_dir": str(args.run_dir), "images": len(records), "split_images": n_split,
             "input_size": ccfg["input_size"], "peaks": peaks_seen[0],
-            "predictions": len(preds), "peak_batch": batch,
+            "predictions": len(preds), "peak_batch": batch, "workers": workers,
             "torch_threads": torch.get_num_threads(), "seconds": round(secs, 2),
             "cpu_seconds": round(cpu, 2), "keep_freed_memory": kept,
             "seconds_per_image": round(secs / max(1, len(records)), 4),
@@ -125,7 +134,8 @@ def main(argv=None) -> int:
             entry["same_as"] = str(args.same_as)
             entry["same_predictions"] = _same(preds, json.loads(args.same_as.read_text()))
         entries.append(entry)
-        print(f"{args.label or 'run'} batch={batch}: {secs:.1f} s for {len(records)} images, "
+        print(f"{args.label or 'run'} batch={batch} workers={workers}: {secs:.1f} s for "
+              f"{len(records)} images, "
               f"{peaks_seen[0]} peaks ({entry['seconds_per_peak']:.3f} s/peak; "
               f"{entry['split_seconds_extrapolated']:.0f} s for the {n_split}-image split; "
               f"CPU {cpu:.1f} s)" + (f"; same predictions as {args.same_as}: "

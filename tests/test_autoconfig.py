@@ -78,7 +78,8 @@ def test_without_masks_the_object_size_is_assumed_and_said(tmp_path):
 
 def test_fixed_settings_are_left_alone_and_bad_sections_fail(tmp_path):
     ds = _dataset(tmp_path, 128, 128, side=30)
-    cfg = api.load_config("cpu", ["classifier.input_size=384", "classifier.epochs=8",
+    cfg = api.load_config("cpu", ["classifier.backbone=efficientnet_lite0",
+                                  "classifier.input_size=384", "classifier.epochs=8",
                                   "proposals.top_k=300",
                                   "segmenter.min_size=128", "segmenter.max_size=128",
                                   "segmenter.anchor_sizes=[16,32,64,128,256]",
@@ -192,3 +193,25 @@ def test_classifier_epochs_follow_the_median_class(tmp_path):
     del old["auto"]["classifier_class_views"]
     cfg, notes = resolve_auto(old, ds)
     assert any("of the 10.0-minute budget" in n for n in notes if n.startswith("classifier"))
+
+
+def test_classifier_backbone_follows_the_image_size(tmp_path):
+    """Photographs get Lite2, small images Lite0; the plan counts the larger backbone's time."""
+    from wiseseg.runplan import stage_units
+
+    photo, _ = resolve_auto(_cfg("classifier.backbone=auto"), _dataset(tmp_path, 375, 500, 80))
+    small, notes = resolve_auto(_cfg("classifier.backbone=auto"),
+                                _dataset(tmp_path, 128, 128, 24))
+    assert photo["classifier"]["backbone"] == "efficientnet_lite2"
+    assert small["classifier"]["backbone"] == "efficientnet_lite0"
+    assert any(n.startswith("classifier backbone efficientnet_lite0: median image side 128")
+               for n in notes)
+    fixed, _ = resolve_auto(_cfg("classifier.backbone=efficientnet_lite1"),
+                            _dataset(tmp_path, 375, 500, 80))
+    assert fixed["classifier"]["backbone"] == "efficientnet_lite1"  # a named one is kept
+    ds = _dataset(tmp_path, 375, 500, 80)
+    sizes = measure_sizes(ds, "train")
+    lite0 = {**photo, "classifier": {**photo["classifier"], "backbone": "efficientnet_lite0"}}
+    u2, u0 = stage_units(photo, sizes, 10, 2.0), stage_units(lite0, sizes, 10, 2.0)
+    assert u2["prm"]["prm_instance_mp"] > u0["prm"]["prm_instance_mp"]
+    assert u2["classifier"]["classifier_cache_mp"] > u0["classifier"]["classifier_cache_mp"]

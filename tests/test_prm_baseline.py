@@ -119,3 +119,35 @@ def test_nms_keeps_the_better_of_two_peaks_on_one_object():
     assert len(out) == 1
     with pytest.raises(ValueError, match="score"):
         RetrievalSettings(score="logit")
+
+
+def test_workers_give_the_results_of_one_process(tiny_run, monkeypatch):
+    """prm.workers > 1: the images are shared among spawned single-threaded processes; the
+    results are those of one process, in the same order."""
+    import json
+
+    import wiseseg.inference.prm_baseline as prm
+    from wiseseg import api
+    from wiseseg.classifier.model_io import load_classifier
+    from wiseseg.config import load_config
+    from wiseseg.proposals import ProposalStore
+
+    cfg = load_config(tiny_run / "config.yaml")
+    assert cfg["prm"]["workers"] == 2  # the run's own PRM stage went through the pool too
+    assert json.loads((tiny_run / "prm" / "prm.json").read_text()) is not None
+    ds = api.open_dataset(cfg["data"]["spec"], progress=False)
+    path = tiny_run / "classifier" / "model.pt"
+    model, ccfg, _ = load_classifier(path)
+    store = ProposalStore.open(tiny_run / "proposals")
+    # every class predicted and every local maximum a peak: every image has peaks to
+    # backpropagate (the two-step model's CAMs are weak)
+    s = prm.RetrievalSettings.from_config({**cfg["prm"], "class_threshold": 0.0})
+    peak_cfg = {**cfg["peaks"], "min_score": None, "relative": 0.0}
+    args = (ds.records("val"), store, ccfg["input_size"], peak_cfg, ds.category_ids, s)
+    one = prm.prm_baseline(model, *args, progress=False)
+    monkeypatch.setattr(prm, "_PRM_CHUNK", 1)  # four tasks for two processes
+    two = prm.prm_baseline(model, *args, progress=False, workers=2, model_path=path)
+    assert len(one) >= len(ds.records("val"))
+    assert [(r["image_id"], r["category_id"], r["segmentation"]) for r in two] == \
+        [(r["image_id"], r["category_id"], r["segmentation"]) for r in one]
+    assert np.allclose([r["score"] for r in two], [r["score"] for r in one], atol=1e-5)

@@ -1,7 +1,8 @@
 """Settings that follow the data: the ``auto`` values of a preset, resolved for one dataset.
 
-A preset may set ``classifier.input_size``, ``classifier.epochs``, ``segmenter.min_size``,
-``segmenter.max_size``, ``segmenter.anchor_sizes`` and ``segmenter.epochs`` to ``auto``.
+A preset may set ``classifier.backbone``, ``classifier.input_size``, ``classifier.epochs``,
+``segmenter.min_size``, ``segmenter.max_size``, ``segmenter.anchor_sizes`` and
+``segmenter.epochs`` to ``auto``.
 :func:`resolve_auto` replaces them with numbers chosen from the training split's image sizes
 and object sizes (``data-stats`` measures both), within the time budget of the ``auto``
 section, and returns one line per choice saying why. The run prints the lines and saves them
@@ -12,6 +13,9 @@ The rules (constants in the ``auto`` section):
 - **object size**: the median, 10th and 90th percentile of ``√(area / image area)`` of the
   training split's instances when it has masks; without masks the objects are assumed to
   span ``assumed_object`` of the image side, and the run says so.
+- **classifier backbone**: ``efficientnet_lite2`` for photographs, ``efficientnet_lite0`` for
+  small images (median image side below ``SMALL_IMAGE_SIDE``, 256 px), measured on two real
+  sets and the shapes (see ``PHOTO_BACKBONE``).
 - **classifier input**: the square side at which the median object spans ``cam_cells`` cells
   of the CAM (the backbone's stride at the CAM's feature level), rounded up to a multiple of
   32, within ``[min_input, max_input]``. A warning when even then the median object covers
@@ -59,13 +63,21 @@ from wiseseg.data.dataset import Dataset
 from wiseseg.errors import ConfigError
 
 AUTO = "auto"
-AUTO_KEYS = (("classifier", "input_size"), ("classifier", "epochs"),
+AUTO_KEYS = (("classifier", "backbone"), ("classifier", "input_size"), ("classifier", "epochs"),
              ("segmenter", "min_size"), ("segmenter", "max_size"),
              ("segmenter", "anchor_sizes"), ("segmenter", "epochs"), ("proposals", "top_k"))
 
 #: ``proposals.top_k``: small images hold few distinct regions (the shapes' 128² images reach
 #: 95 % recall@0.5 within 300), photographs need about 1000 (``benchmarks/proposals_real.py``).
 SMALL_IMAGE_SIDE = 256
+
+#: ``classifier.backbone``: on photographs Lite2's CAMs lead to better pseudo masks on stage 1's
+#: own training images (``benchmarks/calibrate_pseudo.py``, mAP50 on train-fit: VOC sample
+#: 14.1 → 18.0, Penn-Fudan + negatives 19.0 → 22.1), at ~1.35× the time of a backbone pass;
+#: on the small shapes images (128 px, enlarged 3×) Lite0's peaks were better (train-calib
+#: recall / precision 76.1 / 77.0 against 68.9 / 67.9, ``benchmarks/calibrate_peaks.py``).
+PHOTO_BACKBONE = "efficientnet_lite2"
+SMALL_IMAGE_BACKBONE = "efficientnet_lite0"
 
 #: Seconds per training image on the reference 2-core CPU, with the backbone's features
 #: cached: a classifier epoch and the one-off cache (per image and flip) grow with the input's
@@ -195,6 +207,12 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
                  f"{sizes.long_side:.0f} px; median object {obj_px:.0f} px across "
                  f"({sizes.object:.0%} of the image side, p10 {sizes.object_p10:.0%}, p90 "
                  f"{sizes.object_p90:.0%}; {where})")
+    if c.get("backbone") == AUTO:
+        small = sizes.image_side < SMALL_IMAGE_SIDE
+        c["backbone"] = SMALL_IMAGE_BACKBONE if small else PHOTO_BACKBONE
+        notes.append(f"classifier backbone {c['backbone']}: median image side "
+                     f"{sizes.image_side:.0f} px ({'<' if small else '≥'} "
+                     f"{SMALL_IMAGE_SIDE}: {'small images' if small else 'photographs'})")
     stride = cam_stride or _cam_stride(c)
 
     if c.get("input_size") == AUTO:

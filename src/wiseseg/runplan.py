@@ -55,6 +55,15 @@ COST: dict[str, float] = {
     "evaluate_image": 0.007944,
 }
 
+#: A classifier backbone's time per image relative to efficientnet_lite0 (the constants'),
+#: from benchmarks/results/backbones.json (median seconds per image, mean of 256 and 320 px).
+CLASSIFIER_BACKBONE_COST = {"efficientnet_lite0": 1.0, "efficientnet_lite1": 1.26,
+                            "efficientnet_lite2": 1.35}
+
+#: The PRM stage's speed-up with two single-threaded processes instead of one on 2 cores
+#: (benchmarks/prm_speed.py --workers 2 1, the shapes val split: 54.4 s against 71.7 s).
+PRM_TWO_WORKERS = 1.32
+
 #: Below this many working pixels the built-in generator's cost falls with the image
 #: (``proposals.builtin``'s fast setting works at ~120k pixels).
 PROPOSAL_WORK_MP = 0.12
@@ -94,15 +103,18 @@ def stage_units(cfg: dict, sizes: DataSizes, val_images: int, val_instances_per_
     g_epochs = float(g["epochs"])
     rounds = max(1, int(g.get("rounds", 1) or 1))
     out: dict[str, dict[str, float]] = {}
+    # backbone passes cost more with a larger backbone; epochs on cached features do not
+    bb = CLASSIFIER_BACKBONE_COST.get(str(c.get("backbone")), 1.0)
     out["classifier"] = {
-        "classifier_cache_mp": n_weak * 2 * mp_in if cached else 0.0,
+        "classifier_cache_mp": n_weak * 2 * mp_in * bb if cached else 0.0,
         "classifier_epoch_mp" if cached else "classifier_epoch_uncached_mp":
-            c_epochs * n_weak * mp_in,
-        "classifier_forward_mp": val_images * mp_in,
+            c_epochs * n_weak * mp_in * (1.0 if cached else bb),
+        "classifier_forward_mp": val_images * mp_in * bb,
     }
     out["peaks"] = {"peaks_cached_image": n_weak * views,
-                    "classifier_forward_mp": val_images * views * scales * mp_in
-                    + (0.0 if cached else n_weak * views * scales * mp_in)}
+                    "classifier_forward_mp": (val_images * views * scales * mp_in
+                                              + (0.0 if cached else
+                                                 n_weak * views * scales * mp_in)) * bb}
     labelled = sizes.pseudo_images or sizes.images
     prop_images = labelled + val_images  # labelled training images and validation
     out["proposals"] = {"proposals_image":
@@ -121,7 +133,10 @@ def stage_units(cfg: dict, sizes: DataSizes, val_images: int, val_instances_per_
                                "refine_proposal_mp": val_images * top_k * mp_img}
         if reference:
             out["predict_reference"] = {"predict_image_mp": val_images * mp_seg}
-        out["prm"] = {"prm_instance_mp": val_images * val_instances_per_image * mp_in}
+        # prm.workers processes share the images (the constant: one process on 2 cores)
+        two = int(cfg.get("prm", {}).get("workers", 1) or 1) > 1
+        out["prm"] = {"prm_instance_mp": val_images * val_instances_per_image * mp_in * bb
+                      / (PRM_TWO_WORKERS if two else 1.0)}
     if reference:  # Table 3 needs the training split's true masks
         out["pseudo_quality"] = {"predict_image_mp": sizes.images * mp_seg}
     if val_images:

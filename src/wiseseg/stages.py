@@ -134,7 +134,7 @@ def run_pseudo(ctx: RunContext, d: Path) -> dict:
         from wiseseg.inference.prm_baseline import RetrievalSettings, retrieval_function
 
         retrieval_fn = retrieval_function(model, ccfg["input_size"],
-                                          RetrievalSettings(**ctx.cfg["prm"]), dev)
+                                          RetrievalSettings.from_config(ctx.cfg["prm"]), dev)
     if cam_overlap:
         from wiseseg.classifier.peaks import cam_function
 
@@ -281,8 +281,9 @@ def run_prm(ctx: RunContext, d: Path) -> dict:
     preds = prm_baseline(model, ctx.dataset.records(ctx.val_split),
                          ProposalStore.open(ctx.stage_dir("proposals")), ccfg["input_size"],
                          ctx.cfg["peaks"], ctx.dataset.category_ids,
-                         RetrievalSettings(**ctx.cfg["prm"]), device=dev,
-                         progress=ctx.progress)
+                         RetrievalSettings.from_config(ctx.cfg["prm"]), device=dev,
+                         progress=ctx.progress, workers=int(ctx.cfg["prm"].get("workers", 1)),
+                         model_path=ctx.stage_dir("classifier") / "model.pt")
     atomic_write_json(d / "prm.json", preds)
     return {"predictions": len(preds)}
 
@@ -340,7 +341,8 @@ STAGES = (
     Stage("peaks", run_peaks, deps=("classifier",), config=("data", "peaks")),
     Stage("proposals", run_proposals, config=("data", "proposals")),
     Stage("pseudo", run_pseudo, deps=("peaks", "proposals"),
-          config=lambda ctx: ("pseudo", "peaks") + (("prm",) if _prm_candidates(ctx) else ())),
+          config=lambda ctx: ("pseudo", "peaks") + (("prm",) if _prm_candidates(ctx) else ()),
+          ignores=("prm.workers",)),
     Stage("wise", run_wise, deps=("pseudo",), config=("segmenter",)),
     Stage("reference", run_reference, config=("data", "segmenter"), enabled=_reference_on,
           ignores=tuple(f"segmenter.{k}" for k in PSEUDO_ONLY)),
@@ -350,6 +352,7 @@ STAGES = (
           config=("predict",),
           enabled=lambda ctx: _reference_on(ctx) and ctx.val_split in ctx.dataset.splits),
     Stage("prm", run_prm, deps=("classifier", "proposals"), config=("peaks", "prm"),
+          ignores=("prm.workers",),  # how the work is shared, not what it computes
           enabled=lambda ctx: ctx.val_split in ctx.dataset.splits),
     Stage("pseudo_quality", run_pseudo_quality, deps=("pseudo", "wise"), config=("predict",),
           enabled=_has_train_gt),

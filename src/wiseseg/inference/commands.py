@@ -109,8 +109,9 @@ def cmd_prm_baseline(args) -> int:
     check_classes(args.classifier, classes, ds.classes)
     preds = prm_baseline(model, ds.records(args.split), ProposalStore.open(args.proposals),
                          ccfg["input_size"], cfg["peaks"], ds.category_ids,
-                         RetrievalSettings(**cfg["prm"]), device=device,
-                         progress=not args.quiet)
+                         RetrievalSettings.from_config(cfg["prm"]), device=device,
+                         progress=not args.quiet, workers=int(cfg["prm"].get("workers", 1)),
+                         model_path=args.classifier)
     atomic_write_json(args.out, preds)
     print(f"{len(preds)} PRM instances written to {args.out}")
     return 0

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -66,6 +67,12 @@ class RetrievalSettings:
     def __post_init__(self):
         if self.score not in SCORES:
             raise ValueError(f"prm.score must be one of {', '.join(SCORES)}, got {self.score!r}")
+
+    @classmethod
+    def from_config(cls, prm: dict) -> RetrievalSettings:
+        """The retrieval settings of a preset's ``prm`` section (less ``workers``, which says
+        how the work is shared, not what it computes)."""
+        return cls(**{k: v for k, v in prm.items() if k != "workers"})
 
     def image_penalty(self) -> float:
         """λ: the penalty of a background region covering the whole image."""
@@ -313,23 +320,83 @@ def prm_instances(model, image: np.ndarray, record: ImageRecord, proposal_masks:
 
 def prm_baseline(model, records: Sequence[ImageRecord], store, input_size: int, peak_cfg: dict,
                  category_ids: Sequence[int], s: RetrievalSettings = RetrievalSettings(),
-                 device="cpu", progress: bool = True, peak_batch: int | None = None
-                 ) -> list[dict]:
+                 device="cpu", progress: bool = True, peak_batch: int | None = None,
+                 workers: int = 1, model_path: str | Path | None = None) -> list[dict]:
     """COCO results of the PRM baseline over ``records`` (proposals from ``store``);
-    ``peak_batch`` peaks per backward call (default: :func:`peak_batch_size`)."""
+    ``peak_batch`` peaks per backward call (default: :func:`peak_batch_size`).
+
+    ``workers > 1`` (with ``model_path``, the classifier file ``model`` was loaded from)
+    shares the images among that many single-threaded processes on a CPU: a batch-1
+    backward pass gains nothing from a second thread, a second process nearly halves the
+    time. The results are those of one process, in the same order (float sums may differ in
+    the last bits with the thread count)."""
     from tqdm import tqdm
 
+    bar = tqdm(total=len(records), desc="PRM baseline", unit="img", disable=not progress)
+    try:
+        if workers > 1 and model_path is not None and len(records) > 1 \
+                and torch.device(device).type == "cpu":
+            return _prm_parallel(records, store, input_size, peak_cfg, category_ids, s,
+                                 peak_batch, workers, model_path, bar)
+        model.eval()
+        results = []
+        for rec in records:
+            results += _prm_image(model, rec, store, input_size, peak_cfg, category_ids, s,
+                                  device, peak_batch)
+            bar.update(1)
+        return results
+    finally:
+        bar.close()
+
+
+def _prm_image(model, rec: ImageRecord, store, input_size: int, peak_cfg: dict,
+               category_ids: Sequence[int], s: RetrievalSettings, device,
+               peak_batch: int | None) -> list[dict]:
     from wiseseg.data.images import load_image
 
+    masks = store.get(rec.id, size=(rec.height, rec.width)).masks
+    inst, _ = prm_instances(model, load_image(rec.path), rec, masks, input_size, peak_cfg,
+                            s, device, peak_batch)
+    return [{"image_id": rec.id, "category_id": int(category_ids[d["category"]]),
+             "segmentation": d["segmentation"],
+             "bbox": [float(v) for v in rle.to_bbox([d["segmentation"]])[0]],
+             "score": d["score"]} for d in inst]
+
+
+#: a worker process's classifier and proposal store (:func:`_prm_worker_init`)
+_WORKER: dict = {}
+
+#: images per task handed to a worker: small enough for an even share and a live progress bar
+_PRM_CHUNK = 4
+
+
+def _prm_worker_init(model_path: str, store_root: str) -> None:
+    from wiseseg.classifier.model_io import load_classifier
+    from wiseseg.proposals import ProposalStore
+
+    torch.set_num_threads(1)
+    model, _, _ = load_classifier(Path(model_path), "cpu")
     model.eval()
-    results = []
-    for rec in tqdm(records, desc="PRM baseline", unit="img", disable=not progress):
-        masks = store.get(rec.id, size=(rec.height, rec.width)).masks
-        inst, _ = prm_instances(model, load_image(rec.path), rec, masks, input_size, peak_cfg,
-                                s, device, peak_batch)
-        for d in inst:
-            results.append({"image_id": rec.id, "category_id": int(category_ids[d["category"]]),
-                            "segmentation": d["segmentation"],
-                            "bbox": [float(v) for v in rle.to_bbox([d["segmentation"]])[0]],
-                            "score": d["score"]})
-    return results
+    _WORKER.update(model=model, store=ProposalStore.open(store_root))
+
+
+def _prm_worker_chunk(records, input_size, peak_cfg, category_ids, s, peak_batch):
+    return [_prm_image(_WORKER["model"], rec, _WORKER["store"], input_size, peak_cfg,
+                       category_ids, s, "cpu", peak_batch) for rec in records]
+
+
+def _prm_parallel(records, store, input_size, peak_cfg, category_ids, s, peak_batch,
+                  workers, model_path, bar) -> list[dict]:
+    from wiseseg.workers import single_thread_pool
+
+    chunks = [list(records[i:i + _PRM_CHUNK]) for i in range(0, len(records), _PRM_CHUNK)]
+    with single_thread_pool(min(workers, len(chunks)), _prm_worker_init,
+                            (str(model_path), str(store.root))) as pool:
+        futures = [pool.submit(_prm_worker_chunk, c, input_size, dict(peak_cfg),
+                               list(category_ids), s, peak_batch) for c in chunks]
+        out: list[dict] = []
+        for fut, chunk in zip(futures, chunks):  # in order: the results of one process
+            for per_image in fut.result():
+                out += per_image
+            bar.update(len(chunk))
+        return out

@@ -34,7 +34,7 @@ import platform
 import shutil
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -53,9 +53,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 STORE_FORMAT = 1
 _TMP_SUFFIX = ".tmp"  # what wiseseg.io.atomic_write names its temporary files
-#: Threads a worker's numerical libraries may use: the pool itself is the parallelism, and
-#: BLAS threads competing with the other workers made the grouping several times slower.
-_SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def store_key(source: ProposalSource, top_k: int | None) -> str:
@@ -337,33 +334,22 @@ def _run(todo: Sequence[ImageRecord], source: ProposalSource, items: Path,
                 results.append(res)
                 bar.update(1)
             return results
-        import multiprocessing
+        from wiseseg.workers import single_thread_pool
 
-        saved = {k: os.environ.get(k) for k in _SINGLE_THREAD_ENV}
-        os.environ.update({k: "1" for k in _SINGLE_THREAD_ENV})
-        try:
-            # spawn: fresh workers read the single-thread settings before numpy loads.
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = [pool.submit(_compute_one, source, r, items / f"{r.id}.json", top_k)
-                           for r in todo]
-                try:
-                    for fut in as_completed(futures):
-                        res = fut.result()
-                        if "error" in res:
-                            _raise_from(res)
-                        results.append(res)
-                        bar.update(1)
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        with single_thread_pool(workers) as pool:
+            futures = [pool.submit(_compute_one, source, r, items / f"{r.id}.json", top_k)
+                       for r in todo]
+            try:
+                for fut in as_completed(futures):
+                    res = fut.result()
+                    if "error" in res:
+                        _raise_from(res)
+                    results.append(res)
+                    bar.update(1)
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
         return results
     finally:
         bar.close()

@@ -61,7 +61,7 @@ def cmd_pseudo_masks(args) -> int:
         from wiseseg.inference.prm_baseline import RetrievalSettings, retrieval_function
 
         retrieval_fn = retrieval_function(model, ccfg["input_size"],
-                                          RetrievalSettings(**cfg["prm"]), device)
+                                          RetrievalSettings.from_config(cfg["prm"]), device)
     cam_fn = None
     if float(cfg["pseudo"].get("cam_overlap", 0) or 0) > 0:
         from wiseseg.classifier.peaks import cam_function
