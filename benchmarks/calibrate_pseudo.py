@@ -10,9 +10,10 @@ settings), builds the pseudo masks of the fit images from a run's proposals with
 mAP25 / mAP50 / ABO). Only training images are read: the split the tables report is never
 touched.
 
-usage: python benchmarks/calibrate_pseudo.py DATA --proposals RUN/proposals
+usage: python benchmarks/calibrate_pseudo.py DATA [key=value ...] --proposals RUN/proposals
            --classifiers NAME=PATH/model.pt [NAME=PATH ...] [--preset cpu] [--name voc]
-           [key=value ...]
+           [--variants "" "peaks.relative=0.5" ...]
+``--variants``: further ``peaks`` / ``pseudo`` overrides, each scored with every classifier.
 Writes benchmarks/results/calibrate_pseudo_<name>.json and prints a markdown table.
 The run's proposals must cover the training images with masks (any finished run on DATA).
 """
@@ -20,6 +21,7 @@ The run's proposals must cover the training images with masks (any finished run 
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -73,20 +75,22 @@ def main() -> None:
     ap.add_argument("--classifiers", nargs="+", required=True, metavar="NAME=PATH")
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--name", default=None)
+    ap.add_argument("--variants", nargs="+", default=[""])
     args = ap.parse_args()
     overrides = [a for a in args.data if "=" in a]
     (data,) = [a for a in args.data if "=" not in a]
-    cfg = api.load_config(args.preset, overrides)
     ds = api.open_dataset(data, progress=False)
     ds.has_split("train-fit")
     store = ProposalStore.open(Path(args.proposals))
     rows = []
-    for spec in args.classifiers:
-        name, _, path = spec.partition("=")
-        rows.append(score(name, Path(path), ds, cfg, store))
-        r = rows[-1]
-        print(name, r["peaks_train-fit"], r["peaks_train-calib"], r["pseudo_train-fit"],
-              flush=True)
+    for variant in args.variants:
+        cfg = api.load_config(args.preset, [*overrides, *shlex.split(variant)])
+        for spec in args.classifiers:
+            name, _, path = spec.partition("=")
+            rows.append({"variant": variant, **score(name, Path(path), ds, cfg, store)})
+            r = rows[-1]
+            print(variant, name, r["peaks_train-fit"], r["peaks_train-calib"],
+                  r["pseudo_train-fit"], flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT).stdout.strip()
     name = args.name or Path(data).name
@@ -95,11 +99,12 @@ def main() -> None:
                        "overrides": overrides, "rows": rows}, indent=1)
     print(f"\ncommit {commit}; {data}: peaks on train-fit (the classifier's training "
           "images) and train-calib (held out); pseudo masks of train-fit\n\n"
-          "| classifier | fit peaks R / P | calib peaks R / P | pseudo mAP25 | pseudo mAP50 "
-          "| pseudo ABO |\n|---|---|---|---|---|---|")
+          "| classifier | variant | fit peaks R / P | calib peaks R / P | pseudo mAP25 | "
+          "pseudo mAP50 | pseudo ABO |\n|---|---|---|---|---|---|---|")
     for r in rows:
         f, c, p = r["peaks_train-fit"], r["peaks_train-calib"], r["pseudo_train-fit"]
-        print(f"| {r['classifier']} | {100 * f['peak_recall']:.1f} / "
+        print(f"| {r['classifier']} | {r['variant'] or '(preset)'} | "
+              f"{100 * f['peak_recall']:.1f} / "
               f"{100 * f['peak_precision']:.1f} | {100 * c['peak_recall']:.1f} / "
               f"{100 * c['peak_precision']:.1f} | {100 * p['pseudo_mAP25']:.1f} | "
               f"{100 * p['pseudo_mAP50']:.1f} | {100 * p['pseudo_ABO']:.1f} |")
