@@ -1,7 +1,7 @@
 """Pools of single-threaded worker processes for per-image work on a CPU.
 
-Per-image operations with small tensors (a batch-1 backward pass, polygon grouping) do not
-speed up with more BLAS / OpenMP threads: one process per core, each with one thread, does.
+Per-image operations with small tensors (a batch-1 backward pass, polygon grouping) use more
+BLAS / OpenMP threads poorly: one process per core, each with one thread, does better.
 Workers are spawned (fresh interpreters), so they read the single-thread settings before
 numpy and torch load, and inherit nothing of the parent's thread pools; code they run must
 be importable (module-level functions), and a script that starts them needs the usual

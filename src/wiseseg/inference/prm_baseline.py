@@ -327,9 +327,9 @@ def prm_baseline(model, records: Sequence[ImageRecord], store, input_size: int, 
 
     ``workers > 1`` (with ``model_path``, the classifier file ``model`` was loaded from)
     shares the images among that many single-threaded processes on a CPU: a batch-1
-    backward pass gains nothing from a second thread, a second process nearly halves the
-    time. The results are those of one process, in the same order (float sums may differ in
-    the last bits with the thread count)."""
+    backward pass uses a second thread poorly, a second process better (on 2 cores 1.32×
+    faster, ``benchmarks/prm_speed.py``). The results are those of one process, in the same
+    order (float sums may differ in the last bits with the thread count)."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(records), desc="PRM baseline", unit="img", disable=not progress)
