@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from wiseseg import api
+from wiseseg.autoconfig import resolve_auto
 from wiseseg.classifier.metrics import peak_quality
 from wiseseg.classifier.model_io import load_classifier
 from wiseseg.classifier.peaks import compute_peaks
@@ -30,6 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     ds = api.open_dataset(args.data)
     cfg = api.load_config(args.preset, args.overrides)
+    cfg, _ = resolve_auto(cfg, ds, "train")  # `auto` settings follow the data, as a run
     out = Path(args.out)
     t0 = time.time()
     path = train_classifier(ds.weak("train"), cfg["classifier"], out, seed=cfg["seed"],

@@ -17,6 +17,7 @@ from wiseseg.errors import WisesegError
 
 SPEC = "shapes:train=8,val=4,size=48,seed=2"
 TINY = ["classifier.steps=3", "classifier.batch_size=4", "classifier.input_size=48",
+        "classifier.backbone=efficientnet_lite0",
         "classifier.checkpoint_every=2"]
 
 
@@ -118,3 +119,14 @@ def test_local_backbone_weights(tmp_path):
     torch.save({"junk": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(WisesegError, match="do not fit"):
         build_backbone("resnet18", "none", weights=tmp_path / "bad.pt")
+
+
+def test_unresolved_auto_backbone_names_the_fix():
+    """The Python API with a preset's `auto` left in: one clear error, not an unknown name."""
+    from wiseseg.classifier.model_io import build_peakcam
+    from wiseseg.errors import ConfigError
+
+    cfg = load_preset("cpu")["classifier"]
+    assert cfg["backbone"] == "auto"
+    with pytest.raises(ConfigError, match=r"classifier\.backbone is 'auto'.*resolve_auto"):
+        build_peakcam(cfg, 3)

@@ -243,7 +243,10 @@ def test_setting_choices_match_the_code():
         for name in config.preset_names():
             cfg = config.load_preset(name)
             for key in ("optimizer", "schedule", "pretrained", "backbone"):
-                assert cfg[sec][key] in c[f"{sec}.{key}"]
+                assert cfg[sec][key] in c[f"{sec}.{key}"] + ("auto",)
+    # `auto` words resolve to choices (the classifier backbone: wiseseg.autoconfig)
+    from wiseseg.autoconfig import PHOTO_BACKBONE, SMALL_IMAGE_BACKBONE
+    assert {PHOTO_BACKBONE, SMALL_IMAGE_BACKBONE} <= set(c["classifier.backbone"])
 
 
 # ----------------------------------------------------------- preset files (F5, F6, F16)

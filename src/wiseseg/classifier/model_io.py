@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from wiseseg.engine.checkpoint import load_model, save_model
-from wiseseg.errors import WisesegError
+from wiseseg.errors import ConfigError, WisesegError
 from wiseseg.models.backbones import build_backbone
 from wiseseg.models.freezing import freeze_batchnorm, freeze_stages
 from wiseseg.models.peakcam import PeakCAM
@@ -19,6 +19,11 @@ KIND = "wiseseg.peakcam"
 def build_peakcam(cfg: dict[str, Any], num_classes: int, pretrained: bool = True) -> PeakCAM:
     """A PeakCAM from the ``classifier`` settings (``pretrained=False`` skips weight loading,
     used when a trained state dict follows)."""
+    unresolved = [k for k in ("backbone", "input_size") if cfg.get(k) == "auto"]
+    if unresolved:
+        raise ConfigError(f"classifier.{unresolved[0]} is 'auto': choose it from the data with "
+                          f"wiseseg.autoconfig.resolve_auto(cfg, dataset) (wiseseg run and the "
+                          f"commands do) or set a value")
     backbone = build_backbone(
         cfg["backbone"],
         pretrained=cfg["pretrained"] if pretrained else "none",
