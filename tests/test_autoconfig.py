@@ -16,7 +16,8 @@ from wiseseg.errors import ConfigError
 
 AUTO_OVERRIDES = ["classifier.input_size=auto", "classifier.epochs=auto",
                   "segmenter.min_size=auto", "segmenter.max_size=auto",
-                  "segmenter.anchor_sizes=auto", "segmenter.epochs=auto", "proposals.top_k=auto"]
+                  "segmenter.anchor_sizes=auto", "segmenter.epochs=auto",
+                  "segmenter.reference_epochs=auto", "proposals.top_k=auto"]
 
 
 def _dataset(tmp_path, h, w, side, n=20, masks=True) -> Dataset:
@@ -83,7 +84,7 @@ def test_fixed_settings_are_left_alone_and_bad_sections_fail(tmp_path):
                                   "proposals.top_k=300",
                                   "segmenter.min_size=128", "segmenter.max_size=128",
                                   "segmenter.anchor_sizes=[16,32,64,128,256]",
-                                  "segmenter.epochs=3"])
+                                  "segmenter.epochs=3", "segmenter.reference_epochs=3"])
     same, notes = resolve_auto(cfg, ds)
     assert same is cfg and notes == []
     broken = _cfg()
@@ -159,7 +160,12 @@ def test_plan_covers_every_stage_and_grows_with_the_work(tmp_path):
     assert {k for u in units.values() for k in u} <= set(COST)
     # twice the Mask R-CNN epochs: twice its training units; no validation, no reference:
     # the stages that need them are not planned
-    more = {**cfg, "segmenter": {**cfg["segmenter"], "epochs": 2 * cfg["segmenter"]["epochs"]}}
+    g = cfg["segmenter"]
+    more = {**cfg, "segmenter": {**g, "epochs": 2 * g["epochs"]}}
+    assert stage_units(more, sizes, 10, 1.0)["wise"]["segmenter_image"] == \
+        2 * units["wise"]["segmenter_image"]
+    # the reference counts its own epochs (segmenter.reference_epochs)
+    more = {**cfg, "segmenter": {**g, "reference_epochs": 2 * g["reference_epochs"]}}
     assert stage_units(more, sizes, 10, 1.0)["reference"]["segmenter_image"] == \
         2 * units["reference"]["segmenter_image"]
     bare = {s.stage for s in plan_run(cfg, sizes, 0, 1.0, reference=False)}

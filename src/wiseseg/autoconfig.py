@@ -65,7 +65,8 @@ from wiseseg.errors import ConfigError
 AUTO = "auto"
 AUTO_KEYS = (("classifier", "backbone"), ("classifier", "input_size"), ("classifier", "epochs"),
              ("segmenter", "min_size"), ("segmenter", "max_size"),
-             ("segmenter", "anchor_sizes"), ("segmenter", "epochs"), ("proposals", "top_k"))
+             ("segmenter", "anchor_sizes"), ("segmenter", "epochs"),
+             ("segmenter", "reference_epochs"), ("proposals", "top_k"))
 
 #: ``proposals.top_k``: small images hold few distinct regions (the shapes' 128² images reach
 #: 95 % recall@0.5 within 300), photographs need about 1000 (``benchmarks/proposals_real.py``).
@@ -114,11 +115,19 @@ class DataSizes:
     pseudo_images: int = 0
     #: mean objects per training image (masks; else labels per image)
     instances_per_image: float = 0.0
+    #: images the reference Mask R-CNN (true masks) trains on, and the median over the classes
+    #: of those labelled with the class (0: as WISE's)
+    reference_images: int = 0
+    reference_images_per_class: float = 0.0
 
 
 def measure_sizes(ds: Dataset, split: str, assumed_object: float = 0.25,
-                  negatives: float = 1.0) -> DataSizes:
-    """The image and object sizes of ``split`` (objects from its masks when it has them)."""
+                  negatives: float = 1.0, partial: bool = False) -> DataSizes:
+    """The image and object sizes of ``split`` (objects from its masks when it has them).
+
+    ``partial``: count the partially labelled images among Mask R-CNN's (``pseudo.
+    partial_labels: predict``; an upper bound: stage 1 later leaves out those it finds an
+    unlabelled class in)."""
     from wiseseg import rle
 
     recs = ds.records(split)
@@ -137,27 +146,34 @@ def measure_sizes(ds: Dataset, split: str, assumed_object: float = 0.25,
             objects += len(segs)
             if segs:
                 fractions.extend(np.sqrt(rle.area(segs) / float(r.height * r.width)).tolist())
-    seg = ds.segmenter_records(split, "pseudo", negatives)
-    per_class = np.zeros(max(1, len(ds.classes)))
-    for r in seg:
-        for c in r.labels:
-            per_class[c] += 1
+    seg = ds.segmenter_records(split, "pseudo", negatives,
+                               [r.id for r in ds.partially_labelled(split)] if partial else ())
+    ref = ds.segmenter_records(split, "gt", negatives)
     weak = ds.weak(split).records
-    weak_per_class = np.zeros(max(1, len(ds.classes)))
-    for r in weak:
-        for c in r.labels:
-            weak_per_class[c] += 1
+    per_class, ref_per_class, weak_per_class = (_per_class(part, len(ds.classes))
+                                                for part in (seg, ref, weak))
     counts = {"weak_images": len(weak), "segmenter_images": len(seg),
               "weak_images_per_class": float(np.median(weak_per_class)),
               "images_per_class": float(np.median(per_class)),
               "pseudo_images": sum(1 for r in seg if r.labels),
-              "instances_per_image": objects / len(recs)}
+              "instances_per_image": objects / len(recs),
+              "reference_images": len(ref),
+              "reference_images_per_class": float(np.median(ref_per_class))}
     if fractions:
         p10, p50, p90 = np.quantile(np.asarray(fractions), [0.1, 0.5, 0.9])
         return DataSizes(len(recs), side, short, long, float(p50), float(p10), float(p90),
                          True, **counts)
     a = float(assumed_object)
     return DataSizes(len(recs), side, short, long, a, a / 2, min(1.0, 2 * a), False, **counts)
+
+
+def _per_class(records, n_classes: int) -> np.ndarray:
+    """Images labelled with each class."""
+    out = np.zeros(max(1, n_classes))
+    for r in records:
+        for c in r.labels:
+            out[c] += 1
+    return out
 
 
 def _round_up(v: float, step: int = 32) -> int:
@@ -193,7 +209,8 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
     out = copy.deepcopy(cfg)
     c, g = out["classifier"], out["segmenter"]
     sizes = measure_sizes(ds, split or cfg["data"]["train_split"], float(a["assumed_object"]),
-                          float(out["segmenter"].get("negatives", 1.0)))
+                          float(out["segmenter"].get("negatives", 1.0)),
+                          (out.get("pseudo") or {}).get("partial_labels") == "predict")
     notes = []
     obj_px = sizes.object * sizes.image_side
     where = "the training masks" if sizes.measured else \
@@ -287,28 +304,46 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
                          f"{float(a['classifier_share']):.0%} of the {a['budget_minutes']}-minute "
                          f"budget")
     n = sizes.segmenter_images or sizes.images  # negatives train Mask R-CNN too
-    if g.get("epochs") == AUTO:
+    if AUTO in (g.get("epochs"), g.get("reference_epochs")):
         mp = (sizes.short_side * train_scale) * (sizes.long_side * train_scale) / 1e6
-        per_epoch = (COST["segmenter_epoch"] + COST["segmenter_epoch_mp"] * mp) * n
         setup = COST["segmenter_cache_mp"] * mp * n * 2
         # every self-training round trains a Mask R-CNN, and so does the reference
         models = max(1, int(g.get("rounds", 1) or 1)) + 1
         share = ((1 - float(a["classifier_share"])) * budget - setup) / models
-        g["epochs"] = _epochs(share, per_epoch, a)
-        why = "within the rest of the budget"
-        views = a.get("segmenter_class_views")
-        if views and sizes.images_per_class > 0:
-            floor = _epochs(math.ceil(float(views) / sizes.images_per_class), 1.0, a)
-            if floor > g["epochs"]:
-                g["epochs"] = floor
-                why = (f"so that the median class, in {sizes.images_per_class:g} training "
-                       f"images, is seen {views} times (auto.segmenter_class_views): "
-                       f"~{(setup + models * floor * per_epoch) / 60:.0f} min, over the "
-                       f"budget")
-        notes.append(f"Mask R-CNN {g['epochs']} epochs: ~{per_epoch:.0f} s each ({models} "
-                     f"models: {models - 1} of WISE, the reference) + {setup:.0f} s of cached "
-                     f"features, {why}")
+        wise = _segmenter_epochs(share, mp, n, sizes.images_per_class, setup, models, a)
+        n_ref = sizes.reference_images or n
+        ref = _segmenter_epochs(share, mp, n_ref, sizes.reference_images_per_class
+                                or sizes.images_per_class, setup, models, a)
+        if g.get("epochs") == AUTO:
+            g["epochs"] = wise[0]
+            notes.append(f"Mask R-CNN {g['epochs']} epochs: ~{wise[1]:.0f} s each ({models} "
+                         f"models: {models - 1} of WISE, the reference) + {setup:.0f} s of "
+                         f"cached features, {wise[2]}")
+        if g.get("reference_epochs") == AUTO:
+            g["reference_epochs"] = ref[0]
+            if (n_ref, ref[0]) != (n, wise[0]):  # the same rule on the reference's images
+                notes.append(f"reference Mask R-CNN {ref[0]} epochs on its {n_ref} images "
+                             f"with true masks: ~{ref[1]:.0f} s each, {ref[2]}")
     return out, notes
+
+
+def _segmenter_epochs(share: float, mp: float, n: int, per_class: float, setup: float,
+                      models: int, a: dict) -> tuple[int, float, str]:
+    """Epochs of a Mask R-CNN on ``n`` images (``per_class``: the median class's) within its
+    ``share`` of the budget, or more to see the median class ``segmenter_class_views``
+    times; with the seconds an epoch and why."""
+    per_epoch = (COST["segmenter_epoch"] + COST["segmenter_epoch_mp"] * mp) * n
+    epochs = _epochs(share, per_epoch, a)
+    why = "within the rest of the budget"
+    views = a.get("segmenter_class_views")
+    if views and per_class > 0:
+        floor = _epochs(math.ceil(float(views) / per_class), 1.0, a)
+        if floor > epochs:
+            epochs = floor
+            why = (f"so that the median class, in {per_class:g} training images, is seen "
+                   f"{views} times (auto.segmenter_class_views): ~"
+                   f"{(setup + models * floor * per_epoch) / 60:.0f} min, over the budget")
+    return epochs, per_epoch, why
 
 
 def _epochs(seconds: float, per_epoch: float, a: dict) -> int:

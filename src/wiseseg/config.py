@@ -133,6 +133,7 @@ def _reference() -> dict[str, set[str]]:
     for key in _NULLABLE:
         kinds.setdefault(key, set()).add("null")
     kinds.setdefault("device", set()).add("str")  # the presets say auto; cpu, cuda:1 are fine
+    kinds.setdefault("segmenter.reference_epochs", set()).add("int")  # auto / null in presets
     return kinds
 
 
@@ -168,6 +169,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pseudo.mode": ("sample", "argmax", "fixed"), "segmenter.mode": ("sample", "argmax", "fixed"),
     "segmenter.roi_align_backward": ("sparse", "torchvision"),
     "prm.score": ("peak", "class", "retrieval"),
+    "pseudo.partial_labels": ("predict", "skip"),  # wiseseg.pseudo.partial.MODES
 }
 #: List settings: (fewest, most entries, smallest and largest entry, whole numbers only).
 _LISTS: dict[str, tuple[int, int | None, float, float, bool]] = {

@@ -38,9 +38,11 @@ class Stage:
     config: tuple[str, ...] | Callable[[RunContext], tuple[str, ...]] = ()
     """The top-level config sections it reads (or a function of the run giving them, for a
     section read only under some setting)."""
-    ignores: tuple[str, ...] = ()
+    ignores: tuple[str, ...] | Callable[[RunContext], tuple[str, ...]] = ()
     """``section.key`` settings of those sections that it does not read (a change of them does
-    not rerun it)."""
+    not rerun it), or a function of the run giving them."""
+    settings: tuple[str, ...] = ()
+    """Single ``section.key`` settings of other sections that it reads."""
     enabled: Callable[[RunContext], bool] = lambda ctx: True
 
 
@@ -89,10 +91,13 @@ def stage_sections(stage: Stage, ctx: RunContext) -> tuple[str, ...]:
 def stage_config(stage: Stage, ctx: RunContext) -> dict:
     """The settings a stage reads: its sections, less the keys it ignores."""
     out = {k: ctx.cfg.get(k) for k in stage_sections(stage, ctx)}
-    for dotted in stage.ignores:
+    for dotted in (stage.ignores(ctx) if callable(stage.ignores) else stage.ignores):
         section, _, key = dotted.partition(".")
         if isinstance(out.get(section), dict):
             out[section] = {k: v for k, v in out[section].items() if k != key}
+    for dotted in stage.settings:
+        section, _, key = dotted.partition(".")
+        out[dotted] = (ctx.cfg.get(section) or {}).get(key)
     return out
 
 

@@ -126,8 +126,11 @@ def stage_units(cfg: dict, sizes: DataSizes, val_images: int, val_instances_per_
     out["wise"] = {k: v * rounds for k, v in train.items()}
     out["wise"]["segmenter_cache_mp"] = n_seg * 2 * mp_seg if seg_cached else 0.0
     out["wise"]["predict_image_mp"] = (rounds - 1) * labelled * mp_seg
-    if reference:
-        out["reference"] = dict(train)
+    if reference:  # its own images (true masks) and epochs (segmenter.reference_epochs)
+        n_ref = sizes.reference_images or n_seg
+        r_epochs = float(g.get("reference_epochs") or g_epochs)
+        out["reference"] = {"segmenter_image": r_epochs * n_ref,
+                            "segmenter_image_mp": r_epochs * n_ref * mp_seg}
     if val_images:
         out["predict_wise"] = {"predict_image_mp": val_images * mp_seg,
                                "refine_proposal_mp": val_images * top_k * mp_img}

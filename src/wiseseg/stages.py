@@ -99,7 +99,11 @@ def run_proposals(ctx: RunContext, d: Path) -> dict:
     pc, ds = ctx.cfg["proposals"], ctx.dataset
     # pseudo masks need proposals on the labelled images Mask R-CNN trains on (negatives
     # have no peaks and need none); validation images for the Refine step and Table 3
-    recs = {r.id: r for r in ds.segmenter_view(ctx.train_split, "pseudo").records
+    # (with pseudo.partial_labels: predict, the partially labelled ones too: which of them
+    # Mask R-CNN trains on is known only after stage 1)
+    partial = [r.id for r in ds.partially_labelled(ctx.train_split)] \
+        if _partial_mode(ctx) == "predict" else []
+    recs = {r.id: r for r in ds.segmenter_view(ctx.train_split, "pseudo", partial).records
             if r.labels or not ds.weak_only(ctx.train_split)}
     if ctx.val_split in ds.splits:
         recs.update((r.id, r) for r in ds.records(ctx.val_split))
@@ -118,10 +122,15 @@ def run_pseudo(ctx: RunContext, d: Path) -> dict:
     from wiseseg.classifier.peaks import read_peaks
     from wiseseg.proposals import ProposalStore
     from wiseseg.pseudo.labels import build_pseudo_images, to_coco, write_pseudo
+    from wiseseg.pseudo.partial import decide_partial
 
     ds = ctx.dataset
-    split = ds.segmenter_view(ctx.train_split, "pseudo")
     peaks = read_peaks(ctx.stage_dir("peaks") / f"peaks_{ctx.train_split}.json")
+    partial = decide_partial(ds.partially_labelled(ctx.train_split),
+                             {im["image_id"]: im.get("class_scores")
+                              for im in peaks["images"]},
+                             float(ctx.cfg["peaks"]["class_threshold"]), _partial_mode(ctx))
+    split = ds.segmenter_view(ctx.train_split, "pseudo", partial.kept)
     store = ProposalStore.open(ctx.stage_dir("proposals"))
     retrieval_fn = cam_fn = None
     cam_overlap = float(ctx.cfg["pseudo"].get("cam_overlap", 0) or 0) > 0
@@ -146,9 +155,18 @@ def run_pseudo(ctx: RunContext, d: Path) -> dict:
                                         progress=ctx.progress, retrieval_fn=retrieval_fn,
                                         cam_fn=cam_fn)
     coco = to_coco(images, split, ds.category_ids, stats, dict(ctx.cfg["pseudo"]))
+    summary = {**stats.as_dict(), "instances": len(coco["annotations"]),
+               "images_without_instance": sum(1 for im in images if not im.instances)}
+    if partial.kept or partial.excluded:
+        coco["wiseseg"]["partial_labels"] = partial.as_dict(ds.classes)
+        summary["partial_labels"] = {"kept": len(partial.kept),
+                                     "excluded": len(partial.excluded)}
     write_pseudo(d / "pseudo.json", coco)
-    return {**stats.as_dict(), "instances": len(coco["annotations"]),
-            "images_without_instance": sum(1 for im in images if not im.instances)}
+    return summary
+
+
+def _partial_mode(ctx: RunContext) -> str:
+    return str(ctx.cfg["pseudo"].get("partial_labels", "skip"))
 
 
 def _prm_candidates(ctx: RunContext) -> bool:
@@ -158,24 +176,25 @@ def _prm_candidates(ctx: RunContext) -> bool:
 # ----------------------------------------------------------------------------- stage 2
 def _train_segmenter(ctx: RunContext, d: Path, masks: str,
                      instances: dict | None = None) -> dict:
-    from wiseseg.pseudo.labels import read_pseudo
-    from wiseseg.segmenter.train import train_segmenter
+    from wiseseg.pseudo.labels import pseudo_view, read_pseudo
+    from wiseseg.segmenter.train import segmenter_settings, train_segmenter
 
     ds = ctx.dataset
-    split = ds.segmenter_view(ctx.train_split, masks)
-    if instances is not None:
-        inst = instances
-    elif masks == "pseudo":
-        inst = read_pseudo(ctx.stage_dir("pseudo") / "pseudo.json", split, ds.category_ids)
+    include: set[int] = set()
+    if masks == "pseudo":
+        split = pseudo_view(ctx.stage_dir("pseudo") / "pseudo.json", ds, ctx.train_split)
+        include = {r.id for r in split.records if r.unknown}
+        inst = instances if instances is not None else \
+            read_pseudo(ctx.stage_dir("pseudo") / "pseudo.json", split, ds.category_ids)
     else:
         inst = dict(ds.ground_truth(ctx.train_split))
     recs = ds.segmenter_records(ctx.train_split, masks,
-                                float(ctx.cfg["segmenter"].get("negatives", 1.0)))
-    train_segmenter(recs, inst, ds.classes, ctx.cfg["segmenter"], d,
+                                float(ctx.cfg["segmenter"].get("negatives", 1.0)), include)
+    train_segmenter(recs, inst, ds.classes, segmenter_settings(ctx.cfg["segmenter"], masks), d,
                     masks=masks, seed=ctx.cfg["seed"], deterministic=ctx.cfg["deterministic"],
                     device=ctx.cfg["device"], progress=ctx.progress, full_config=ctx.cfg,
                     feature_cache_dir=ctx.run_dir / "cache")
-    return {"masks": masks}
+    return {"masks": masks, "images": len(recs)}
 
 
 def run_wise(ctx: RunContext, d: Path) -> dict:
@@ -186,22 +205,25 @@ def run_wise(ctx: RunContext, d: Path) -> dict:
     rounds = int(ctx.cfg["segmenter"].get("rounds", 1) or 1)
     if rounds <= 1:
         return _train_segmenter(ctx, d, "pseudo")
-    from wiseseg.pseudo.labels import read_pseudo, to_coco, write_pseudo
+    from wiseseg.pseudo.labels import pseudo_view, read_pseudo, to_coco, write_pseudo
     from wiseseg.pseudo.sampling import CandidateStats
     from wiseseg.pseudo.self_training import relabel
 
     ds = ctx.dataset
-    split = ds.segmenter_view(ctx.train_split, "pseudo")
+    split = pseudo_view(ctx.stage_dir("pseudo") / "pseudo.json", ds, ctx.train_split)
     labels = read_pseudo(ctx.stage_dir("pseudo") / "pseudo.json", split, ds.category_ids)
-    summary: dict = {"masks": "pseudo", "rounds": []}
+    # the images relabelled: the split's and the partially labelled ones kept (negatives
+    # have no label to predict)
+    relabelled = list(ds.records(ctx.train_split)) + [r for r in split.records if r.unknown]
     model_dir = d / "round1"
-    _train_segmenter(ctx, model_dir, "pseudo", labels)
+    summary: dict = {**_train_segmenter(ctx, model_dir, "pseudo", labels), "rounds": []}
     min_score = float(ctx.cfg["segmenter"].get("self_training_score", 0.5))
     for r in range(2, rounds + 1):
         preds_path = model_dir / "train_predictions.json"
         if not preds_path.is_file():  # resumable: a finished round's predictions are kept
             atomic_write_json(preds_path, _predict(ctx, model_dir, ctx.train_split,
-                                                   mask_threshold=0.5, min_score=min_score))
+                                                   records=relabelled, mask_threshold=0.5,
+                                                   min_score=min_score))
         labels, st = relabel(labels, read_json(preds_path, "predictions"), split.records,
                              ds.category_ids, min_score)
         model_dir = d if r == rounds else d / f"round{r}"
@@ -218,9 +240,11 @@ def run_reference(ctx: RunContext, d: Path) -> dict:
     return _train_segmenter(ctx, d, "gt")
 
 
-def _predict(ctx: RunContext, model_dir: Path, split: str, **settings) -> list[dict]:
-    """Predictions of ``model_dir/model.pt`` on ``split``; ``settings`` (batch_size,
-    mask_threshold, min_score) replace the ``predict`` section's.
+def _predict(ctx: RunContext, model_dir: Path, split: str, records=None,
+             **settings) -> list[dict]:
+    """Predictions of ``model_dir/model.pt`` on ``split`` (or on ``records``, named
+    ``split`` in the body cache); ``settings`` (batch_size, mask_threshold, min_score)
+    replace the ``predict`` section's.
 
     When the body is fixed and the split's images share one size, the body's maps of the
     split are computed once per run (``RUN/cache/segmenter_body_<split>.pt``) and every
@@ -240,7 +264,9 @@ def _predict(ctx: RunContext, model_dir: Path, split: str, **settings) -> list[d
     dev = _device(ctx)
     pc = {**ctx.cfg["predict"], **settings}
     model, _, _, _ = load_segmenter(model_dir / "model.pt", dev)
-    recs = list(ctx.dataset.records(split))
+    recs = list(ctx.dataset.records(split) if records is None else records)
+    if records is not None and len(recs) != len(ctx.dataset.records(split)):
+        split = f"{split}+{len(recs)}"  # its own body cache
     kw = dict(batch_size=int(pc["batch_size"]), mask_threshold=float(pc["mask_threshold"]),
               min_score=float(pc["min_score"]), progress=ctx.progress)
     if recs and body_is_fixed(model) and uniform_size(recs):
@@ -328,6 +354,12 @@ def run_evaluate(ctx: RunContext, d: Path) -> dict:
 PSEUDO_ONLY = ("mode", "dup_iou", "rounds", "self_training_score", "skip_unlabelled")
 
 
+def _reference_ignores(ctx: RunContext) -> tuple[str, ...]:
+    """The reference reads its own epochs when ``segmenter.reference_epochs`` is set."""
+    own = ctx.cfg["segmenter"].get("reference_epochs") is not None
+    return tuple(f"segmenter.{k}" for k in PSEUDO_ONLY + (("epochs",) if own else ()))
+
+
 def _has_train_gt(ctx: RunContext) -> bool:
     return ctx.dataset.has_ground_truth(ctx.train_split)
 
@@ -339,13 +371,15 @@ def _reference_on(ctx: RunContext) -> bool:
 STAGES = (
     Stage("classifier", run_classifier, config=("data", "classifier")),
     Stage("peaks", run_peaks, deps=("classifier",), config=("data", "peaks")),
-    Stage("proposals", run_proposals, config=("data", "proposals")),
+    Stage("proposals", run_proposals, config=("data", "proposals"),
+          settings=("pseudo.partial_labels",)),
     Stage("pseudo", run_pseudo, deps=("peaks", "proposals"),
           config=lambda ctx: ("pseudo", "peaks") + (("prm",) if _prm_candidates(ctx) else ()),
           ignores=("prm.workers",)),
-    Stage("wise", run_wise, deps=("pseudo",), config=("segmenter",)),
+    Stage("wise", run_wise, deps=("pseudo",), config=("segmenter",),
+          ignores=("segmenter.reference_epochs",)),
     Stage("reference", run_reference, config=("data", "segmenter"), enabled=_reference_on,
-          ignores=tuple(f"segmenter.{k}" for k in PSEUDO_ONLY)),
+          ignores=_reference_ignores),
     Stage("predict_wise", run_predict_wise, deps=("wise", "proposals"), config=("predict",),
           enabled=lambda ctx: ctx.val_split in ctx.dataset.splits),
     Stage("predict_reference", run_predict_reference, deps=("reference",),

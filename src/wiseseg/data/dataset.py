@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,30 +160,39 @@ class Dataset:
         return WeakSplit(split=split, classes=self.classes,
                          records=self.records(split) + self._weak_only.get(split, ()))
 
-    def segmenter_view(self, split: str, masks: str) -> WeakSplit:
+    def segmenter_view(self, split: str, masks: str, include: Collection[int] = ()
+                       ) -> WeakSplit:
         """The images Mask R-CNN trains on. ``masks="pseudo"``: the split's images plus its
         weak-only images whose every class is labelled (negatives and fully labelled
         image-level images); an image with unlabelled classes (``unknown``) trains stage 1
-        only, since its unlabelled objects would be taught as background. ``masks="gt"``:
-        the split's images plus its negatives (true masks: none)."""
-        extra = tuple(r for r in self.weak_only(split) if not r.unknown
+        only, since its unlabelled objects would be taught as background — unless its id is
+        in ``include`` (stage 1 predicted none of its unlabelled classes:
+        ``pseudo.partial_labels``). ``masks="gt"``: the split's images plus its negatives
+        (true masks: none)."""
+        keep = set(include) if masks == "pseudo" else set()
+        extra = tuple(r for r in self.weak_only(split) if (not r.unknown or r.id in keep)
                       and (masks == "pseudo" or not r.labels))
         return WeakSplit(split=split, classes=self.classes, records=self.records(split) + extra)
 
-    def segmenter_records(self, split: str, masks: str, negatives: float = 1.0
-                          ) -> list[ImageRecord]:
+    def segmenter_records(self, split: str, masks: str, negatives: float = 1.0,
+                          include: Collection[int] = ()) -> list[ImageRecord]:
         """:meth:`segmenter_view`'s images with at most ``round(negatives × n)`` of its added
         negatives (``n``: the images that are not added negatives), a fixed seeded choice:
         hundreds of background images would otherwise take most of a time-bounded training
         (``segmenter.negatives``; 0 leaves them to stage 1)."""
         added = {r.id for r in self.weak_only(split) if not r.labels and not r.unknown}
-        recs = list(self.segmenter_view(split, masks).records)
+        recs = list(self.segmenter_view(split, masks, include).records)
         neg = [r for r in recs if r.id in added]
         keep = int(round(float(negatives) * (len(recs) - len(neg))))
         if len(neg) <= keep:
             return recs
         chosen = {r.id for r in random.Random(0).sample(neg, keep)}
         return [r for r in recs if r.id not in added or r.id in chosen]
+
+    def partially_labelled(self, split: str) -> tuple[ImageRecord, ...]:
+        """The split's weak-only images with a label and unlabelled classes (``unknown``):
+        the ones ``pseudo.partial_labels`` decides about."""
+        return tuple(r for r in self.weak_only(split) if r.unknown and r.labels)
 
     def weak_only(self, split: str) -> tuple[ImageRecord, ...]:
         """The split's images without masks: image-level labels only, or negatives."""

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wiseseg import rle
-from wiseseg.data.dataset import WeakSplit
+from wiseseg.data.dataset import Dataset, WeakSplit
 from wiseseg.errors import DataError
 from wiseseg.io import atomic_write_json, read_json
 from wiseseg.pseudo.sampling import (
@@ -105,6 +105,20 @@ def to_coco(images: Iterable[PseudoImage], split: WeakSplit, category_ids: list[
         "wiseseg": {"settings": settings, **stats.as_dict(),
                     "peaks_without_candidate": stats.without_candidate},
     }
+
+
+def pseudo_view(path: str | Path, ds: Dataset, split: str) -> WeakSplit:
+    """The images Mask R-CNN trains on with pseudo-label file ``path``: the split's
+    :meth:`~wiseseg.data.dataset.Dataset.segmenter_view` plus the partially labelled images
+    the file lists (``pseudo.partial_labels``: those stage 1 found complete)."""
+    data = read_json(path, "pseudo-label COCO JSON")
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise DataError(path, "not a COCO instances file (no 'images' list)")
+    listed = {im.get("id") for im in images if isinstance(im, dict)}
+    return ds.segmenter_view(split, "pseudo",
+                             include={r.id for r in ds.partially_labelled(split)
+                                      if r.id in listed})
 
 
 def write_pseudo(path: str | Path, coco: dict) -> Path:

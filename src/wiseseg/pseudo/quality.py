@@ -42,7 +42,10 @@ def pseudo_quality(ds: Dataset, split: str, pseudo: str | Path | dict,
     coco = read_json(pseudo, "pseudo-label COCO JSON") if not isinstance(pseudo, dict) \
         else pseudo
     out: dict = {}
-    res = score_results(pseudo_as_results(coco), ds, split, str(pseudo))
+    # partially labelled images (pseudo.partial_labels) have pseudo masks but no true ones
+    ids = {r.id for r in ds.records(split)}
+    res = score_results([a for a in pseudo_as_results(coco) if a["image_id"] in ids], ds, split,
+                        str(pseudo))
     out.update({f"pseudo_{k}": v for k, v in res.items()})
     if predictions is None and checkpoint is not None:
         from wiseseg.classifier.model_io import check_classes

@@ -33,25 +33,31 @@ def _cfg(p: argparse.ArgumentParser) -> None:
 def cmd_train_segmenter(args) -> int:
     cfg = run_config(args, section="segmenter")  # before the imports of torch (seconds)
     from wiseseg.config import save_config
-    from wiseseg.pseudo.labels import read_pseudo
-    from wiseseg.segmenter.train import train_segmenter
+    from wiseseg.pseudo.labels import pseudo_view, read_pseudo
+    from wiseseg.segmenter.train import segmenter_settings, train_segmenter
 
     if args.mode:
         cfg["segmenter"]["mode"] = args.mode
     ds = open_dataset_from_args(args)
+    auto_epochs = cfg["segmenter"].get("epochs") == "auto"
     cfg = resolve_auto_config(cfg, ds, args.split, args.quiet)
     masks = "pseudo" if args.pseudo else "gt"
-    split = ds.segmenter_view(args.split, masks)
-    if args.pseudo:
+    include: set[int] = set()
+    if args.pseudo:  # with the partially labelled images it lists (pseudo.partial_labels)
+        split = pseudo_view(args.pseudo, ds, args.split)
+        include = {r.id for r in split.records if r.unknown}
         instances = read_pseudo(args.pseudo, split, ds.category_ids)
     else:
         instances = dict(ds.ground_truth(args.split))
+    # one Mask R-CNN here: an `auto` epoch count follows its own images (true masks: the
+    # reference's rule); a number given is used as it is
+    settings = segmenter_settings(cfg["segmenter"], masks) if auto_epochs else cfg["segmenter"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(out / "config.yaml", cfg)
+    save_config(out / "config.yaml", {**cfg, "segmenter": settings})
     recs = ds.segmenter_records(args.split, masks,
-                                float(cfg["segmenter"].get("negatives", 1.0)))
-    path = train_segmenter(recs, instances, ds.classes, cfg["segmenter"], out,
+                                float(cfg["segmenter"].get("negatives", 1.0)), include)
+    path = train_segmenter(recs, instances, ds.classes, settings, out,
                            masks=masks, seed=cfg["seed"], deterministic=cfg["deterministic"],
                            device=cfg["device"], resume=not args.no_resume,
                            progress=not args.quiet, full_config=cfg)

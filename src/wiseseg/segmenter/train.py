@@ -90,6 +90,16 @@ def without_pseudo_masks(records: list[ImageRecord], instances: dict[int, object
     return kept
 
 
+def segmenter_settings(cfg: dict[str, Any], masks: str) -> dict[str, Any]:
+    """The ``segmenter`` section as the Mask R-CNN on ``masks`` trains with it: the reference
+    on true masks (``masks="gt"``) takes ``reference_epochs`` as its epochs, since its
+    images can be fewer than WISE's (partially labelled images have no true masks)."""
+    ref = cfg.get("reference_epochs")
+    if masks != "gt" or ref is None:
+        return cfg
+    return {**cfg, "epochs": ref}
+
+
 def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
                     classes: tuple[str, ...], cfg: dict[str, Any], out_dir: str | Path,
                     masks: str = "pseudo", seed: int = 0, deterministic: bool = False,
