@@ -17,7 +17,8 @@ from wiseseg.errors import ConfigError
 AUTO_OVERRIDES = ["classifier.input_size=auto", "classifier.epochs=auto",
                   "segmenter.min_size=auto", "segmenter.max_size=auto",
                   "segmenter.anchor_sizes=auto", "segmenter.epochs=auto",
-                  "segmenter.reference_epochs=auto", "proposals.top_k=auto"]
+                  "segmenter.reference_epochs=auto", "segmenter.backbone=auto",
+                  "proposals.top_k=auto"]
 
 
 def _dataset(tmp_path, h, w, side, n=20, masks=True) -> Dataset:
@@ -80,6 +81,7 @@ def test_without_masks_the_object_size_is_assumed_and_said(tmp_path):
 def test_fixed_settings_are_left_alone_and_bad_sections_fail(tmp_path):
     ds = _dataset(tmp_path, 128, 128, side=30)
     cfg = api.load_config("cpu", ["classifier.backbone=efficientnet_lite0",
+                                  "segmenter.backbone=efficientnet_lite0",
                                   "classifier.input_size=384", "classifier.epochs=8",
                                   "proposals.top_k=300",
                                   "segmenter.min_size=128", "segmenter.max_size=128",
@@ -221,3 +223,21 @@ def test_classifier_backbone_follows_the_image_size(tmp_path):
     u2, u0 = stage_units(photo, sizes, 10, 2.0), stage_units(lite0, sizes, 10, 2.0)
     assert u2["prm"]["prm_instance_mp"] > u0["prm"]["prm_instance_mp"]
     assert u2["classifier"]["classifier_cache_mp"] > u0["classifier"]["classifier_cache_mp"]
+
+
+def test_segmenter_backbone_follows_the_image_size(tmp_path):
+    """Mask R-CNN takes the same rule; the plan counts its backbone in caching and inference."""
+    from wiseseg.runplan import stage_units
+
+    ds = _dataset(tmp_path, 375, 500, 80)
+    photo, notes = resolve_auto(_cfg("segmenter.backbone=auto"), ds)
+    small, _ = resolve_auto(_cfg("segmenter.backbone=auto"), _dataset(tmp_path, 128, 128, 24))
+    assert photo["segmenter"]["backbone"] == "efficientnet_lite2"
+    assert small["segmenter"]["backbone"] == "efficientnet_lite0"
+    assert any(n.startswith("Mask R-CNN backbone efficientnet_lite2: median image side")
+               for n in notes)
+    sizes = measure_sizes(ds, "train")
+    lite0 = {**photo, "segmenter": {**photo["segmenter"], "backbone": "efficientnet_lite0"}}
+    u2, u0 = stage_units(photo, sizes, 10, 2.0), stage_units(lite0, sizes, 10, 2.0)
+    assert u2["predict_wise"]["predict_image_mp"] > u0["predict_wise"]["predict_image_mp"]
+    assert u2["wise"]["segmenter_image"] == u0["wise"]["segmenter_image"]

@@ -1,8 +1,9 @@
 """Settings that follow the data: the ``auto`` values of a preset, resolved for one dataset.
 
 A preset may set ``classifier.backbone``, ``classifier.input_size``, ``classifier.epochs``,
-``segmenter.min_size``, ``segmenter.max_size``, ``segmenter.anchor_sizes`` and
-``segmenter.epochs`` to ``auto``.
+``segmenter.backbone``, ``segmenter.min_size``, ``segmenter.max_size``,
+``segmenter.anchor_sizes``, ``segmenter.epochs``, ``segmenter.reference_epochs`` and
+``proposals.top_k`` to ``auto``.
 :func:`resolve_auto` replaces them with numbers chosen from the training split's image sizes
 and object sizes (``data-stats`` measures both), within the time budget of the ``auto``
 section, and returns one line per choice saying why. The run prints the lines and saves them
@@ -13,9 +14,9 @@ The rules (constants in the ``auto`` section):
 - **object size**: the median, 10th and 90th percentile of ``√(area / image area)`` of the
   training split's instances when it has masks; without masks the objects are assumed to
   span ``assumed_object`` of the image side, and the run says so.
-- **classifier backbone**: ``efficientnet_lite2`` for photographs, ``efficientnet_lite0`` for
-  small images (median image side below ``SMALL_IMAGE_SIDE``, 256 px), measured on two real
-  sets and the shapes (see ``PHOTO_BACKBONE``).
+- **backbones** (classifier and Mask R-CNN): ``efficientnet_lite2`` for photographs,
+  ``efficientnet_lite0`` for small images (median image side below ``SMALL_IMAGE_SIDE``,
+  256 px), measured on two real sets and the shapes (see ``PHOTO_BACKBONE``).
 - **classifier input**: the square side at which the median object spans ``cam_cells`` cells
   of the CAM (the backbone's stride at the CAM's feature level), rounded up to a multiple of
   32, within ``[min_input, max_input]``. A warning when even then the median object covers
@@ -64,7 +65,7 @@ from wiseseg.errors import ConfigError
 
 AUTO = "auto"
 AUTO_KEYS = (("classifier", "backbone"), ("classifier", "input_size"), ("classifier", "epochs"),
-             ("segmenter", "min_size"), ("segmenter", "max_size"),
+             ("segmenter", "backbone"), ("segmenter", "min_size"), ("segmenter", "max_size"),
              ("segmenter", "anchor_sizes"), ("segmenter", "epochs"),
              ("segmenter", "reference_epochs"), ("proposals", "top_k"))
 
@@ -77,6 +78,10 @@ SMALL_IMAGE_SIDE = 256
 #: 14.1 → 18.0, Penn-Fudan + negatives 19.0 → 22.1), at ~1.35× the time of a backbone pass;
 #: on the small shapes images (128 px, enlarged 3×) Lite0's peaks were better (train-calib
 #: recall / precision 76.1 / 77.0 against 68.9 / 67.9, ``benchmarks/calibrate_peaks.py``).
+#: ``segmenter.backbone`` (fixed, cached features): the Mask R-CNN on true masks, trained on
+#: train-fit and scored on train-calib (``benchmarks/calibrate_segmenter.py``), mAP50 on the
+#: VOC sample Lite0 19.0, Lite1 21.5, Lite2 24.6 (mAP25 31.9 → 42.9); Penn-Fudan + negatives
+#: Lite0 89.8, Lite2 92.4; the shapes keep Lite0 (the demo's Mask R-CNN, measured there).
 PHOTO_BACKBONE = "efficientnet_lite2"
 SMALL_IMAGE_BACKBONE = "efficientnet_lite0"
 
@@ -224,12 +229,13 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
                  f"{sizes.long_side:.0f} px; median object {obj_px:.0f} px across "
                  f"({sizes.object:.0%} of the image side, p10 {sizes.object_p10:.0%}, p90 "
                  f"{sizes.object_p90:.0%}; {where})")
-    if c.get("backbone") == AUTO:
-        small = sizes.image_side < SMALL_IMAGE_SIDE
-        c["backbone"] = SMALL_IMAGE_BACKBONE if small else PHOTO_BACKBONE
-        notes.append(f"classifier backbone {c['backbone']}: median image side "
-                     f"{sizes.image_side:.0f} px ({'<' if small else '≥'} "
-                     f"{SMALL_IMAGE_SIDE}: {'small images' if small else 'photographs'})")
+    small = sizes.image_side < SMALL_IMAGE_SIDE
+    for section, sec in (("classifier", c), ("Mask R-CNN", g)):
+        if sec.get("backbone") == AUTO:
+            sec["backbone"] = SMALL_IMAGE_BACKBONE if small else PHOTO_BACKBONE
+            notes.append(f"{section} backbone {sec['backbone']}: median image side "
+                         f"{sizes.image_side:.0f} px ({'<' if small else '≥'} "
+                         f"{SMALL_IMAGE_SIDE}: {'small images' if small else 'photographs'})")
     stride = cam_stride or _cam_stride(c)
 
     if c.get("input_size") == AUTO:

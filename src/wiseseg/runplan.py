@@ -55,9 +55,9 @@ COST: dict[str, float] = {
     "evaluate_image": 0.007944,
 }
 
-#: A classifier backbone's time per image relative to efficientnet_lite0 (the constants'),
-#: from benchmarks/results/backbones.json (median seconds per image, mean of 256 and 320 px).
-CLASSIFIER_BACKBONE_COST = {"efficientnet_lite0": 1.0, "efficientnet_lite1": 1.26,
+#: A backbone's time per image relative to efficientnet_lite0 (the constants'), from
+#: benchmarks/results/backbones.json (median seconds per image, mean of 256 and 320 px).
+BACKBONE_COST = {"efficientnet_lite0": 1.0, "efficientnet_lite1": 1.26,
                             "efficientnet_lite2": 1.35}
 
 #: The PRM stage's speed-up with two single-threaded processes instead of one on 2 cores
@@ -104,7 +104,10 @@ def stage_units(cfg: dict, sizes: DataSizes, val_images: int, val_instances_per_
     rounds = max(1, int(g.get("rounds", 1) or 1))
     out: dict[str, dict[str, float]] = {}
     # backbone passes cost more with a larger backbone; epochs on cached features do not
-    bb = CLASSIFIER_BACKBONE_COST.get(str(c.get("backbone")), 1.0)
+    bb = BACKBONE_COST.get(str(c.get("backbone")), 1.0)
+    # Mask R-CNN: its backbone's share of caching and inference (epochs on cached features
+    # do not run it)
+    bb_seg = BACKBONE_COST.get(str(g.get("backbone")), 1.0)
     out["classifier"] = {
         "classifier_cache_mp": n_weak * 2 * mp_in * bb if cached else 0.0,
         "classifier_epoch_mp" if cached else "classifier_epoch_uncached_mp":
@@ -124,24 +127,26 @@ def stage_units(cfg: dict, sizes: DataSizes, val_images: int, val_instances_per_
     seg_cached = bool(g.get("cache_features")) and int(g.get("frozen_stages", 0)) >= 4
     train = {"segmenter_image": g_epochs * n_seg, "segmenter_image_mp": g_epochs * n_seg * mp_seg}
     out["wise"] = {k: v * rounds for k, v in train.items()}
-    out["wise"]["segmenter_cache_mp"] = n_seg * 2 * mp_seg if seg_cached else 0.0
-    out["wise"]["predict_image_mp"] = (rounds - 1) * labelled * mp_seg
+    out["wise"]["segmenter_cache_mp"] = n_seg * 2 * mp_seg * bb_seg if seg_cached else 0.0
+    out["wise"]["predict_image_mp"] = (rounds - 1) * labelled * mp_seg * bb_seg
     if reference:  # its own images (true masks) and epochs (segmenter.reference_epochs)
         n_ref = sizes.reference_images or n_seg
         r_epochs = float(g.get("reference_epochs") or g_epochs)
         out["reference"] = {"segmenter_image": r_epochs * n_ref,
                             "segmenter_image_mp": r_epochs * n_ref * mp_seg}
+        if seg_cached and n_ref != n_seg:  # other images than WISE's: a cache of its own
+            out["reference"]["segmenter_cache_mp"] = n_ref * 2 * mp_seg * bb_seg
     if val_images:
-        out["predict_wise"] = {"predict_image_mp": val_images * mp_seg,
+        out["predict_wise"] = {"predict_image_mp": val_images * mp_seg * bb_seg,
                                "refine_proposal_mp": val_images * top_k * mp_img}
         if reference:
-            out["predict_reference"] = {"predict_image_mp": val_images * mp_seg}
+            out["predict_reference"] = {"predict_image_mp": val_images * mp_seg * bb_seg}
         # prm.workers processes share the images (the constant: one process on 2 cores)
         two = int(cfg.get("prm", {}).get("workers", 1) or 1) > 1
         out["prm"] = {"prm_instance_mp": val_images * val_instances_per_image * mp_in * bb
                       / (PRM_TWO_WORKERS if two else 1.0)}
     if reference:  # Table 3 needs the training split's true masks
-        out["pseudo_quality"] = {"predict_image_mp": sizes.images * mp_seg}
+        out["pseudo_quality"] = {"predict_image_mp": sizes.images * mp_seg * bb_seg}
     if val_images:
         out["evaluate"] = {"evaluate_image": val_images}
     return out
