@@ -24,7 +24,7 @@ import yaml
 from scipy.optimize import nnls
 
 from wiseseg import api
-from wiseseg.autoconfig import measure_sizes
+from wiseseg.autoconfig import config_sizes
 from wiseseg.io import atomic_write_json, read_json
 from wiseseg.runplan import COST, stage_units
 
@@ -42,8 +42,7 @@ def run_rows(run: Path) -> list[dict]:
     train, val = cfg["data"]["train_split"], cfg["data"]["val_split"]
     ds.has_split(train)
     ds.has_split(val)
-    sizes = measure_sizes(ds, train, float(cfg["auto"]["assumed_object"]),
-                          float(cfg["segmenter"].get("negatives", 1.0)))
+    sizes = config_sizes(ds, cfg, train)
     val_images = len(ds.records(val)) if val in ds.splits else 0
     reference = (run / "reference" / "stage.json").is_file()
     units = stage_units(cfg, sizes, val_images, sizes.instances_per_image, reference)

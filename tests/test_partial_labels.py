@@ -91,6 +91,24 @@ def test_views_and_sizes_count_the_partial_images(tmp_path):
     assert measure_sizes(ds, "train").segmenter_images == 4
 
 
+def test_the_plan_counts_the_partial_images_as_the_run_does(tmp_path):
+    from wiseseg.autoconfig import config_sizes
+    from wiseseg.runplan import stage_units
+
+    ds = read_coco(_partial_coco(tmp_path / "d"))
+    units = {}
+    for mode in ("predict", "skip"):
+        cfg, _ = resolve_auto(api.load_config("cpu", [f"pseudo.partial_labels={mode}"]), ds)
+        sizes = config_sizes(ds, cfg)
+        assert sizes.segmenter_images == (10 if mode == "predict" else 4)
+        units[mode] = stage_units(cfg, sizes, 2, 1.0)
+    assert units["predict"]["proposals"]["proposals_image"] > \
+        units["skip"]["proposals"]["proposals_image"]
+    ref, ref_skip = units["predict"]["reference"], units["skip"]["reference"]
+    assert ref["segmenter_image"] == ref_skip["segmenter_image"]  # its own images and epochs
+    assert ref["segmenter_cache_mp"] > 0 and "segmenter_cache_mp" not in ref_skip  # own cache
+
+
 def test_pseudo_view_takes_the_partial_images_a_file_lists(tmp_path):
     ds = read_coco(_partial_coco(tmp_path / "d"))
     f = tmp_path / "pseudo.json"

@@ -71,7 +71,7 @@ def _resolve_auto(cfg: dict, ds: Dataset, run_dir: Path, progress: bool) -> dict
 def _plan(cfg: dict, ds: Dataset, run_dir: Path, progress: bool, reference: bool) -> None:
     """The expected wall time of every stage (:mod:`wiseseg.runplan`), printed and kept in
     ``RUN/auto.json`` under ``plan``; on a CPU only (the costs are a CPU's)."""
-    from wiseseg.autoconfig import is_auto, measure_sizes
+    from wiseseg.autoconfig import config_sizes, is_auto
     from wiseseg.engine.reproducibility import resolve_device
     from wiseseg.runplan import plan_lines, plan_run
 
@@ -79,8 +79,7 @@ def _plan(cfg: dict, ds: Dataset, run_dir: Path, progress: bool, reference: bool
     if (resolve_device(cfg.get("device", "auto")).type != "cpu" or is_auto(cfg)
             or not ds.has_split(train)):
         return
-    sizes = measure_sizes(ds, train, float((cfg.get("auto") or {}).get("assumed_object", 0.25)),
-                          float(cfg["segmenter"].get("negatives", 1.0)))
+    sizes = config_sizes(ds, cfg, train)
     val_images = len(ds.records(val)) if val in ds.splits else 0
     plan = plan_run(cfg, sizes, val_images, sizes.instances_per_image,
                     reference and ds.has_ground_truth(train))

@@ -172,6 +172,16 @@ def measure_sizes(ds: Dataset, split: str, assumed_object: float = 0.25,
     return DataSizes(len(recs), side, short, long, a, a / 2, min(1.0, 2 * a), False, **counts)
 
 
+def config_sizes(ds: Dataset, cfg: dict, split: str | None = None) -> DataSizes:
+    """:func:`measure_sizes` of ``split`` (default ``data.train_split``) as the run's settings
+    count its images: ``auto.assumed_object``, ``segmenter.negatives`` and
+    ``pseudo.partial_labels``."""
+    return measure_sizes(ds, split or cfg["data"]["train_split"],
+                         float((cfg.get("auto") or {}).get("assumed_object", 0.25)),
+                         float(cfg["segmenter"].get("negatives", 1.0)),
+                         (cfg.get("pseudo") or {}).get("partial_labels") == "predict")
+
+
 def _per_class(records, n_classes: int) -> np.ndarray:
     """Images labelled with each class."""
     out = np.zeros(max(1, n_classes))
@@ -213,9 +223,7 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
         raise ConfigError(f"settings marked auto need the auto section's {', '.join(missing)}")
     out = copy.deepcopy(cfg)
     c, g = out["classifier"], out["segmenter"]
-    sizes = measure_sizes(ds, split or cfg["data"]["train_split"], float(a["assumed_object"]),
-                          float(out["segmenter"].get("negatives", 1.0)),
-                          (out.get("pseudo") or {}).get("partial_labels") == "predict")
+    sizes = config_sizes(ds, out, split)
     notes = []
     obj_px = sizes.object * sizes.image_side
     where = "the training masks" if sizes.measured else \
