@@ -180,3 +180,13 @@ def test_run_trains_wise_on_the_partial_images_stage_1_clears(tmp_path):
         assert json.loads((run / "wise" / "stage.json").read_text())["summary"]["images"] == 4
     finally:
         torch.set_num_threads(threads)
+
+
+def test_data_stats_counts_the_partial_images(tmp_path):
+    from wiseseg.data.stats import format_stats, split_stats
+
+    ds = read_coco(_partial_coco(tmp_path / "d"))
+    st = split_stats(ds, "train")
+    assert st["partially_labelled_images"] == 6 and st["image_level_only_images"] == 6
+    assert "6 with unlabelled classes" in format_stats(ds, {"train": st})
+    assert split_stats(ds, "val")["partially_labelled_images"] == 0

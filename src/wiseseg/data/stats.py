@@ -80,6 +80,8 @@ def split_stats(ds: Dataset, split: str) -> dict:
         ds.classes[c]: n for c, n in sorted(Counter(c for r in weak for c in r.labels).items())
     }
     out["negative_images"] = sum(1 for r in weak if not r.labels)
+    # labelled for some classes only: stage 1 decides whether Mask R-CNN trains on them
+    out["partially_labelled_images"] = len(ds.partially_labelled(split))
     # only a training split is harmed (a validation split of one class is fine)
     out["classes_in_every_image"] = classes_everywhere(weak, ds.classes) \
         if split.startswith("train") else []
@@ -119,7 +121,10 @@ def format_stats(ds: Dataset, stats: dict[str, dict]) -> str:
         lines.append(f"\n[{split}] {s['images']} images, "
                      + ("with masks" if s["has_masks"] else "image-level labels only")
                      + (f", {extra} more with image-level labels only" if extra else "")
-                     + f", {s['negative_images']} negative")
+                     + f", {s['negative_images']} negative"
+                     + (f", {s['partially_labelled_images']} with unlabelled classes (Mask R-CNN "
+                        f"trains on those stage 1 finds none of them in: pseudo.partial_labels)"
+                        if s.get("partially_labelled_images") else ""))
         lines.append("  images per class:    " + "  ".join(
             f"{k}={v}" for k, v in s["images_per_class"].items()))
         if s.get("classes_in_every_image"):
