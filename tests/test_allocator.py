@@ -39,3 +39,21 @@ def test_tensors_compute_the_same_with_it():
             "after = torch.nn.functional.conv2d(x, w, padding=1).sum().item()\n"
             "print(before == after)")
     assert _run(code) == "True"
+
+
+def test_freed_memory_goes_back_between_stages():
+    """With freed memory kept, 400 MB freed stays resident until release_freed_memory."""
+    code = ("import sys, numpy as np, wiseseg.allocator as a\n"
+            "rss = lambda: int([l for l in open('/proc/self/status')"
+            " if l.startswith('VmRSS')][0].split()[1]) // 1024\n"
+            "if not (sys.platform.startswith('linux') and a.keep_freed_memory()):\n"
+            "    print('skip'); raise SystemExit\n"
+            "blocks = [np.ones(500_000) for _ in range(100)]\n"  # 4 MB each: on the heap
+            "keep = np.ones(10)\n"
+            "del blocks\n"
+            "kept = rss()\n"
+            "a.release_freed_memory()\n"
+            "print(kept - rss())")
+    out = _run(code)
+    if out != "skip":
+        assert int(out) > 300  # MB handed back

@@ -10,6 +10,7 @@ cleared and recomputed — so changing a setting reruns exactly the stages that 
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from wiseseg import __version__
+from wiseseg.allocator import release_freed_memory
 from wiseseg.config import config_hash, save_config
 from wiseseg.data.dataset import Dataset
 from wiseseg.io import atomic_write_json, read_json
@@ -157,6 +159,8 @@ def run_stages(stages: Sequence[Stage], ctx: RunContext) -> RunContext:
         ctx.summaries[stage.name] = summary
         ctx.timings[stage.name] = seconds
         ctx.ran.append(stage.name)
+        gc.collect()  # this stage's objects and temporaries go before the next one's
+        release_freed_memory()
     return ctx
 
 
