@@ -324,10 +324,10 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
         # every self-training round trains a Mask R-CNN, and so does the reference
         models = max(1, int(g.get("rounds", 1) or 1)) + 1
         share = ((1 - float(a["classifier_share"])) * budget - setup) / models
-        wise = _segmenter_epochs(share, mp, n, sizes.images_per_class, setup, models, a)
+        wise = _segmenter_epochs(share, mp, n, sizes.images_per_class, a)
         n_ref = sizes.reference_images or n
         ref = _segmenter_epochs(share, mp, n_ref, sizes.reference_images_per_class
-                                or sizes.images_per_class, setup, models, a)
+                                or sizes.images_per_class, a)
         if g.get("epochs") == AUTO:
             g["epochs"] = wise[0]
             notes.append(f"Mask R-CNN {g['epochs']} epochs: ~{wise[1]:.0f} s each ({models} "
@@ -341,8 +341,8 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
     return out, notes
 
 
-def _segmenter_epochs(share: float, mp: float, n: int, per_class: float, setup: float,
-                      models: int, a: dict) -> tuple[int, float, str]:
+def _segmenter_epochs(share: float, mp: float, n: int, per_class: float, a: dict
+                      ) -> tuple[int, float, str]:
     """Epochs of a Mask R-CNN on ``n`` images (``per_class``: the median class's) within its
     ``share`` of the budget, or more to see the median class ``segmenter_class_views``
     times; with the seconds an epoch and why."""
@@ -353,10 +353,11 @@ def _segmenter_epochs(share: float, mp: float, n: int, per_class: float, setup: 
     if views and per_class > 0:
         floor = _epochs(math.ceil(float(views) / per_class), 1.0, a)
         if floor > epochs:
-            epochs = floor
+            # the expected time of the whole run is the plan's line (wiseseg.runplan)
             why = (f"so that the median class, in {per_class:g} training images, is seen "
-                   f"{views} times (auto.segmenter_class_views): ~"
-                   f"{(setup + models * floor * per_epoch) / 60:.0f} min, over the budget")
+                   f"{views} times (auto.segmenter_class_views): more than the "
+                   f"{epochs} the budget gives")
+            epochs = floor
     return epochs, per_epoch, why
 
 
