@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 from typing import Any
 
 from wiseseg import __version__
+from wiseseg.allocator import release_freed_memory
 from wiseseg.classifier.train import steps_for
 from wiseseg.data.dataset import ImageRecord
 from wiseseg.engine.distributed import cleanup, setup_training
@@ -147,6 +149,10 @@ def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
         cache = feature_cache_for(model, data, dev, path, progress and dist.is_main)
         data = CachedSegmenterData(data, cache)
         step_fn, wrapped = cached_segmenter_step, MaskRCNNOnFeatures(model)
+        # the decoded images the cache was made from are gone: their memory goes back
+        # rather than adding to the training's peak
+        gc.collect()
+        release_freed_memory()
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
