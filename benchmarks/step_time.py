@@ -142,6 +142,7 @@ def _step_setup(size: int, variant: dict, objects: int = 3):
 
     torch.manual_seed(0)
     cfg = api.load_config("cpu", [f"segmenter.min_size={size}", f"segmenter.max_size={size}",
+                                  "segmenter.backbone=efficientnet_lite0",
                                   "segmenter.anchor_sizes=[16,32,64,128,256]",
                                   "segmenter.pretrained=none"])["segmenter"]
     cfg.update(variant)
@@ -369,6 +370,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for name in args.presets:
         cfg = api.load_config(name, ["classifier.pretrained=none", "segmenter.pretrained=none"])
+        cfg, _ = resolve_auto(cfg, api.open_dataset(args.data, progress=False))  # cpu: auto
         c = cfg["classifier"]
         x = torch.rand(c["batch_size"], 3, c["input_size"], c["input_size"])
         y = torch.zeros(c["batch_size"], 20)

@@ -26,7 +26,8 @@ def ds():
 
 
 def _cfg(*extra):
-    return apply_overrides(load_preset("cpu"), ["segmenter.min_size=64", "segmenter.max_size=64",
+    return apply_overrides(load_preset("cpu"), ["segmenter.backbone=efficientnet_lite0",
+                                                "segmenter.min_size=64", "segmenter.max_size=64",
                                                 "segmenter.anchor_sizes=[16,32,64,128,256]",
                                                 *extra])["segmenter"]
 
