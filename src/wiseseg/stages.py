@@ -16,9 +16,11 @@ Outputs (under RUN/):
 
 from __future__ import annotations
 
+import gc
 import re
 from pathlib import Path
 
+from wiseseg.allocator import release_freed_memory
 from wiseseg.engine.reproducibility import resolve_device
 from wiseseg.io import atomic_write_json, read_json, read_jsonl
 from wiseseg.pipeline import RunContext, Stage
@@ -190,6 +192,10 @@ def _train_segmenter(ctx: RunContext, d: Path, masks: str,
         inst = dict(ds.ground_truth(ctx.train_split))
     recs = ds.segmenter_records(ctx.train_split, masks,
                                 float(ctx.cfg["segmenter"].get("negatives", 1.0)), include)
+    # a self-training round follows another within the stage: the last one's feature cache
+    # and predictions are freed; their memory goes back before this one loads its own
+    gc.collect()
+    release_freed_memory()
     train_segmenter(recs, inst, ds.classes, segmenter_settings(ctx.cfg["segmenter"], masks), d,
                     masks=masks, seed=ctx.cfg["seed"], deterministic=ctx.cfg["deterministic"],
                     device=ctx.cfg["device"], progress=ctx.progress, full_config=ctx.cfg,
