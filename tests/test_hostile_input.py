@@ -293,6 +293,8 @@ def test_disk_full_elsewhere_is_one_line_in_the_cli(monkeypatch, run_cli):
     ("classifier.batch_size=0", "classifier.batch_size=0 must be > 0"),
     ("classifier=5", "classifier=5 must be a mapping"),
     ("segmenter.epochs=-1", "segmenter.epochs=-1 must be ≥ 0"),
+    ("segmenter.reference_epochs=-1", "segmenter.reference_epochs=-1 must be ≥ 0"),
+    ("pseudo.partial_labels=maybe", "pseudo.partial_labels='maybe' must be one of predict, skip"),
     ("pseudo.max_area_frac=2", "must be within [0, 1]"),
     ("pseudo.cam_overlap=-1", "pseudo.cam_overlap=-1 must be ≥ 0"),
     ("pseudo.cam_threshold=1.5", "pseudo.cam_threshold=1.5 must be within [0, 1]"),

@@ -237,6 +237,9 @@ def test_setting_choices_match_the_code():
     assert c["classifier.stimulation"] == STIMULATION_GRADIENTS
     assert tuple(QUALITIES) == config._BUILTIN_QUALITIES
     assert config._SAM_MODEL_TYPES == MODEL_TYPES
+    from wiseseg.pseudo.partial import MODES
+
+    assert c["pseudo.partial_labels"] == MODES
     for kind in c["classifier.schedule"]:
         warmup_schedule(10, 1, kind)  # each known to the trainer
     for sec in ("classifier", "segmenter"):  # every word a built-in preset uses is a choice
