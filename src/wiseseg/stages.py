@@ -200,6 +200,8 @@ def _train_segmenter(ctx: RunContext, d: Path, masks: str,
                     masks=masks, seed=ctx.cfg["seed"], deterministic=ctx.cfg["deterministic"],
                     device=ctx.cfg["device"], progress=ctx.progress, full_config=ctx.cfg,
                     feature_cache_dir=ctx.run_dir / "cache")
+    gc.collect()  # its feature cache goes back before the predictions that may follow
+    release_freed_memory()
     return {"masks": masks, "images": len(recs)}
 
 
