@@ -225,3 +225,32 @@ def test_cam_overlap_also_weighs_prm_candidates():
     for c, b in zip(left.candidates, [c.score for c in left.candidates]):
         obj = SCORES[[p["counts"] for p in PROPS].index(c.segmentation["counts"])]
         assert b == pytest.approx(obj * areas[c.segmentation["counts"]] / (H * W))
+
+
+def test_candidates_on_rles_equal_the_dense_computation():
+    # build_candidates finds the containing proposals and their CAM agreement on the RLEs;
+    # the same from decoded masks (cam_agreement) must give the same order and weights
+    from wiseseg.pseudo.sampling import cam_agreement
+
+    rng = np.random.default_rng(3)
+    h, w = 40, 50
+    masks = np.zeros((60, h, w), bool)
+    for k in range(60):
+        y0, x0 = rng.integers(0, h - 4), rng.integers(0, w - 4)
+        masks[k, y0:y0 + rng.integers(4, h), x0:x0 + rng.integers(4, w)] = True
+    props, scores = rle.encode_many(masks), rng.random(60)
+    yy, xx = np.mgrid[:h, :w]
+    cam = np.exp(-((yy - 20) ** 2 + (xx - 25) ** 2) / 200.0).astype(np.float32)
+    peaks = [{"class": 0, "y": 20, "x": 25, "score": 3.0},
+             {"class": 0, "y": 5, "x": 40, "score": 1.0}]
+    img = build_candidates(1, (h, w), peaks, {0}, props, scores, min_area_px=1,
+                           max_area_frac=1.0, cam_overlap=2.0, cam_threshold=0.3,
+                           cams={0: cam})
+    assert [len(i.candidates) > 3 for i in img.instances] == [True, True]
+    for inst, p in zip(img.instances, peaks):
+        inside = np.nonzero(masks[:, p["y"], p["x"]])[0]
+        weight = scores[inside] * cam_agreement(masks[inside], cam, p["y"], p["x"], 0.3) ** 2
+        order = inside[np.lexsort((-scores[inside], -weight))][:100]
+        assert [c.segmentation for c in inst.candidates] == [props[i] for i in order]
+        np.testing.assert_allclose([c.score for c in inst.candidates],
+                                   weight[np.lexsort((-scores[inside], -weight))][:100])

@@ -63,8 +63,13 @@ def decode_many(rles: Sequence[RLE], size: tuple[int, int] | None = None) -> np.
         if size is None:
             raise ValueError("decode_many of an empty list needs size=(h, w)")
         return np.zeros((0, *size), dtype=bool)
-    out = mask_utils.decode([_as_bytes(r) for r in rles])
-    return out.transpose(2, 0, 1).astype(bool)
+    # pycocotools writes H×W×N uint8 0/1 in Fortran order: a bool view, copied one mask at
+    # a time (about twice as fast as astype on the transposed view, and no uint8 copy)
+    out = mask_utils.decode([_as_bytes(r) for r in rles]).view(bool)
+    masks = np.empty((out.shape[2], out.shape[0], out.shape[1]), dtype=bool)
+    for k in range(out.shape[2]):
+        masks[k] = out[:, :, k]
+    return masks
 
 
 def area(rles: Sequence[RLE]) -> np.ndarray:
@@ -108,6 +113,29 @@ def intersection_over_first(a: Sequence[RLE], b: Sequence[RLE]) -> np.ndarray:
         mask_utils.iou([_as_bytes(r) for r in a], [_as_bytes(r) for r in b], [1] * len(b)),
         dtype=np.float64,
     ).reshape(len(a), len(b))
+
+
+def contains(rles: Sequence[RLE], points: Sequence[tuple[int, int]],
+             size: tuple[int, int]) -> np.ndarray:
+    """Which masks hold which pixels, without decoding them (one C call).
+
+    Args:
+        rles: N masks of ``size`` = (height, width).
+        points: P pixels as ``(row, column)``, each inside the image.
+
+    Returns:
+        bool ``N×P``: ``[i, j]`` is True when pixel ``points[j]`` is foreground in ``rles[i]``.
+    """
+    h, w = int(size[0]), int(size[1])
+    for y, x in points:
+        if not (0 <= y < h and 0 <= x < w):
+            raise ValueError(f"pixel ({y}, {x}) is outside the {h}×{w} image")
+    if not rles or not points:
+        return np.zeros((len(rles), len(points)), dtype=bool)
+    # a one-pixel mask as an uncompressed RLE: counts run down the columns (Fortran order)
+    pixels = [{"size": [h, w], "counts": [int(x) * h + int(y), 1, h * w - int(x) * h - int(y) - 1]}
+              for y, x in points]
+    return intersection_over_first(rles, pixels) > 0
 
 
 def merge(rles: Sequence[RLE], size: tuple[int, int]) -> RLE:

@@ -148,23 +148,25 @@ def build_candidates(image_id: int, size: tuple[int, int], peaks: Iterable[dict]
     lo = max(min_area_px, min_area_frac * h * w)
     ok = (areas >= lo) & (areas <= max_area_frac * h * w) if len(areas) else np.zeros(0, bool)
     keep = np.nonzero(ok)[0]
-    masks = rle.decode_many([proposal_masks[i] for i in keep], size)
+    kept = [proposal_masks[i] for i in keep]
     scores = np.asarray(proposal_scores, dtype=np.float64)[keep]
-    for p in peaks:
+    # which proposals hold each peak, on the RLEs: decoding a thousand proposals of a
+    # photograph cost more than everything else this function does
+    held = rle.contains(kept, [(int(p["y"]), int(p["x"])) for p in peaks], size)
+    for n, p in enumerate(peaks):
         stats.peaks += 1
         if int(p["class"]) not in labels:
             stats.absent_class += 1
             continue
         y, x = int(p["y"]), int(p["x"])
-        inside = np.nonzero(masks[:, y, x])[0] if len(masks) else np.zeros(0, int)
+        inside = np.nonzero(held[:, n])[0]
         weight = scores.copy()  # objectness, × CAM agreement^e where cam_overlap > 0
-        cam = None
+        region = None
         if cam_overlap > 0:
             if cams is None or int(p["class"]) not in cams:
                 raise ValueError(f"cam_overlap > 0 needs the CAM of class {p['class']}")
-            cam = cams[int(p["class"])]
-            weight[inside] = _weighted(scores, masks, inside, cam, y, x, cam_threshold,
-                                       cam_overlap)
+            region = _cam_region_rle(cams[int(p["class"])], size, y, x, cam_threshold)
+            weight[inside] = _weighted(scores, kept, inside, region, cam_overlap)
         # by weight, ties (e.g. no activation at the peak) by objectness
         order = inside[np.lexsort((-scores[inside], -weight[inside]))][:max_candidates]
         if prm_candidates > 0 and p.get("_retrieval") is not None and len(keep):
@@ -172,32 +174,53 @@ def build_candidates(image_id: int, size: tuple[int, int], peaks: Iterable[dict]
             r[np.isin(np.arange(len(keep)), inside)] = np.nan  # containing ones are in
             best = np.argsort(-np.nan_to_num(r, nan=-np.inf), kind="stable")
             extra = np.asarray([i for i in best if np.isfinite(r[i])][:prm_candidates], int)
-            if cam is not None:  # they do not contain the peak: the same CAM region
-                weight[extra] = _weighted(scores, masks, extra, cam, y, x, cam_threshold,
-                                          cam_overlap)
+            if cam_overlap > 0:  # they do not contain the peak: the same CAM region
+                weight[extra] = _weighted(scores, kept, extra, region, cam_overlap)
             order = np.concatenate([order, extra])
             order = order[np.lexsort((-scores[order], -weight[order]))]
         if order.size == 0:
             stats.without_candidate.append({"image_id": image_id, "class": int(p["class"]),
                                             "y": y, "x": x, "score": float(p["score"])})
             continue
-        cands = [Candidate(proposal_masks[keep[i]], float(weight[i])) for i in order]
+        cands = [Candidate(kept[i], float(weight[i])) for i in order]
         out.instances.append(PseudoInstance(int(p["class"]), (y, x, float(p["score"])), cands))
     return out
 
 
-def _weighted(scores: np.ndarray, masks: np.ndarray, idx: np.ndarray, cam: np.ndarray,
-              y: int, x: int, threshold: float, exponent: float) -> np.ndarray:
-    """Objectness × CAM agreement^exponent of the proposals ``idx``."""
+def _weighted(scores: np.ndarray, masks: list[dict], idx: np.ndarray, region: dict | None,
+              exponent: float) -> np.ndarray:
+    """Objectness × CAM agreement^exponent of the proposals ``idx`` (RLEs ``masks``);
+    agreement 0 when there is no CAM region (no activation at the peak)."""
     if not len(idx):
         return np.zeros(0)
-    return scores[idx] * cam_agreement(masks[idx], cam, y, x, threshold) ** exponent
+    if region is None:
+        return np.zeros(len(idx))
+    agree = rle.iou([masks[i] for i in idx], [region])[:, 0]
+    return scores[idx] * agree ** exponent
+
+
+def cam_region(cam: np.ndarray, y: int, x: int, threshold: float) -> np.ndarray | None:
+    """Where the CAM is at least ``threshold`` × its value at the peak pixel ``(y, x)``: a
+    bool ``H×W`` mask, or None when the CAM at the peak is not positive (no activation)."""
+    v = float(cam[y, x])
+    if not np.isfinite(v) or v <= 0:
+        return None
+    return cam >= threshold * v
+
+
+def _cam_region_rle(cam: np.ndarray, size: tuple[int, int], y: int, x: int,
+                    threshold: float) -> dict | None:
+    if tuple(cam.shape) != tuple(size):
+        raise ValueError(f"masks of {tuple(size)} pixels, CAM of {cam.shape}")
+    region = cam_region(cam, y, x, threshold)
+    return None if region is None else rle.encode(region)
 
 
 def cam_agreement(masks: np.ndarray, cam: np.ndarray, y: int, x: int,
                   threshold: float) -> np.ndarray:
     """IoU of each mask with the region where the CAM is at least ``threshold`` × its value
-    at the peak pixel ``(y, x)``.
+    at the peak pixel ``(y, x)`` (:func:`cam_region`; :func:`build_candidates` computes the
+    same on the proposals' RLEs).
 
     Args:
         masks: bool or {0, 1} ``N×H×W``; cam: float ``H×W`` on the same pixels.
@@ -209,10 +232,10 @@ def cam_agreement(masks: np.ndarray, cam: np.ndarray, y: int, x: int,
         return np.zeros(0)
     if masks.shape[1:] != cam.shape:
         raise ValueError(f"masks of {masks.shape[1:]} pixels, CAM of {cam.shape}")
-    v = float(cam[y, x])
-    if not np.isfinite(v) or v <= 0:
+    region = cam_region(cam, y, x, threshold)
+    if region is None:
         return np.zeros(masks.shape[0])
-    region = (cam >= threshold * v).reshape(-1)
+    region = region.reshape(-1)
     flat = masks.reshape(masks.shape[0], -1).astype(bool, copy=False)
     inter = flat[:, region].sum(1, dtype=np.int64)
     union = flat.sum(1, dtype=np.int64) + int(region.sum()) - inter
