@@ -241,3 +241,64 @@ def test_segmenter_backbone_follows_the_image_size(tmp_path):
     u2, u0 = stage_units(photo, sizes, 10, 2.0), stage_units(lite0, sizes, 10, 2.0)
     assert u2["predict_wise"]["predict_image_mp"] > u0["predict_wise"]["predict_image_mp"]
     assert u2["wise"]["segmenter_image"] == u0["wise"]["segmenter_image"]
+
+
+def test_plan_over_max_minutes_cuts_the_auto_mask_rcnn_epochs(tmp_path):
+    """The class-views floor can plan hours; auto.max_minutes bounds the whole plan by cutting
+    the Mask R-CNN epochs auto chose (never below auto.min_epochs), and says so."""
+    from wiseseg.runplan import fit_epochs, plan_run
+
+    ds = _dataset(tmp_path, 375, 500, 80, n=40)
+    cfg, _ = resolve_auto(_cfg("auto.segmenter_class_views=1000"), ds)  # 25 epochs a class
+    sizes = measure_sizes(ds, "train")
+
+    def minutes(c):
+        return sum(s.seconds for s in plan_run(c, sizes, 10, 1.0)) / 60
+
+    g = cfg["segmenter"]
+    assert (g["epochs"], g["reference_epochs"]) == (25, 25)
+    full = minutes(cfg)
+    same, notes = fit_epochs(cfg, sizes, 10, 1.0, True, 60 * (full + 1), ("epochs",))
+    assert same is cfg and notes == []  # fits: nothing changes
+    cut, notes = fit_epochs(cfg, sizes, 10, 1.0, True, 60 * full * 0.6,
+                            ("epochs", "reference_epochs"))
+    e, r = cut["segmenter"]["epochs"], cut["segmenter"]["reference_epochs"]
+    assert 2 <= e < 25 and e == r and minutes(cut) <= full * 0.6
+    longer = {**cut, "segmenter": {**cut["segmenter"], "epochs": e + 1,
+                                   "reference_epochs": r + 1}}
+    assert minutes(longer) > full * 0.6  # the smallest cut that fits
+    assert cfg["segmenter"]["epochs"] == 25  # the input is not modified
+    assert notes == [f"Mask R-CNN 25 → {e} epochs, reference Mask R-CNN 25 → {r} epochs: the "
+                     f"plan ({full:.1f} min) was over auto.max_minutes ({full * 0.6:.1f} min);"
+                     f" now {minutes(cut):.1f} min"]
+    only, _ = fit_epochs(cfg, sizes, 10, 1.0, True, 60 * full * 0.6, ("epochs",))
+    assert only["segmenter"]["reference_epochs"] == 25 and only["segmenter"]["epochs"] < e
+    floor, notes = fit_epochs(cfg, sizes, 10, 1.0, True, 1.0, ("epochs",), min_epochs=3)
+    assert floor["segmenter"]["epochs"] == 3 and notes[0].startswith("warning: Mask R-CNN 25 → 3")
+    assert "still" in notes[0] and "proposals.top_k" in notes[0]
+
+
+def test_run_plan_keeps_within_max_minutes_and_records_it(tmp_path):
+    """api's plan applies the cap to the epochs the request left to auto, prints nothing when
+    quiet, and keeps the cut in auto.json; fixed epochs and a null cap are left alone."""
+    ds = _dataset(tmp_path, 375, 500, 80, n=40)
+    ds._records["val"] = ds._records["train"][:5]
+    ds._gt["val"] = {i: ds._gt["train"][i] for i in range(1, 6)}
+    cfg, _ = resolve_auto(_cfg("auto.segmenter_class_views=1000"), ds)
+    full = api._plan(cfg, ds, tmp_path, False, True, cfg)  # no auto left: nothing to cut
+    assert full is cfg and cfg["segmenter"]["epochs"] == 25
+    limit = round(json.loads((tmp_path / "auto.json").read_text())["plan"]["total_seconds"]
+                  * 0.6 / 60, 1)
+    requested = _cfg("auto.segmenter_class_views=1000", f"auto.max_minutes={limit}")
+    cfg, _ = resolve_auto(requested, ds)
+    out = api._plan(cfg, ds, tmp_path, False, True, requested)
+    auto = json.loads((tmp_path / "auto.json").read_text())
+    assert out["segmenter"]["epochs"] < 25 and out["segmenter"]["reference_epochs"] < 25
+    assert auto["plan"]["total_seconds"] <= limit * 60
+    assert auto["chosen"]["segmenter"]["epochs"] == out["segmenter"]["epochs"]
+    assert f"over auto.max_minutes ({limit:.1f} min)" in auto["notes"][-1]
+    fixed = _cfg("auto.segmenter_class_views=1000", f"auto.max_minutes={limit}",
+                 "segmenter.epochs=25", "segmenter.reference_epochs=25")
+    assert api._plan(cfg, ds, tmp_path, False, True, fixed)["segmenter"]["epochs"] == 25
+    off = _cfg("auto.segmenter_class_views=1000", "auto.max_minutes=null")
+    assert api._plan(cfg, ds, tmp_path, False, True, off) is cfg

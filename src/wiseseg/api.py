@@ -68,30 +68,50 @@ def _resolve_auto(cfg: dict, ds: Dataset, run_dir: Path, progress: bool) -> dict
     return resolved
 
 
-def _plan(cfg: dict, ds: Dataset, run_dir: Path, progress: bool, reference: bool) -> None:
+def _plan(cfg: dict, ds: Dataset, run_dir: Path, progress: bool, reference: bool,
+          requested: dict) -> dict:
     """The expected wall time of every stage (:mod:`wiseseg.runplan`), printed and kept in
-    ``RUN/auto.json`` under ``plan``; on a CPU only (the costs are a CPU's)."""
+    ``RUN/auto.json`` under ``plan``; on a CPU only (the costs are a CPU's). When the plan is
+    over ``auto.max_minutes``, the Mask R-CNN epochs that ``requested`` left to ``auto`` are
+    cut to fit (:func:`wiseseg.runplan.fit_epochs`). Returns the config the run uses."""
     from wiseseg.autoconfig import config_sizes, is_auto
     from wiseseg.engine.reproducibility import resolve_device
-    from wiseseg.runplan import plan_lines, plan_run
+    from wiseseg.runplan import fit_epochs, plan_lines, plan_run
 
     train, val = cfg["data"]["train_split"], cfg["data"]["val_split"]
     if (resolve_device(cfg.get("device", "auto")).type != "cpu" or is_auto(cfg)
             or not ds.has_split(train)):
-        return
+        return cfg
     sizes = config_sizes(ds, cfg, train)
     val_images = len(ds.records(val)) if val in ds.splits else 0
-    plan = plan_run(cfg, sizes, val_images, sizes.instances_per_image,
-                    reference and ds.has_ground_truth(train))
+    reference = reference and ds.has_ground_truth(train)
+    path = run_dir / "auto.json"
+    auto = read_json(path) if path.is_file() else {}
+    a = requested.get("auto") or {}
+    keys = tuple(k for k in ("epochs", "reference_epochs")
+                 if (requested.get("segmenter") or {}).get(k) == "auto"
+                 and (k == "epochs" or reference))
+    if a.get("max_minutes") and keys:
+        cfg, notes = fit_epochs(cfg, sizes, val_images, sizes.instances_per_image, reference,
+                                float(a["max_minutes"]) * 60.0, keys,
+                                int(a.get("min_epochs", 1)))
+        for line in notes:
+            if progress or line.startswith("warning"):
+                print(("" if line.startswith("warning") else "auto: ") + line,
+                      file=sys.stderr)
+        if notes:
+            auto["notes"] = auto.get("notes", []) + notes
+            chosen = auto.setdefault("chosen", {}).setdefault("segmenter", {})
+            chosen.update({k: cfg["segmenter"][k] for k in keys})
+    plan = plan_run(cfg, sizes, val_images, sizes.instances_per_image, reference)
     lines = plan_lines(plan)
     if progress:
         for line in lines:
             print(f"plan: {line}", file=sys.stderr)
-    path = run_dir / "auto.json"
-    auto = read_json(path) if path.is_file() else {}
     auto["plan"] = {"seconds": {s.stage: round(s.seconds, 1) for s in plan},
                     "total_seconds": round(sum(s.seconds for s in plan), 1), "notes": lines}
     atomic_write_json(path, auto, indent=2)
+    return cfg
 
 
 def run_pipeline(dataset: Dataset | str, cfg: dict | str, out: str | Path,
@@ -115,9 +135,10 @@ def _run_locked(ds: Dataset, cfg: dict, run_dir: Path, spec, reference: bool,
                 progress: bool) -> RunResult:
     _add_negatives(ds, cfg)
     warnings = _data_warnings(ds, cfg)
+    requested = cfg
     cfg = _resolve_auto(cfg, ds, run_dir, progress)
     ds.has_split(cfg["data"]["val_split"])  # carves <split>-fit / -calib when asked for
-    _plan(cfg, ds, run_dir, progress, reference)
+    cfg = _plan(cfg, ds, run_dir, progress, reference, requested)
     for split in (cfg["data"]["train_split"],):
         if not ds.has_split(split):
             raise WisesegError(f"{ds.root}: no training split {split!r} (available: "

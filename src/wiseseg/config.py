@@ -80,7 +80,7 @@ def yaml_error_line(e: yaml.YAMLError) -> str:
 # ------------------------------------------------------------------ checking settings
 #: Settings that must be > 0 (the others that are numbers must be ≥ 0).
 _POSITIVE = frozenset({
-    "batch_size", "lr", "input_size", "min_size", "max_size", "budget_minutes",
+    "batch_size", "lr", "input_size", "min_size", "max_size", "budget_minutes", "max_minutes",
     "max_upscale", "min_input", "max_input", "cam_cells", "object_px", "output_stride",
     "upsample", "peak_window", "window", "max_per_class", "log_every", "checkpoint_every",
     "workers", "top_k", "fpn_channels", "representation_size", "rounds", "proposal_count",

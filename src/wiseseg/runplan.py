@@ -20,6 +20,8 @@ training image, ``mp_seg`` Mask R-CNN's training size.
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 
 from wiseseg.autoconfig import DataSizes
@@ -159,6 +161,50 @@ def plan_run(cfg: dict, sizes: DataSizes, val_images: int, val_instances_per_ima
     return [StagePlan(stage, sum(cost[k] * v for k, v in units.items()), units)
             for stage, units in stage_units(cfg, sizes, val_images, val_instances_per_image,
                                             reference).items()]
+
+
+def fit_epochs(cfg: dict, sizes: DataSizes, val_images: int, val_instances_per_image: float,
+               reference: bool, max_seconds: float, keys: tuple[str, ...],
+               min_epochs: int = 1) -> tuple[dict, list[str]]:
+    """``cfg`` with the Mask R-CNN epochs named in ``keys`` (``epochs``,
+    ``reference_epochs``: those ``auto`` chose) cut by one common factor, the smallest cut
+    whose plan (:func:`plan_run`) ends within ``max_seconds``; none below ``min_epochs``.
+
+    ``auto``'s epoch rules answer "how long should Mask R-CNN train to see every class
+    enough", not "how long may the run take": on a larger or more varied training split
+    the class-views floor alone can plan hours. This bounds the whole run's plan.
+
+    Returns:
+        ``(config, notes)``: the input unchanged and no notes when the plan already fits or
+        ``keys`` is empty; else a copy, with one line saying what was cut and why (a warning
+        when even ``min_epochs`` does not fit).
+    """
+    def total(c: dict) -> float:
+        return sum(s.seconds for s in plan_run(c, sizes, val_images, val_instances_per_image,
+                                               reference))
+
+    g = cfg["segmenter"]
+    first = {k: int(g[k]) for k in keys if g.get(k) is not None}
+    before = total(cfg)
+    if not first or before <= max_seconds:
+        return cfg, []
+    out = copy.deepcopy(cfg)
+    for step in range(99, -1, -1):  # factors 0.99, 0.98, ... 0: the first that fits
+        for k, e in first.items():
+            out["segmenter"][k] = max(int(min_epochs), min(e, math.floor(e * step / 100)))
+        if total(out) <= max_seconds:
+            break
+    after = total(out)
+    what = ", ".join(f"{'reference ' if k == 'reference_epochs' else ''}Mask R-CNN "
+                     f"{e} → {out['segmenter'][k]} epochs" for k, e in first.items())
+    line = (f"{what}: the plan ({_minutes(before)}) was over auto.max_minutes "
+            f"({_minutes(max_seconds)}); now {_minutes(after)}")
+    if after > max_seconds:
+        line = (f"warning: {what} (auto.min_epochs) and the plan is still "
+                f"{_minutes(after)}, over auto.max_minutes ({_minutes(max_seconds)}): "
+                f"fewer images, smaller images (auto.max_input) or fewer proposals "
+                f"(proposals.top_k) shorten it")
+    return out, [line]
 
 
 def plan_lines(plan: list[StagePlan]) -> list[str]:
