@@ -1,7 +1,9 @@
 """Training on cached features of a fixed backbone: the same losses as the full forward, the
-cache file reused, stale files recomputed."""
+cache file reused, stale or damaged files recomputed, the maps read back bit for bit."""
 
 from __future__ import annotations
+
+import pickle
 
 import numpy as np
 import pytest
@@ -10,7 +12,9 @@ import torch
 from wiseseg.config import apply_overrides, load_preset
 from wiseseg.data import open_dataset
 from wiseseg.data.transforms import to_tensor
-from wiseseg.engine.feature_cache import FeatureCache
+from wiseseg.engine.checkpoint import load_checkpoint
+from wiseseg.engine.feature_cache import DiskItems, FeatureCache
+from wiseseg.errors import WisesegError
 from wiseseg.models.maskrcnn import MaskRCNNOnFeatures, body_features, body_is_fixed
 from wiseseg.segmenter.data import CachedSegmenterData, SegmenterData
 from wiseseg.segmenter.model_io import build_segmenter
@@ -67,9 +71,10 @@ def test_cached_data_draws_like_plain_data(ds, tmp_path):
     model = build_segmenter(_cfg(), len(ds.classes))
     recs = list(ds.records("train"))
     data = SegmenterData(recs, dict(ds.ground_truth("train")), 64, 64, hflip=True)
-    path = tmp_path / "feats.pt"
+    path = tmp_path / "feats"
     cache = feature_cache_for(model, data, "cpu", path, progress=False)
-    assert path.is_file() and cache.flips and len(cache) == len(recs)
+    assert (tmp_path / "feats.features").is_file() and (tmp_path / "feats.index").is_file()
+    assert cache.flips and len(cache) == len(recs)
     cached = CachedSegmenterData(data, cache)
     for i in range(len(recs)):
         for s in range(3):
@@ -78,7 +83,8 @@ def test_cached_data_draws_like_plain_data(ds, tmp_path):
             assert size == (64, 64)
             assert torch.equal(t_plain["masks"], t_cached["masks"])
             flipped = not torch.equal(img, to_tensor(data.training_image(i)))
-            assert f is cache.get(i, flipped)
+            want = cache.get(i, flipped)
+            assert f.keys() == want.keys() and all(torch.equal(f[k], want[k]) for k in f)
 
     # a second build with the same fingerprint loads the file instead of computing
     def boom(indices, flip):
@@ -129,3 +135,70 @@ def test_frozen_batchnorm_in_place_matches_the_out_of_place_one():
     assert torch.allclose(y, expected, atol=1e-6)
     y.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def _maps(indices, flip):
+    """Deterministic maps of several shapes and a 1-d entry, different per sample and flip."""
+    out = []
+    for i in indices:
+        g = torch.Generator().manual_seed(100 * i + int(flip))
+        out.append({"a": torch.randn(3, 5, 7, generator=g), "b": torch.randn(2, 4, generator=g),
+                    "size": torch.tensor([5.0, 7.0 + i])})
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_cache_on_disk_reads_back_what_memory_holds(tmp_path, dtype):
+    memory = FeatureCache.build(6, _maps, "fp", flips=True, batch_size=4, dtype=dtype,
+                                progress=False)
+    (tmp_path / "c.pt").write_bytes(b"the one-file format before")  # replaced, not read
+    disk = FeatureCache.build(6, _maps, "fp", flips=True, batch_size=4, dtype=dtype,
+                              path=tmp_path / "c", progress=False)
+    assert not (tmp_path / "c.pt").exists()
+    assert disk.nbytes() == memory.nbytes() == (tmp_path / "c.features").stat().st_size
+    for i in range(6):
+        for flip in (False, True):
+            got, want = disk.get(i, flip), memory.get(i, flip)
+            assert got.keys() == want.keys()
+            for k in got:
+                assert got[k].dtype == dtype and torch.equal(got[k], want[k]), (i, flip, k)
+    got = disk.get(3, True)
+    got["a"].zero_()  # a fresh tensor each read: the caller may change it
+    assert torch.equal(disk.get(3, True)["a"], memory.get(3, True)["a"])
+    # data-loader workers get a copy without the open file, and open their own
+    items = pickle.loads(pickle.dumps(disk.items[True]))
+    assert torch.equal(items[5]["b"], memory.get(5, True)["b"])
+
+
+def test_damaged_or_stale_cache_files_are_recomputed(tmp_path):
+    calls = []
+
+    def counted(indices, flip):
+        calls.append(len(indices))
+        return _maps(indices, flip)
+
+    def build(fingerprint="fp", n=4):
+        return FeatureCache.build(n, counted, fingerprint, flips=False, path=tmp_path / "c",
+                                  progress=False)
+
+    first = build()
+    assert sum(calls) == 4
+    build()
+    assert sum(calls) == 4  # opened, not recomputed
+    data, index = tmp_path / "c.features", tmp_path / "c.index"
+    data.write_bytes(data.read_bytes()[:-10])  # a cut data file
+    again = build()
+    assert sum(calls) == 8 and torch.equal(again.get(3)["a"], first.get(3)["a"])
+    index.write_bytes(b"not a torch file")  # a damaged index
+    build()
+    assert sum(calls) == 12
+    build("other")  # other features
+    build("other", n=5)  # more samples
+    assert sum(calls) == 12 + 4 + 5
+    # a data file cut behind the index's back fails in one line naming it
+    build("other", n=5)
+    data.write_bytes(data.read_bytes()[:300])  # a sample takes 230 bytes
+    items = DiskItems(data, load_checkpoint(index)["plain"])
+    assert torch.equal(items[0]["size"], first.get(0)["size"])  # within what is left
+    with pytest.raises(WisesegError, match=r"c\.features: the feature cache file ends before"):
+        items[4]

@@ -33,7 +33,7 @@ def test_tiny_run_has_every_stage_and_row(tiny_run):
     assert (tiny_run / "config.yaml").exists() and (tiny_run / "report.html").exists()
     # the fixed body's maps were computed once per split for every Mask R-CNN's predictions
     for split in ("train", "val"):
-        assert (tiny_run / "cache" / f"segmenter_body_{split}.pt").is_file()
+        assert (tiny_run / "cache" / f"segmenter_body_{split}.features").is_file()
     # the default pseudo masks weigh objectness by the CAM agreement (pseudo.cam_overlap)
     pseudo = json.loads((tiny_run / "pseudo" / "pseudo.json").read_text())
     assert pseudo["wiseseg"]["settings"]["cam_overlap"] > 0
@@ -54,7 +54,7 @@ def test_training_cams_from_the_cache_match_the_images(tiny_run):
     size = ccfg["input_size"]
     feats = classifier_feature_cache(
         model, ClassifierData(split, size, hflip=bool(cfg["peaks"]["flip"])), "cpu",
-        tiny_run / "cache" / "classifier_features.pt", progress=False)
+        tiny_run / "cache" / "classifier_features", progress=False)
     cached = cam_function(model, size, cfg["peaks"], "cpu", split, feats)
     direct = cam_function(model, size, cfg["peaks"], "cpu")
     for rec in list(split.records)[:4]:

@@ -91,7 +91,7 @@ def _classifier_features(ctx: RunContext, model, ccfg: dict, dev):
     data = ClassifierData(ctx.dataset.weak(ctx.train_split), ccfg["input_size"],
                           hflip=bool(ctx.cfg["peaks"].get("flip", False)))
     return classifier_feature_cache(model, data, dev,
-                                    ctx.run_dir / "cache" / "classifier_features.pt",
+                                    ctx.run_dir / "cache" / "classifier_features",
                                     ctx.progress)
 
 
@@ -255,7 +255,7 @@ def _predict(ctx: RunContext, model_dir: Path, split: str, records=None,
     replace the ``predict`` section's.
 
     When the body is fixed and the split's images share one size, the body's maps of the
-    split are computed once per run (``RUN/cache/segmenter_body_<split>.pt``) and every
+    split are computed once per run (``RUN/cache/segmenter_body_<split>.features``) and every
     Mask R-CNN predicts from them — WISE's self-training and Table 3 on the training images,
     WISE and the reference on the validation images (the same results as running the
     body each time: :func:`~wiseseg.inference.predict.predict_from_body`)."""
@@ -280,7 +280,7 @@ def _predict(ctx: RunContext, model_dir: Path, split: str, records=None,
     if recs and body_is_fixed(model) and uniform_size(recs):
         name = re.sub(r"[^\w.-]", "_", split)
         cache = body_cache(model, recs, dev, ctx.run_dir / "cache" /
-                           f"segmenter_body_{name}.pt", ctx.progress)
+                           f"segmenter_body_{name}", ctx.progress)
         return predict_from_body(model, recs, cache, ctx.dataset.category_ids, device=dev,
                                  **kw)
     return predict(model, records_as_items(recs), ctx.dataset.category_ids, device=dev,

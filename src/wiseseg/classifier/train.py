@@ -190,7 +190,7 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
     step_fn = classifier_step
     if cfg.get("cache_features", False) and not model.train_backbone \
             and is_fixed(model.backbone):
-        path = Path(feature_cache_dir) / "classifier_features.pt" if feature_cache_dir \
+        path = Path(feature_cache_dir) / "classifier_features" if feature_cache_dir \
             else None
         data = CachedClassifierData(data, classifier_feature_cache(
             model, data, dev, path, progress and dist.is_main))

@@ -145,7 +145,7 @@ def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
     if cfg.get("cache_features", False) and body_is_fixed(model):
         path = None
         if feature_cache_dir is not None:
-            path = Path(feature_cache_dir) / "segmenter_features.pt"
+            path = Path(feature_cache_dir) / "segmenter_features"
         cache = feature_cache_for(model, data, dev, path, progress and dist.is_main)
         data = CachedSegmenterData(data, cache)
         step_fn, wrapped = cached_segmenter_step, MaskRCNNOnFeatures(model)
