@@ -41,8 +41,10 @@ COST: dict[str, float] = {
     "peaks_cached_image": 0.0008282,
     # built-in proposals per image (scaled by its pixels up to the generator's working size)
     "proposals_image": 1.145,
-    # candidates: decoding the kept proposals of every labelled training image
-    "pseudo_proposal_mp": 0.001846,
+    # candidates: the kept proposals of every labelled training image, on their RLEs (since
+    # c36568e; rescaled by one run, the VOC sample's at cb70a6e: 20.6 s against 196.6
+    # planned by the constant of the decoding code, 0.001846)
+    "pseudo_proposal_mp": 0.0001933,
     # Mask R-CNN: per image of an epoch (a fixed part and a part per megapixel), its cached
     # body features (per image, flip and megapixel), inference per image and megapixel
     "segmenter_image": 0.03424,
