@@ -12,6 +12,8 @@ where to get each dataset and its licence; no image is in this repository), e.g.
 
 usage: python benchmarks/real.py DATA [DATA ...] [--seeds 0] [--preset cpu]
            [--out runs/bench-real] [--tag T] [key=value ...]
+       python benchmarks/real.py --combine RESULT_JSON ... --tag T   (mean ± sd over the
+           runs of result files written before → real_<T>.md)
 Writes benchmarks/results/real_<name>[_<tag>].json (one per dataset) and prints markdown
 tables. DATA/negatives, when it exists, is passed as --negatives.
 """
@@ -28,18 +30,19 @@ from pathlib import Path
 
 import numpy as np
 
-from wiseseg.io import atomic_write_json
+from wiseseg.io import atomic_write_json, atomic_write_text
 
 ROWS = ("PRM", "WISE", "WISE+Refine", "Mask R-CNN (GT)")
 METRICS = ("mAP25", "mAP50", "mAP75", "ABO")
 
 
-def fmt(values: list[float], scale: float = 100.0) -> str:
+def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     """Mean ± sample standard deviation (ddof = 1) over seeds, or the one value."""
     a = scale * np.asarray([v for v in values if v is not None], dtype=float)
     if a.size == 0:
         return "—"
-    return f"{a.mean():.1f} ± {a.std(ddof=1):.1f}" if a.size > 1 else f"{a.mean():.1f}"
+    return (f"{a.mean():.{digits}f} ± {a.std(ddof=1):.{digits}f}" if a.size > 1
+            else f"{a.mean():.{digits}f}")
 
 
 def run_once(data: str, out: Path, preset: str, seed: int, overrides: list[str]) -> dict:
@@ -78,7 +81,7 @@ def summarise(name: str, runs: list[dict]) -> str:
     res = [r["metrics"]["results"] for r in runs]
     if all("WISE" in x and "Mask R-CNN (GT)" in x for x in res):
         ratio = [x["WISE"]["mAP50"] / max(x["Mask R-CNN (GT)"]["mAP50"], 1e-9) for x in res]
-        lines.append(f"\nWISE / Mask R-CNN (GT) mAP50: {fmt(ratio, 1.0)}")
+        lines.append(f"\nWISE / Mask R-CNN (GT) mAP50: {fmt(ratio, 1.0, 2)}")
     pk = [r["metrics"]["peaks"].get("val") for r in runs if r["metrics"].get("peaks")]
     if pk and all(pk):
         lines.append(f"peaks (val): recall {fmt([p['peak_recall'] for p in pk])}, precision "
@@ -93,7 +96,7 @@ def summarise(name: str, runs: list[dict]) -> str:
         lines.append(f"Table 3 (train): pseudo masks mAP50 "
                      f"{fmt([q['pseudo_mAP50'] for q in pq])}, WISE on the same images "
                      f"{fmt([q.get('model_mAP50') for q in pq])}")
-    per = [per_class_ap50(r["metrics"]) for r in runs]
+    per = [r["metrics"].get("per_class_AP50") or per_class_ap50(r["metrics"]) for r in runs]
     if per[0]:
         classes = next(iter(per[0].values()))
         lines += ["\nper-class AP50 (val)\n", "| Class | " + " | ".join(per[0]) + " |",
@@ -109,16 +112,39 @@ def summarise(name: str, runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def combine(files: list[str], tag: str) -> None:
+    """The summary tables over the runs of several result files (their commits listed)."""
+    loaded = [json.loads(Path(f).read_text()) for f in files]
+    runs = [r for d in loaded for r in d["runs"]]
+    names = sorted({Path(d["data"]).name for d in loaded})
+    head = "\n".join(f"- {f}: commit {d['commit']}, seeds {d['seeds']}, overrides "
+                     f"{d['overrides'] or 'none'}" for f, d in zip(files, loaded))
+    text = (f"# {', '.join(names)}: {len(runs)} runs combined (± = sample sd, ddof 1)\n\n"
+            f"{head}\n\n" + summarise(", ".join(names), runs) + "\n")
+    out = Path(f"benchmarks/results/real_{tag}.md")
+    atomic_write_text(out, text)
+    print(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("data", nargs="+", help="COCO- or VOC-layout dataset folders, then any "
+    ap.add_argument("data", nargs="*", help="COCO- or VOC-layout dataset folders, then any "
                     "key=value overrides of the preset")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--out", default="runs/bench-real")
     ap.add_argument("--tag", default=None,
                     help="results go to real_<name>_<tag>.json (e.g. a calibrated variant)")
+    ap.add_argument("--combine", nargs="+", metavar="RESULT_JSON", default=None,
+                    help="no runs: the tables (mean ± sd over every run) of result files "
+                         "written before, e.g. seeds run at different times; written to "
+                         "real_<tag>.md")
     args = ap.parse_args()
+    if args.combine:
+        combine(args.combine, args.tag or "combined")
+        return
+    if not args.data:
+        ap.error("give a dataset folder (or --combine RESULT_JSON ...)")
     args.overrides = [a for a in args.data if "=" in a]
     args.data = [a for a in args.data if "=" not in a]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
