@@ -8,7 +8,8 @@ to a data file as it is computed (``<path stem>.features``, atomically, then a s
 ``<path stem>.index``) and reads a sample's maps back when a step asks for them: the
 operating system's file cache keeps a cache that is read every epoch in RAM, but the
 process holds only the maps in use, so a run's memory does not grow with the training
-split (on the VOC sample the Mask R-CNN caches alone were 1.5 GB). A resumed run, or a
+split (the VOC sample's run peaked at 2.3 GB instead of 4.0, benchmarks/results/real_voc.json
+at 26f2c32 against 0acd699). A resumed run, or a
 second stage on the same images and backbone (WISE and the reference Mask R-CNN), opens the
 file instead of recomputing. The index carries a fingerprint of everything the features
 depend on; a file with another fingerprint is recomputed and replaced.
