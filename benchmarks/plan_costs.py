@@ -8,9 +8,11 @@ that every stage counts by its relative error, gives the constants. The table th
 run and stage, the seconds planned with the fitted constants (and with the ones in the code)
 against the actual seconds, and each run's total.
 
-usage: python benchmarks/plan_costs.py RUN [RUN ...] [--name NAME] [--check]
+usage: python benchmarks/plan_costs.py RUN [RUN ...] [--name NAME] [--check] [--stages S ...]
 Writes benchmarks/results/plan_costs[_NAME].json. ``--check``: no fit, the code's constants
-only (how far a run ended from its plan).
+only (how far a run ended from its plan). ``--stages``: fit (and show) only these stages'
+rows; the constants of the other stages keep the code's values (after a change to one
+stage, a refit of its constants from the runs made since).
 """
 
 from __future__ import annotations
@@ -77,8 +79,10 @@ def main() -> None:
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--name", default=None)
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--stages", nargs="+", default=None)
     args = ap.parse_args()
-    rows = [r for run in args.runs for r in run_rows(Path(run))]
+    rows = [r for run in args.runs for r in run_rows(Path(run))
+            if args.stages is None or r["stage"] in args.stages]
     cost = dict(COST) if args.check else fit(rows)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=ROOT).stdout.strip()

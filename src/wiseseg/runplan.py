@@ -41,10 +41,11 @@ COST: dict[str, float] = {
     "peaks_cached_image": 0.0008282,
     # built-in proposals per image (scaled by its pixels up to the generator's working size)
     "proposals_image": 1.145,
-    # candidates: the kept proposals of every labelled training image, on their RLEs (since
-    # c36568e; rescaled by one run, the VOC sample's at cb70a6e: 20.6 s against 196.6
-    # planned by the constant of the decoding code, 0.001846)
-    "pseudo_proposal_mp": 0.0001933,
+    # candidates: per labelled training image (its CAMs, peaks) and per kept proposal and
+    # megapixel, on the proposals' RLEs since c36568e (fitted by plan_costs.py --stages
+    # pseudo to four runs of that code, VOC ×2, Penn-Fudan, shapes: plan_costs_pseudo.json)
+    "pseudo_image": 0.01062,
+    "pseudo_proposal_mp": 0.0001161,
     # Mask R-CNN: per image of an epoch (a fixed part and a part per megapixel), its cached
     # body features (per image, flip and megapixel), inference per image and megapixel
     "segmenter_image": 0.03424,
@@ -127,7 +128,7 @@ def stage_units(cfg: dict, sizes: DataSizes, val_images: int, val_instances_per_
     out["proposals"] = {"proposals_image":
                         prop_images * min(mp_img, PROPOSAL_WORK_MP) / PROPOSAL_WORK_MP
                         / max(1, min(2, int(p.get("workers", 1) or 1)))}
-    out["pseudo"] = {"pseudo_proposal_mp": labelled * top_k * mp_img}
+    out["pseudo"] = {"pseudo_image": labelled, "pseudo_proposal_mp": labelled * top_k * mp_img}
     seg_cached = bool(g.get("cache_features")) and int(g.get("frozen_stages", 0)) >= 4
     train = {"segmenter_image": g_epochs * n_seg, "segmenter_image_mp": g_epochs * n_seg * mp_seg}
     out["wise"] = {k: v * rounds for k, v in train.items()}
