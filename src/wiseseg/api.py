@@ -51,16 +51,13 @@ def load_config(preset: str = "cpu", overrides: Sequence[str] = ()) -> dict:
 def _resolve_auto(cfg: dict, ds: Dataset, run_dir: Path, progress: bool) -> dict:
     """The ``auto`` settings chosen from the data (:mod:`wiseseg.autoconfig`): printed, and
     kept in ``RUN/auto.json``; the run's config holds the chosen numbers."""
-    from wiseseg.autoconfig import resolve_auto
+    from wiseseg.autoconfig import print_notes, resolve_auto
 
     if not ds.has_split(cfg["data"]["train_split"]):
         return cfg  # the missing split is reported below
     resolved, notes = resolve_auto(cfg, ds)
     if notes:
-        for line in notes:
-            if progress or line.startswith("warning"):
-                print(("" if line.startswith("warning") else "auto: ") + line,
-                      file=sys.stderr)
+        print_notes(notes, progress)
         atomic_write_json(run_dir / "auto.json", {"notes": notes, "chosen": {
             sec: {k: resolved[sec][k] for k in resolved.get(sec, {})
                   if cfg[sec].get(k) == "auto"}
@@ -74,7 +71,7 @@ def _plan(cfg: dict, ds: Dataset, run_dir: Path, progress: bool, reference: bool
     ``RUN/auto.json`` under ``plan``; on a CPU only (the costs are a CPU's). When the plan is
     over ``auto.max_minutes``, the Mask R-CNN epochs that ``requested`` left to ``auto`` are
     cut to fit (:func:`wiseseg.runplan.fit_epochs`). Returns the config the run uses."""
-    from wiseseg.autoconfig import config_sizes, is_auto
+    from wiseseg.autoconfig import config_sizes, is_auto, print_notes
     from wiseseg.engine.reproducibility import resolve_device
     from wiseseg.runplan import fit_epochs, plan_lines, plan_run
 
@@ -95,10 +92,7 @@ def _plan(cfg: dict, ds: Dataset, run_dir: Path, progress: bool, reference: bool
         cfg, notes = fit_epochs(cfg, sizes, val_images, sizes.instances_per_image, reference,
                                 float(a["max_minutes"]) * 60.0, keys,
                                 int(a.get("min_epochs", 1)))
-        for line in notes:
-            if progress or line.startswith("warning"):
-                print(("" if line.startswith("warning") else "auto: ") + line,
-                      file=sys.stderr)
+        print_notes(notes, progress)
         if notes:
             auto["notes"] = auto.get("notes", []) + notes
             chosen = auto.setdefault("chosen", {}).setdefault("segmenter", {})

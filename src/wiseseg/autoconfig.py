@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -339,6 +340,14 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
                 notes.append(f"reference Mask R-CNN {ref[0]} epochs on its {n_ref} images "
                              f"with true masks: ~{ref[1]:.0f} s each, {ref[2]}")
     return out, notes
+
+
+def print_notes(notes: list[str], verbose: bool = True) -> None:
+    """The choices on stderr, each as ``auto: …``; warnings (as they are) even when not
+    ``verbose``."""
+    for line in notes:
+        if verbose or line.startswith("warning"):
+            print(("" if line.startswith("warning") else "auto: ") + line, file=sys.stderr)
 
 
 def _segmenter_epochs(share: float, mp: float, n: int, per_class: float, a: dict

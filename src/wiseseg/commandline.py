@@ -128,12 +128,10 @@ def run_config(args, section: str | None = None, preset_name: str | None = None)
 
 def resolve_auto_config(cfg: dict, ds, split: str | None = None, quiet: bool = False) -> dict:
     """``cfg`` with its ``auto`` settings chosen from the data; the reasons go to stderr."""
-    from wiseseg.autoconfig import resolve_auto
+    from wiseseg.autoconfig import print_notes, resolve_auto
 
     cfg, notes = resolve_auto(cfg, ds, split)
-    for line in notes:
-        if not quiet or line.startswith("warning"):
-            print(("" if line.startswith("warning") else "auto: ") + line, file=sys.stderr)
+    print_notes(notes, not quiet)
     return cfg
 
 

@@ -208,7 +208,7 @@ class DiskItems(Sequence):
         return out
 
     def nbytes(self) -> int:
-        return sum(math.prod(shape) * torch.empty(0, dtype=dt).element_size()
+        return sum(math.prod(shape) * dt.itemsize
                    for e in self.entries for _, shape, dt in e.values())
 
     def _handle(self):
