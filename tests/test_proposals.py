@@ -124,6 +124,18 @@ def test_atoms_and_unique_rows():
     assert first.tolist() == [0, 1, 3] and inverse.tolist() == [0, 1, 0, 2]
 
 
+@pytest.mark.parametrize("top", [4, 50, 10**7])  # the last takes the sort, not the table
+def test_atoms_number_the_label_tuples_in_order(top):
+    rng = np.random.default_rng(top)
+    maps = [rng.integers(0, top, (9, 11)) for _ in range(3)]
+    # atoms are the distinct (label, label, label) tuples, numbered in lexicographic order
+    _, want = np.unique(np.stack([m.ravel() for m in maps], 1), axis=0, return_inverse=True)
+    atoms, to_label = common_refinement(maps)
+    assert atoms.dtype == np.int32 and np.array_equal(atoms.ravel(), want.ravel())
+    for lab, m in zip(maps, to_label):
+        assert np.array_equal(m[atoms], lab)
+
+
 # ----------------------------------------------------------------------------- generator
 
 

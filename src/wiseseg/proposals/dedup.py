@@ -45,13 +45,28 @@ def common_refinement(label_maps: list[np.ndarray]) -> tuple[np.ndarray, list[np
     """
     key = np.zeros(label_maps[0].size, np.int64)
     for lab in label_maps:
-        key = key * (int(lab.max()) + 1) + lab.ravel()
-        # Re-number after each step so the key never overflows.
-        _, key = np.unique(key, return_inverse=True)
-        key = key.ravel().astype(np.int64)
-    _, first = np.unique(key, return_index=True)
+        key = _consecutive(key * (int(lab.max()) + 1) + lab.ravel())
     atoms = key.reshape(label_maps[0].shape).astype(np.int32)
-    return atoms, [lab.ravel()[first] for lab in label_maps]
+    n_atoms = int(key.max()) + 1 if key.size else 0
+    out = []
+    for lab in label_maps:
+        # a label map is constant on an atom, so every pixel of it writes the same label
+        of_atom = np.empty(n_atoms, lab.dtype)
+        of_atom[key] = lab.ravel()
+        out.append(of_atom)
+    return atoms, out
+
+
+def _consecutive(key: np.ndarray) -> np.ndarray:
+    """``key``'s values renumbered 0..n-1 in increasing order (``np.unique``'s inverse), so
+    that combining the next label map never overflows. A lookup table when the values are
+    few enough for one (the usual case: a few million at most), else a sort."""
+    top = int(key.max()) if key.size else 0
+    if top >= 8 * key.size + 1024:
+        return np.unique(key, return_inverse=True)[1].ravel().astype(np.int64)
+    present = np.zeros(top + 1, bool)
+    present[key] = True
+    return (np.cumsum(present) - 1)[key]
 
 
 def suppress_duplicates(member: np.ndarray, atom_area: np.ndarray,

@@ -59,7 +59,9 @@ def encode_regions(atoms: np.ndarray, member: np.ndarray, size: tuple[int, int])
     where = np.flatnonzero(start)
     s_atom = seq[where]
     s_col_start = where % h == 0
-    s_len = np.add.reduceat(np.tile(rows_per, w), where)
+    # full-size rows of each stretch: differences of the cumulative rows at stretch starts
+    cum_rows = np.concatenate(([0], np.cumsum(np.tile(rows_per, w))))
+    s_len = np.diff(cum_rows[np.append(where, len(seq))])
     n_s = len(where)
 
     # Per mask, join neighbouring stretches of equal value within a column.
@@ -70,7 +72,14 @@ def encode_regions(atoms: np.ndarray, member: np.ndarray, size: tuple[int, int])
     brk |= s_col_start
     flat_brk = np.flatnonzero(brk.ravel())
     r_val = val.ravel()[flat_brk]
-    r_len = np.add.reduceat(np.tile(s_len, k), flat_brk)
+    # A run's length is the rows of its stretches: a difference of cumulative stretch lengths.
+    # Every mask's row of stretches starts a run, so a run ends where the next one starts or
+    # at the end of its mask's row (read off without tiling the stretches K times).
+    cum_len = np.concatenate(([0], np.cumsum(s_len)))
+    local = flat_brk % n_s
+    row_start = flat_brk - local
+    end = np.append(flat_brk[1:], k * n_s) - row_start
+    r_len = cum_len[end] - cum_len[local]
     # Runs are numbered mask by mask, column by column: the first run of each (mask, column).
     col_of_run = np.cumsum(s_col_start)[flat_brk % n_s] - 1 + (flat_brk // n_s) * w
     col_first = np.searchsorted(col_of_run, np.arange(k * w))
