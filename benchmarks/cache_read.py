@@ -5,7 +5,7 @@ sample's maps three times through :class:`~wiseseg.engine.feature_cache.DiskItem
 operating system's file cache warm after the first pass) and reports the last pass: seconds
 for all samples and milliseconds per sample, against the file's size.
 
-usage: python benchmarks/cache_read.py RUN/cache/segmenter_features [...] [--out FILE]
+usage: python benchmarks/cache_read.py RUN/cache/segmenter_features_<hash> [...] [--out FILE]
 Writes benchmarks/results/cache_read.json (or FILE) and prints one line per cache.
 """
 

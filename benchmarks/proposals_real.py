@@ -284,10 +284,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write all results here")
     ap.add_argument("--md", type=Path, default=None, help="write the tables here")
     args = ap.parse_args()
-    try:
-        import cv2  # noqa: F401
-    except ImportError:
-        raise SystemExit("needs OpenCV's contrib modules: pip install -e '.[bench]'") from None
+    if any(m.startswith("ss-") for m in args.methods):  # only selective search needs it
+        try:
+            import cv2  # noqa: F401
+        except ImportError:
+            raise SystemExit("selective search needs OpenCV's contrib modules: "
+                             "pip install -e '.[bench]'") from None
     results = [run(d, args.split, args.methods, args.limit, args.cache, args.top_k)
                for d in args.data]
     text = "\n\n".join(table(r) for r in results)

@@ -18,7 +18,7 @@ from wiseseg.errors import WisesegError
 from wiseseg.models.maskrcnn import MaskRCNNOnFeatures, body_features, body_is_fixed
 from wiseseg.segmenter.data import CachedSegmenterData, SegmenterData
 from wiseseg.segmenter.model_io import build_segmenter
-from wiseseg.segmenter.train import feature_cache_for
+from wiseseg.segmenter.train import cache_name, feature_cache_for
 from wiseseg.tensors import pad_stack
 
 SPEC = "shapes:train=4,val=1,size=64,seed=3"
@@ -202,3 +202,15 @@ def test_damaged_or_stale_cache_files_are_recomputed(tmp_path):
     assert torch.equal(items[0]["size"], first.get(0)["size"])  # within what is left
     with pytest.raises(WisesegError, match=r"c\.features: the feature cache file ends before"):
         items[4]
+
+
+def test_segmenter_caches_are_named_by_their_images(ds):
+    recs = list(ds.records("train"))
+    gt = dict(ds.ground_truth("train"))
+    all_images = SegmenterData(recs, gt, 64, 64, hflip=True)
+    # the same images and sizes: one name (WISE and the reference share the cache) ...
+    assert cache_name(all_images) == cache_name(SegmenterData(recs, gt, 64, 64, hflip=False))
+    assert cache_name(all_images).startswith("segmenter_features_")
+    # ... other images or sizes: another file, so neither replaces the other's
+    assert cache_name(all_images) != cache_name(SegmenterData(recs[:-1], gt, 64, 64))
+    assert cache_name(all_images) != cache_name(SegmenterData(recs, gt, 64, 96))

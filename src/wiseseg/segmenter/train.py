@@ -45,6 +45,18 @@ def cached_segmenter_step(model, batch, device):
     return _total(model(feats, sizes, _to(targets, device)))
 
 
+def cache_name(data: SegmenterData) -> str:
+    """The feature cache's file name for a training set: ``segmenter_features_<hash>`` of its
+    images and sizes, so that Mask R-CNNs trained on the same images share one cache (WISE
+    and the reference on fully labelled data) and ones trained on different images (WISE on
+    image-level images too) keep their own, and a resumed run finds each again."""
+    from wiseseg.config import config_hash
+
+    key = config_hash({"images": [(str(r.path), r.height, r.width) for r in data.records],
+                       "sizes": [data.min_size, data.max_size]})
+    return f"segmenter_features_{key[:12]}"
+
+
 def feature_cache_for(model, data: SegmenterData, device, path: Path | None,
                       progress: bool = True):
     """The fixed body's features of every training image, plain and flipped (computed once;
@@ -145,7 +157,7 @@ def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
     if cfg.get("cache_features", False) and body_is_fixed(model):
         path = None
         if feature_cache_dir is not None:
-            path = Path(feature_cache_dir) / "segmenter_features"
+            path = Path(feature_cache_dir) / cache_name(data)
         cache = feature_cache_for(model, data, dev, path, progress and dist.is_main)
         data = CachedSegmenterData(data, cache)
         step_fn, wrapped = cached_segmenter_step, MaskRCNNOnFeatures(model)
