@@ -158,10 +158,12 @@ class Tally:
 
 def run(data: str, split: str, methods: list[str], limit: int | None,
         cache: Path | None, top_k: int) -> dict:
-    import cv2
     import torch
 
-    cv2.setNumThreads(1)
+    if any(m in SS_MODES for m in methods):
+        import cv2
+
+        cv2.setNumThreads(1)
     torch.set_num_threads(1)
     ds = open_dataset(data)
     records = list(ds.records(split))
