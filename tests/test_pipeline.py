@@ -65,6 +65,50 @@ def test_training_cams_from_the_cache_match_the_images(tiny_run):
             np.testing.assert_allclose(a[c], b[c], atol=0.02 * max(1.0, np.abs(b[c]).max()))
 
 
+def test_val_features_cached_by_stage1_serve_its_evaluation_and_the_peaks(tiny_run):
+    """Stage 1 caches the validation images' features (with the mirror images the peaks
+    average over); its classification mAP comes from them, and the peaks stage reads the
+    same file instead of running the backbone on the validation images again."""
+    import numpy as np
+    import torch
+
+    from wiseseg.classifier.model_io import load_classifier
+    from wiseseg.classifier.train import (
+        ClassifierData,
+        classification_map,
+        classifier_feature_cache,
+    )
+    from wiseseg.data.transforms import to_tensor
+
+    cfg = load_config(tiny_run / "config.yaml")
+    stem = tiny_run / "cache" / "classifier_features_val"
+    assert stem.with_suffix(".features").is_file()
+    model, ccfg, _ = load_classifier(tiny_run / "classifier" / "model.pt")
+    val = api.open_dataset(cfg["data"]["spec"]).weak("val")
+    data = ClassifierData(val, ccfg["input_size"], hflip=bool(cfg["peaks"]["flip"]))
+
+    class NoImages(ClassifierData):
+        def base_image(self, index):
+            raise AssertionError("the validation features were computed again")
+
+    # the file stage 1 wrote is what the peaks stage opens
+    feats = classifier_feature_cache(
+        model, NoImages(val, ccfg["input_size"], hflip=bool(cfg["peaks"]["flip"])), "cpu",
+        stem, progress=False)
+    assert feats.flips == bool(cfg["peaks"]["flip"]) and len(feats) == len(val.records)
+    model.eval()
+    with torch.no_grad():
+        x = torch.stack([to_tensor(data.base_image(i)) for i in range(4)])
+        direct = model(x)["scores"]
+        cached = model(features=torch.stack([feats.get(i, False)["x"] for i in range(4)])
+                       .float())["scores"]
+    np.testing.assert_allclose(cached, direct, atol=0.02 * max(1.0, float(direct.abs().max())))
+    assert abs(classification_map(model, data, "cpu", features=feats)
+               - classification_map(model, data, "cpu")) < 0.05
+    summary = json.loads((tiny_run / "classifier" / "stage.json").read_text())["summary"]
+    assert 0.0 <= summary["val_cls_mAP"] <= 1.0
+
+
 def test_rerun_skips_every_stage(tiny_run):
     res = _rerun(tiny_run)
     assert res.metrics["run"]["ran"] == []

@@ -117,12 +117,15 @@ def stage_units(cfg: dict, sizes: DataSizes, val_images: int, val_instances_per_
         "classifier_cache_mp": n_weak * 2 * mp_in * bb if cached else 0.0,
         "classifier_epoch_mp" if cached else "classifier_epoch_uncached_mp":
             c_epochs * n_weak * mp_in * (1.0 if cached else bb),
-        "classifier_forward_mp": val_images * mp_in * bb,
+        # validation images: one forward for the evaluation, or, with a cache, their cache
+        # (with the mirror images the peaks take), which the peaks stage then reads
+        "classifier_forward_mp": val_images * (views if cached else 1) * mp_in * bb,
     }
-    out["peaks"] = {"peaks_cached_image": n_weak * views,
-                    "classifier_forward_mp": (val_images * views * scales * mp_in
-                                              + (0.0 if cached else
-                                                 n_weak * views * scales * mp_in)) * bb}
+    # peaks: from the cached features (only other scales than 1 run the backbone), or from
+    # the images
+    out["peaks"] = {"peaks_cached_image": (n_weak + (val_images if cached else 0)) * views,
+                    "classifier_forward_mp": (n_weak + val_images) * views * mp_in * bb
+                    * ((scales - 1) if cached else scales)}
     labelled = sizes.pseudo_images or sizes.images
     prop_images = labelled + val_images  # labelled training images and validation
     out["proposals"] = {"proposals_image":

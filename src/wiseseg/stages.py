@@ -50,7 +50,8 @@ def run_classifier(ctx: RunContext, d: Path) -> dict:
     train_classifier(ds.weak(ctx.train_split), ctx.cfg["classifier"], d, val=val,
                      seed=ctx.cfg["seed"], deterministic=ctx.cfg["deterministic"],
                      device=ctx.cfg["device"], progress=ctx.progress, full_config=ctx.cfg,
-                     feature_cache_dir=ctx.run_dir / "cache")
+                     feature_cache_dir=ctx.run_dir / "cache",
+                     val_flips=bool(ctx.cfg["peaks"].get("flip", False)))
     return {k.removeprefix("eval/"): v for k, v in _last_eval(d / "metrics.jsonl").items()}
 
 
@@ -65,9 +66,7 @@ def run_peaks(ctx: RunContext, d: Path) -> dict:
     for split in dict.fromkeys([ctx.train_split, ctx.val_split]):
         if split not in ds.splits:
             continue
-        features = None
-        if split == ctx.train_split:
-            features = _classifier_features(ctx, model, ccfg, dev)
+        features = _classifier_features(ctx, model, ccfg, dev, split)
         peaks = compute_peaks(model, ds.weak(split), ccfg["input_size"], ctx.cfg["peaks"],
                               use_labels=True, device=dev, progress=ctx.progress,
                               category_ids=ds.category_ids, features=features)
@@ -79,19 +78,31 @@ def run_peaks(ctx: RunContext, d: Path) -> dict:
     return summary
 
 
-def _classifier_features(ctx: RunContext, model, ccfg: dict, dev):
-    """The training images' cached backbone features from stage 1 (the file its training
-    wrote; recomputed if it is gone), or None when stage 1 did not cache them."""
-    from wiseseg.classifier.train import ClassifierData, classifier_feature_cache
+def _classifier_features(ctx: RunContext, model, ccfg: dict, dev, split: str | None = None):
+    """A split's cached backbone features from stage 1 — the training images' (the file its
+    training wrote) or the validation images' (written for its evaluation), recomputed if
+    the file is gone or lacks the mirror images the peaks need — or None when stage 1 does
+    not cache features (or for another split)."""
+    from wiseseg.classifier.train import (
+        ClassifierData,
+        classifier_feature_cache,
+        val_features_name,
+    )
     from wiseseg.models.freezing import is_fixed
 
+    split = split or ctx.train_split
     if not (ccfg.get("cache_features") and not model.train_backbone
             and is_fixed(model.backbone)):
         return None
-    data = ClassifierData(ctx.dataset.weak(ctx.train_split), ccfg["input_size"],
+    if split == ctx.train_split:
+        name = "classifier_features"
+    elif split == ctx.val_split:
+        name = val_features_name()
+    else:
+        return None
+    data = ClassifierData(ctx.dataset.weak(split), ccfg["input_size"],
                           hflip=bool(ctx.cfg["peaks"].get("flip", False)))
-    return classifier_feature_cache(model, data, dev,
-                                    ctx.run_dir / "cache" / "classifier_features",
+    return classifier_feature_cache(model, data, dev, ctx.run_dir / "cache" / name,
                                     ctx.progress)
 
 

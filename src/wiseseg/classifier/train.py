@@ -129,6 +129,11 @@ def classifier_feature_cache(model: PeakCAM, data: ClassifierData, device,
                               batch_size=cache_batch_size(device), desc="backbone features")
 
 
+def val_features_name() -> str:
+    """The file name (under ``RUN/cache/``) of the validation images' cached features."""
+    return "classifier_features_val"
+
+
 def classifier_optimizer(model, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     """The pretrained backbone at ``lr × backbone_lr_mult`` (PRM: 0.01), the rest at ``lr``."""
     head = [(n, p) for n, p in model.named_parameters() if not n.startswith("backbone.")]
@@ -145,17 +150,28 @@ def steps_for(cfg: dict[str, Any], n_images: int, world_size: int = 1) -> int:
     return max(1, round(float(cfg["epochs"]) * per_epoch))
 
 
-def classification_map(model, data: ClassifierData, device, batch_size: int = 32) -> float:
-    """Image-level classification mAP (mean over classes with a positive image)."""
+def classification_map(model, data: ClassifierData, device, batch_size: int = 32,
+                       features=None) -> float:
+    """Image-level classification mAP (mean over classes with a positive image).
+
+    ``features``: the fixed backbone's cached features of ``data``'s images
+    (:func:`classifier_feature_cache`): the scores come from them, without running the
+    backbone again."""
     from wiseseg.classifier.metrics import average_precision
 
     scores, labels = [], []
     model.eval()
+    dtype = next(model.parameters()).dtype
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             idx = range(start, min(len(data), start + batch_size))
-            x = torch.stack([to_tensor(data.base_image(i)) for i in idx]).to(device)
-            scores.append(model(x)["scores"].float().cpu())
+            if features is None:
+                x = torch.stack([to_tensor(data.base_image(i)) for i in idx]).to(device)
+                out = model(x)
+            else:
+                f = torch.stack([features.get(i, False)["x"] for i in idx])
+                out = model(features=f.to(device, dtype))
+            scores.append(out["scores"].float().cpu())
             labels.append(torch.stack([data.labels(i) for i in idx]))
     s, y = torch.cat(scores).numpy(), torch.cat(labels).numpy()
     aps = [average_precision(s[:, c], y[:, c]) for c in range(y.shape[1]) if y[:, c].any()]
@@ -166,7 +182,8 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
                      val: WeakSplit | None = None, seed: int = 0, deterministic: bool = False,
                      device: str = "auto", resume: bool = True, progress: bool = True,
                      full_config: dict | None = None,
-                     feature_cache_dir: str | Path | None = None) -> Path:
+                     feature_cache_dir: str | Path | None = None,
+                     val_flips: bool = False) -> Path:
     """Train PeakCAM on image-level labels; returns the path of ``model.pt``.
 
     Args:
@@ -178,7 +195,10 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
             ``eval_every`` steps when > 0).
         resume: continue from ``checkpoints/last.pt`` when present.
         feature_cache_dir: where the backbone-feature cache file is kept when the backbone is
-            fixed and ``cache_features`` is set (None: in memory only).
+            fixed and ``cache_features`` is set (None: in memory only). ``val``'s images are
+            cached too (``classifier_features_val``, with their mirror images when
+            ``val_flips``), so that the peaks stage finds them instead of running the backbone
+            on them again (:func:`val_features_name`).
     """
     out_dir = Path(out_dir)
     dev, dist = setup_training(device, seed, deterministic)
@@ -188,8 +208,10 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
     data = ClassifierData(train, cfg["input_size"], hflip=cfg["hflip"],
                           scale=tuple(cfg["scale"]), jitter=cfg["color_jitter"])
     step_fn = classifier_step
-    if cfg.get("cache_features", False) and not model.train_backbone \
-            and is_fixed(model.backbone):
+    val_features = None
+    cached = cfg.get("cache_features", False) and not model.train_backbone \
+        and is_fixed(model.backbone)
+    if cached:
         path = Path(feature_cache_dir) / "classifier_features" if feature_cache_dir \
             else None
         data = CachedClassifierData(data, classifier_feature_cache(
@@ -203,10 +225,19 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
     hooks = [ProgressHook("classifier", enabled=progress), logger,
              CheckpointHook(int(cfg["checkpoint_every"]))]
     if val is not None and len(val):
-        val_data = ClassifierData(val, cfg["input_size"])
+        # kept on disk, the validation images' features also serve the peaks stage (with
+        # their mirror images when it averages over flips); in memory, the plain ones only
+        val_data = ClassifierData(val, cfg["input_size"],
+                                  hflip=bool(val_flips and feature_cache_dir))
+        if cached:
+            val_features = classifier_feature_cache(
+                model, val_data, dev,
+                Path(feature_cache_dir) / val_features_name() if feature_cache_dir else None,
+                progress and dist.is_main)
+            val_data = CachedClassifierData(val_data, val_features)  # drops the images
         every = int(cfg.get("eval_every") or 0) or max_steps
-        hooks.append(EvalHook(lambda m: {"val_cls_mAP": classification_map(m, val_data, dev)},
-                              every, logger))
+        hooks.append(EvalHook(lambda m: {"val_cls_mAP": classification_map(
+            m, val_data, dev, features=val_features)}, every, logger))
     trainer = Trainer(
         model=wrapped, optimizer=optimizer, scheduler=scheduler, data=data,
         step_fn=step_fn,
