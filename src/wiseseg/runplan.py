@@ -39,8 +39,10 @@ COST: dict[str, float] = {
     "classifier_epoch_uncached_mp": 1.5,
     "classifier_forward_mp": 0.3767,
     "peaks_cached_image": 0.0008282,
-    # built-in proposals per image (scaled by its pixels up to the generator's working size)
-    "proposals_image": 1.145,
+    # built-in proposals per image (scaled by its pixels up to the generator's working size),
+    # refitted after 504233b to four runs of that code, VOC, Penn-Fudan, COCO subset, shapes
+    # (plan_costs.py --stages proposals: plan_costs_proposals.json)
+    "proposals_image": 0.7995,
     # candidates: per labelled training image (its CAMs, peaks) and per kept proposal and
     # megapixel, on the proposals' RLEs since c36568e (fitted by plan_costs.py --stages
     # pseudo to four runs of that code, VOC ×2, Penn-Fudan, shapes: plan_costs_pseudo.json)
