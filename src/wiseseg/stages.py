@@ -84,9 +84,10 @@ def _classifier_features(ctx: RunContext, model, ccfg: dict, dev, split: str | N
     the file is gone or lacks the mirror images the peaks need — or None when stage 1 does
     not cache features (or for another split)."""
     from wiseseg.classifier.train import (
+        TRAIN_FEATURES,
+        VAL_FEATURES,
         ClassifierData,
         classifier_feature_cache,
-        val_features_name,
     )
     from wiseseg.models.freezing import is_fixed
 
@@ -94,11 +95,9 @@ def _classifier_features(ctx: RunContext, model, ccfg: dict, dev, split: str | N
     if not (ccfg.get("cache_features") and not model.train_backbone
             and is_fixed(model.backbone)):
         return None
-    if split == ctx.train_split:
-        name = "classifier_features"
-    elif split == ctx.val_split:
-        name = val_features_name()
-    else:
+    # the training file wins when one split is both (the later key of a dict literal does)
+    name = {ctx.val_split: VAL_FEATURES, ctx.train_split: TRAIN_FEATURES}.get(split)
+    if name is None:
         return None
     data = ClassifierData(ctx.dataset.weak(split), ccfg["input_size"],
                           hflip=bool(ctx.cfg["peaks"].get("flip", False)))

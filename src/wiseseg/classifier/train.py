@@ -25,6 +25,11 @@ from wiseseg.models.peakcam import PeakCAM
 
 log = logging.getLogger(__name__)
 
+#: file names (under ``RUN/cache/``) of the fixed backbone's cached features of the training
+#: and the validation images, written by stage 1 and read by the peaks stage
+TRAIN_FEATURES = "classifier_features"
+VAL_FEATURES = "classifier_features_val"
+
 
 class ClassifierData:
     """Images resized to a square input with their multi-hot image-level labels.
@@ -129,11 +134,6 @@ def classifier_feature_cache(model: PeakCAM, data: ClassifierData, device,
                               batch_size=cache_batch_size(device), desc="backbone features")
 
 
-def val_features_name() -> str:
-    """The file name (under ``RUN/cache/``) of the validation images' cached features."""
-    return "classifier_features_val"
-
-
 def classifier_optimizer(model, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     """The pretrained backbone at ``lr × backbone_lr_mult`` (PRM: 0.01), the rest at ``lr``."""
     head = [(n, p) for n, p in model.named_parameters() if not n.startswith("backbone.")]
@@ -196,9 +196,8 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
         resume: continue from ``checkpoints/last.pt`` when present.
         feature_cache_dir: where the backbone-feature cache file is kept when the backbone is
             fixed and ``cache_features`` is set (None: in memory only). ``val``'s images are
-            cached too (``classifier_features_val``, with their mirror images when
-            ``val_flips``), so that the peaks stage finds them instead of running the backbone
-            on them again (:func:`val_features_name`).
+            cached too (:data:`VAL_FEATURES`, with their mirror images when ``val_flips``), so
+            that the peaks stage finds them instead of running the backbone on them again.
     """
     out_dir = Path(out_dir)
     dev, dist = setup_training(device, seed, deterministic)
@@ -212,7 +211,7 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
     cached = cfg.get("cache_features", False) and not model.train_backbone \
         and is_fixed(model.backbone)
     if cached:
-        path = Path(feature_cache_dir) / "classifier_features" if feature_cache_dir \
+        path = Path(feature_cache_dir) / TRAIN_FEATURES if feature_cache_dir \
             else None
         data = CachedClassifierData(data, classifier_feature_cache(
             model, data, dev, path, progress and dist.is_main))
@@ -232,7 +231,7 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
         if cached:
             val_features = classifier_feature_cache(
                 model, val_data, dev,
-                Path(feature_cache_dir) / val_features_name() if feature_cache_dir else None,
+                Path(feature_cache_dir) / VAL_FEATURES if feature_cache_dir else None,
                 progress and dist.is_main)
             val_data = CachedClassifierData(val_data, val_features)  # drops the images
         every = int(cfg.get("eval_every") or 0) or max_steps
