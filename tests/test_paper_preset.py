@@ -62,11 +62,13 @@ def test_paper_preset_dry_run(tmp_path, run_cli):
         code, out, err = run_cli(
             "train-segmenter", "--data", SPEC, "--preset", "paper", "--pseudo",
             tmp_path / "pseudo.json", "--out", seg, "--pretrained", "none", "-q",
-            "segmenter.steps=2")
+            # two steps from random weights score every class near 1 / 7: no threshold, so
+            # that the predictions' format is checked whatever the rounding of the body
+            "segmenter.steps=2", "segmenter.box_score_thresh=0")
         assert code == 0, err
         code, out, err = run_cli(
             "predict", "--data", SPEC, "--split", "val", "--preset", "paper", "--checkpoint",
-            seg / "model.pt", "--out", tmp_path / "preds.json", "-q")
+            seg / "model.pt", "--out", tmp_path / "preds.json", "-q", "predict.min_score=0")
         assert code == 0, err
     finally:
         torch.set_num_threads(threads)
@@ -95,7 +97,7 @@ def test_paper_preset_dry_run(tmp_path, run_cli):
 
     # a prediction comes out: a COCO results list for the val images, well formed
     preds = json.loads((tmp_path / "preds.json").read_text())
-    assert isinstance(preds, list) and preds  # 2 steps from random init: ~100 per image
+    assert isinstance(preds, list) and preds
     for p in preds:
         assert {"image_id", "category_id", "segmentation", "bbox", "score"} <= set(p)
         assert p["segmentation"]["size"] == [96, 96]

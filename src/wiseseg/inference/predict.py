@@ -85,9 +85,8 @@ def body_cache(model, records: Sequence[ImageRecord], device, path: Path | None,
     from wiseseg.engine.feature_cache import FeatureCache, cache_batch_size
     from wiseseg.models.maskrcnn import body_features_sized
 
-    body_state = model.backbone.body.state_dict()
     fingerprint = config_hash({
-        "body": {k: [list(v.shape), float(v.double().sum())] for k, v in body_state.items()},
+        "body": model.backbone.body.identity(),
         "transform": [model.transform.min_size, model.transform.max_size,
                       model.transform.image_mean, model.transform.image_std,
                       model.transform.size_divisible],
