@@ -62,13 +62,11 @@ def test_paper_preset_dry_run(tmp_path, run_cli):
         code, out, err = run_cli(
             "train-segmenter", "--data", SPEC, "--preset", "paper", "--pseudo",
             tmp_path / "pseudo.json", "--out", seg, "--pretrained", "none", "-q",
-            # two steps from random weights score every class near 1 / 7: no threshold, so
-            # that the predictions' format is checked whatever the rounding of the body
-            "segmenter.steps=2", "segmenter.box_score_thresh=0")
+            "segmenter.steps=2")
         assert code == 0, err
         code, out, err = run_cli(
             "predict", "--data", SPEC, "--split", "val", "--preset", "paper", "--checkpoint",
-            seg / "model.pt", "--out", tmp_path / "preds.json", "-q", "predict.min_score=0")
+            seg / "model.pt", "--out", tmp_path / "preds.json", "-q")
         assert code == 0, err
     finally:
         torch.set_num_threads(threads)
@@ -97,7 +95,7 @@ def test_paper_preset_dry_run(tmp_path, run_cli):
 
     # a prediction comes out: a COCO results list for the val images, well formed
     preds = json.loads((tmp_path / "preds.json").read_text())
-    assert isinstance(preds, list) and preds
+    assert isinstance(preds, list) and preds  # 2 steps from random init: ~100 per image
     for p in preds:
         assert {"image_id", "category_id", "segmentation", "bbox", "score"} <= set(p)
         assert p["segmentation"]["size"] == [96, 96]

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from wiseseg.engine.checkpoint import load_model, save_model
-from wiseseg.engine.precision import gradient_free_dtypes
 from wiseseg.errors import ConfigError, WisesegError
 from wiseseg.models.backbones import build_backbone
 from wiseseg.models.freezing import freeze_batchnorm, freeze_stages
@@ -41,8 +40,6 @@ def build_peakcam(cfg: dict[str, Any], num_classes: int, pretrained: bool = True
         freeze_batchnorm(model.backbone)
     if int(cfg.get("frozen_stages", 0)) > 0:
         freeze_stages(model.backbone, int(cfg["frozen_stages"]))
-    # features, CAMs and scores without gradients in a reduced type where it is native
-    model.backbone.gradient_free_dtypes = gradient_free_dtypes(bool(cfg.get("amp", False)))
     return model
 
 

@@ -118,7 +118,8 @@ def classifier_feature_cache(model: PeakCAM, data: ClassifierData, device,
     from wiseseg.engine.feature_cache import FeatureCache, cache_batch_size
 
     fingerprint = config_hash({
-        "backbone": model.backbone.identity(),
+        "backbone": {k: [list(v.shape), float(v.double().sum())]
+                     for k, v in model.backbone.state_dict().items()},
         "feature": model.feature, "size": data.size, "version": __version__,
         "images": [(str(r.path), r.height, r.width) for r in data.records],
     })

@@ -85,8 +85,9 @@ def body_cache(model, records: Sequence[ImageRecord], device, path: Path | None,
     from wiseseg.engine.feature_cache import FeatureCache, cache_batch_size
     from wiseseg.models.maskrcnn import body_features_sized
 
+    body_state = model.backbone.body.state_dict()
     fingerprint = config_hash({
-        "body": model.backbone.body.identity(),
+        "body": {k: [list(v.shape), float(v.double().sum())] for k, v in body_state.items()},
         "transform": [model.transform.min_size, model.transform.max_size,
                       model.transform.image_mean, model.transform.image_std,
                       model.transform.size_divisible],

@@ -65,38 +65,17 @@ class Backbone(nn.Module):
         self.mean, self.std = tuple(mean), tuple(std)
         self.register_buffer("_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        #: device type → the type gradient-free passes run in (autocast; outputs stay
-        #: float32); set by whoever builds the model (``wiseseg.engine.precision``)
-        self.gradient_free_dtypes: dict[str, torch.dtype] = {}
-
-    def identity(self) -> dict:
-        """What its maps depend on besides the input, for cache fingerprints: each weight's
-        shape and sum, and the types of gradient-free passes."""
-        return {"weights": {k: [list(v.shape), float(v.double().sum())]
-                            for k, v in self.state_dict().items()},
-                "gradient_free_dtypes": {k: str(v) for k, v in
-                                         sorted(self.gradient_free_dtypes.items())}}
 
     def normalize(self, images: Tensor) -> Tensor:
         """float ``B×3×H×W`` in [0, 1] → the normalization this backbone's weights expect."""
         return (images - self._mean) / self._std
 
     def forward(self, x: Tensor, upto: str = "c5") -> OrderedDict[str, Tensor]:
-        """The pyramid up to level ``upto`` (later levels are not computed).
-
-        Without gradients (``torch.no_grad``) and with a type set for ``x``'s device in
-        :attr:`gradient_free_dtypes`, the body runs under autocast to that type; the maps
-        are returned as float32 all the same."""
+        """The pyramid up to level ``upto`` (later levels are not computed)."""
         # channels-last (NHWC) activations, as the body's weights (see build_backbone): on a
         # CPU the depthwise and 1×1 convolutions run ~2× faster at 384 px in this layout
-        x = x.contiguous(memory_format=torch.channels_last)
-        dtype = None if torch.is_grad_enabled() else self.gradient_free_dtypes.get(
-            x.device.type)
-        if dtype is None:
-            return self._forward_fn(self.body, x, upto)
-        with torch.autocast(x.device.type, dtype=dtype):
-            maps = self._forward_fn(self.body, x, upto)
-        return OrderedDict((k, v.float()) for k, v in maps.items())
+        return self._forward_fn(self.body, x.contiguous(memory_format=torch.channels_last),
+                                upto)
 
 
 def build_backbone(name: str, pretrained: str = "imagenet", weights: str | Path | None = None,

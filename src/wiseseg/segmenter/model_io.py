@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from wiseseg.engine.checkpoint import load_model, save_model
-from wiseseg.engine.precision import gradient_free_dtypes
 from wiseseg.errors import ConfigError
 from wiseseg.models.maskrcnn import build_maskrcnn
 
@@ -34,10 +33,7 @@ def build_segmenter(cfg: dict[str, Any], num_classes: int, pretrained: bool = Tr
         kw["pretrained"], kw["backbone_weights"] = "none", None
     kw["mask_layers"] = tuple(kw.get("mask_layers", (256, 256, 256, 256)))
     kw["anchor_sizes"] = tuple(kw.get("anchor_sizes", (32, 64, 128, 256, 512)))
-    model = build_maskrcnn(num_classes, **kw)
-    # the body's feature caches and prediction passes in a reduced type where it is native
-    model.backbone.body.gradient_free_dtypes = gradient_free_dtypes(bool(cfg.get("amp", False)))
-    return model
+    return build_maskrcnn(num_classes, **kw)
 
 
 def save_segmenter(path: str | Path, model, cfg: dict, classes, extra: dict | None = None

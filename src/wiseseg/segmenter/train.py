@@ -66,8 +66,9 @@ def feature_cache_for(model, data: SegmenterData, device, path: Path | None,
     from wiseseg.engine.feature_cache import FeatureCache, cache_batch_size
     from wiseseg.models.maskrcnn import body_features
 
+    body_state = model.backbone.body.state_dict()
     fingerprint = config_hash({
-        "body": model.backbone.body.identity(),
+        "body": {k: [list(v.shape), float(v.double().sum())] for k, v in body_state.items()},
         "transform": [model.transform.min_size, model.transform.max_size,
                       model.transform.image_mean, model.transform.image_std],
         "images": [(str(r.path), r.height, r.width) for r in data.records],
