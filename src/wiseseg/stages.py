@@ -241,7 +241,7 @@ def run_wise(ctx: RunContext, d: Path) -> dict:
         if not preds_path.is_file():  # resumable: a finished round's predictions are kept
             atomic_write_json(preds_path, _predict(ctx, model_dir, ctx.train_split,
                                                    records=relabelled, mask_threshold=0.5,
-                                                   min_score=min_score))
+                                                   min_score=min_score, flip=False))
         labels, st = relabel(labels, read_json(preds_path, "predictions"), split.records,
                              ds.category_ids, min_score)
         model_dir = d if r == rounds else d / f"round{r}"
@@ -287,6 +287,9 @@ def _predict(ctx: RunContext, model_dir: Path, split: str, records=None,
         split = f"{split}+{len(recs)}"  # its own body cache
     kw = dict(batch_size=int(pc["batch_size"]), mask_threshold=float(pc["mask_threshold"]),
               min_score=float(pc["min_score"]), progress=ctx.progress)
+    if pc.get("flip"):  # the image and its mirror: from the images, not the body cache
+        return predict(model, records_as_items(recs), ctx.dataset.category_ids, device=dev,
+                       total=len(recs), flip=True, **kw)
     if recs and body_is_fixed(model) and uniform_size(recs):
         name = re.sub(r"[^\w.-]", "_", split)
         cache = body_cache(model, recs, dev, ctx.run_dir / "cache" /

@@ -63,7 +63,8 @@ def cmd_predict(args) -> int:
     preds = predict(model, items, category_ids, device=device,
                     batch_size=int(pcfg["batch_size"]),
                     mask_threshold=float(pcfg["mask_threshold"]),
-                    min_score=float(pcfg["min_score"]), total=total, progress=not args.quiet)
+                    min_score=float(pcfg["min_score"]), total=total, progress=not args.quiet,
+                    flip=bool(pcfg.get("flip", False)))
     if args.refine:
         from wiseseg.proposals import ProposalStore
 

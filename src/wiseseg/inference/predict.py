@@ -40,9 +40,13 @@ def detections_to_results(output: dict[str, torch.Tensor], image_id: int,
 def predict(model, items: Iterable[tuple[int, np.ndarray]], category_ids: Sequence[int],
             device: torch.device | str = "cpu", batch_size: int = 4,
             mask_threshold: float = 0.5, min_score: float = 0.0, total: int | None = None,
-            progress: bool = True) -> list[dict]:
-    """Run Mask R-CNN on ``(image_id, RGB uint8 H×W×3)`` items; any size, batched."""
+            progress: bool = True, flip: bool = False) -> list[dict]:
+    """Run Mask R-CNN on ``(image_id, RGB uint8 H×W×3)`` items; any size, batched.
+    ``flip``: on each image and its mirror image, merged
+    (:func:`~wiseseg.models.flip_tta.detect_with_flip`)."""
     from tqdm import tqdm
+
+    from wiseseg.models.flip_tta import detect_with_flip
 
     model.eval()
     results: list[dict] = []
@@ -50,8 +54,9 @@ def predict(model, items: Iterable[tuple[int, np.ndarray]], category_ids: Sequen
     batch: list[tuple[int, np.ndarray]] = []
 
     def flush():
+        ims = [to_tensor(im).to(device) for _, im in batch]
         with torch.no_grad():
-            outs = model([to_tensor(im).to(device) for _, im in batch])
+            outs = detect_with_flip(model, ims) if flip else model(ims)
         for (iid, _), o in zip(batch, outs):
             results.extend(detections_to_results(o, iid, category_ids, mask_threshold,
                                                  min_score))
