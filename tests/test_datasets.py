@@ -126,6 +126,24 @@ def test_shapes_generated_once_and_deterministic(tmp_path):
         assert (masks.sum(0) <= 1).all()  # visible parts never overlap
 
 
+def test_shapes_written_by_two_processes_are_the_same_bytes(tmp_path, monkeypatch):
+    """From PARALLEL_MIN_IMAGES images on, two worker processes write the set: every file is
+    the one a single process writes."""
+    from wiseseg.data import shapes
+
+    cfg = shapes.ShapesConfig(train=30, val=12, size=32, seed=5)
+    monkeypatch.setattr(shapes, "PARALLEL_MIN_IMAGES", 10**9)
+    one = shapes.write_shapes(tmp_path / "one", cfg, progress=False)
+    monkeypatch.setattr(shapes, "PARALLEL_MIN_IMAGES", 1)
+    monkeypatch.setattr(shapes, "_CHUNK", 5)  # several chunks per worker
+    two = shapes.write_shapes(tmp_path / "two", cfg, progress=False)
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert len(files) == 3 * 42 + 4  # images, 2 PNGs each, 2 lists, classes, shapes.json
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    for f in files:
+        assert (one / f).read_bytes() == (two / f).read_bytes(), f
+
+
 def test_shapes_class_is_not_colour():
     """The mean colour of an instance must not predict its class (weak association)."""
     ds = open_dataset("shapes:train=60,val=1,size=64,seed=1", progress=False)

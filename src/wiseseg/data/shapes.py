@@ -258,6 +258,45 @@ def _visible(masks: list[np.ndarray]) -> list[np.ndarray]:
     return out[::-1]
 
 
+#: from this many images on, two processes render and write them (~1 s to start them)
+PARALLEL_MIN_IMAGES = 200
+_CHUNK = 25  # images a worker renders between progress updates
+_WORKER: dict = {}  # a worker process's photographs and palette (_init_worker)
+
+
+def _image_name(split_index: int, index: int) -> str:
+    return f"{split_index + 1}{index:05d}"
+
+
+def _write_image(tmp: Path, cfg: ShapesConfig, split_index: int, index: int,
+                 photos: list[np.ndarray], pal: list[int]) -> None:
+    """Render one image and write its JPEG and its object / class PNGs under ``tmp``."""
+    name = _image_name(split_index, index)
+    img, instances = render_image(cfg, split_index, index, photos)
+    obj = np.zeros(img.shape[:2], np.uint8)
+    cls = np.zeros(img.shape[:2], np.uint8)
+    for k, (c, m) in enumerate(instances, start=1):
+        obj[m] = k
+        cls[m] = c + 1
+    Image.fromarray(img).save(tmp / "JPEGImages" / f"{name}.jpg", quality=95)
+    for sub, arr in (("SegmentationObject", obj), ("SegmentationClass", cls)):
+        p = Image.fromarray(arr, mode="P")
+        p.putpalette(pal)
+        p.save(tmp / sub / f"{name}.png")
+
+
+def _init_worker() -> None:
+    _WORKER.update(photos=_load_photos(), pal=voc_palette())
+
+
+def _write_chunk(tmp: Path, cfg: ShapesConfig, jobs: list[tuple[int, int]]
+                 ) -> tuple[int, int]:
+    """Write the images ``jobs`` names (in a worker); ``(images, photographs used)``."""
+    for split_index, index in jobs:
+        _write_image(tmp, cfg, split_index, index, _WORKER["photos"], _WORKER["pal"])
+    return len(jobs), len(_WORKER["photos"])
+
+
 def write_shapes(out: Path, cfg: ShapesConfig, progress: bool = True) -> Path:
     """Generate the dataset into ``out`` (VOC layout) atomically; returns ``out``.
 
@@ -279,33 +318,34 @@ def write_shapes(out: Path, cfg: ShapesConfig, progress: bool = True) -> Path:
             (tmp / sub).mkdir(parents=True)
         classes = SHAPE_CLASSES[: cfg.num_classes]
         (tmp / "classes.txt").write_text("\n".join(classes) + "\n")
-        photos = _load_photos()
-        pal = voc_palette()
         total = cfg.train + cfg.val
         bar = tqdm(total=total, desc="shapes", unit="img", disable=not progress)
-        for split_index, (split, count) in enumerate((("train", cfg.train), ("val", cfg.val))):
-            names = []
-            for i in range(count):
-                name = f"{split_index + 1}{i:05d}"
-                img, instances = render_image(cfg, split_index, i, photos)
-                obj = np.zeros(img.shape[:2], np.uint8)
-                cls = np.zeros(img.shape[:2], np.uint8)
-                for k, (c, m) in enumerate(instances, start=1):
-                    obj[m] = k
-                    cls[m] = c + 1
-                Image.fromarray(img).save(tmp / "JPEGImages" / f"{name}.jpg", quality=95)
-                for sub, arr in (("SegmentationObject", obj), ("SegmentationClass", cls)):
-                    p = Image.fromarray(arr, mode="P")
-                    p.putpalette(pal)
-                    p.save(tmp / sub / f"{name}.png")
-                names.append(name)
+        jobs = [(split_index, i) for split_index, count in enumerate((cfg.train, cfg.val))
+                for i in range(count)]
+        workers = min(2, os.cpu_count() or 1) if total >= PARALLEL_MIN_IMAGES else 1
+        if workers > 1:  # each image depends on (seed, split, index, size) only: same bytes
+            from wiseseg.workers import single_thread_pool
+
+            chunks = [jobs[k:k + _CHUNK] for k in range(0, len(jobs), _CHUNK)]
+            with single_thread_pool(workers, _init_worker) as pool:
+                for done, used in pool.map(_write_chunk, [tmp] * len(chunks),
+                                           [cfg] * len(chunks), chunks):
+                    bar.update(done)
+                    photos_used = used
+        else:
+            photos, pal = _load_photos(), voc_palette()
+            photos_used = len(photos)
+            for split_index, i in jobs:
+                _write_image(tmp, cfg, split_index, i, photos, pal)
                 bar.update(1)
+        for split_index, (split, count) in enumerate((("train", cfg.train), ("val", cfg.val))):
+            names = [_image_name(split_index, i) for i in range(count)]
             (tmp / "ImageSets" / "Segmentation" / f"{split}.txt").write_text(
                 "\n".join(names) + ("\n" if names else "")
             )
         bar.close()
         meta = {**asdict(cfg), "generator_version": GENERATOR_VERSION, "classes": classes,
-                "photos_used": len(photos)}
+                "photos_used": photos_used}
         (tmp / "shapes.json").write_text(json.dumps(meta, indent=2) + "\n")
         if out.exists():
             out.rmdir()
