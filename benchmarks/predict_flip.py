@@ -96,7 +96,7 @@ def main() -> None:
     for x in runs:
         for r in ROWS:
             p, f = x["plain"]["rows"][r], x["flip"]["rows"][r]
-            print(f"| {Path(x['run']).parent.parent.name}/{Path(x['run']).name} ({x['val_split']}) "
+            print(f"| {Path(x['run']).parent.name}/{Path(x['run']).name} ({x['val_split']}) "
                   f"| {r} | {p['mAP50']:.1f} | {f['mAP50']:.1f} | {p['mAP25']:.1f} → "
                   f"{f['mAP25']:.1f} | {p['ABO']:.1f} → {f['ABO']:.1f} |")
     print("\nmean change (flip − plain), mAP50: " + ", ".join(
