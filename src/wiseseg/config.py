@@ -170,6 +170,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "segmenter.roi_align_backward": ("sparse", "torchvision"),
     "prm.score": ("peak", "class", "retrieval"),
     "pseudo.partial_labels": ("predict", "skip"),  # wiseseg.pseudo.partial.MODES
+    "segmenter.unlabelled_classes": ("background", "ignore"),  # segmenter.data.UNLABELLED_MODES
 }
 #: List settings: (fewest, most entries, smallest and largest entry, whole numbers only).
 _LISTS: dict[str, tuple[int, int | None, float, float, bool]] = {

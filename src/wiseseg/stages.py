@@ -372,7 +372,8 @@ def run_evaluate(ctx: RunContext, d: Path) -> dict:
 
 
 #: segmenter settings that concern pseudo masks only: the reference on true masks ignores them
-PSEUDO_ONLY = ("mode", "dup_iou", "rounds", "self_training_score", "skip_unlabelled")
+PSEUDO_ONLY = ("mode", "dup_iou", "rounds", "self_training_score", "skip_unlabelled",
+               "unlabelled_classes")
 
 
 def _reference_ignores(ctx: RunContext) -> tuple[str, ...]:

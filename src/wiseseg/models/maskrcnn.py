@@ -23,6 +23,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from wiseseg.models.backbones import Backbone, build_backbone
 from wiseseg.models.freezing import freeze_batchnorm, freeze_stages, is_fixed
 from wiseseg.models.heads import use_matmul_predictor
+from wiseseg.models.partial_heads import PartialLabelRoIHeads
 from wiseseg.models.roi_align import FastMultiScaleRoIAlign
 from wiseseg.models.rpn import LeanRPN, SparseGradRPNHead
 from wiseseg.models.sparse_conv import SparseGradConv2d
@@ -131,6 +132,8 @@ def build_maskrcnn(
                                          num_classes + 1),
     )
     init_predictors(model)
+    # inert unless a training target names classes its image leaves unchecked
+    model.roi_heads = PartialLabelRoIHeads.from_heads(model.roi_heads)
     if cpu_shortcuts:
         # built from the constructed modules (no initialisation, no random draw): the same
         # parameters as torchvision's model, whatever the seed

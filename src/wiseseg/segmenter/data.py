@@ -49,6 +49,12 @@ def build_target(masks: np.ndarray, labels: Sequence[int]) -> dict[str, torch.Te
             "masks": torch.from_numpy(m.astype(np.uint8))}
 
 
+#: what Mask R-CNN makes of the classes an image's labels leave unchecked
+#: (``ImageRecord.unknown``): ``background`` (every unlabelled object is background, as
+#: before) or ``ignore`` (left out of its box classifier's loss on that image)
+UNLABELLED_MODES = ("background", "ignore")
+
+
 class SegmenterData:
     """Images with instance targets for the engine (see :mod:`wiseseg.engine.data`).
 
@@ -59,12 +65,18 @@ class SegmenterData:
             in Algorithm 1) or a :class:`~wiseseg.data.dataset.GroundTruth` (the fully
             supervised reference). Images without any instance train as background.
         mode: ``sample`` | ``argmax`` | ``fixed`` for pseudo masks.
+        unlabelled_classes: see :data:`UNLABELLED_MODES`.
     """
 
     def __init__(self, records: Sequence[ImageRecord], instances: dict[int, object],
                  min_size: int, max_size: int, hflip: bool = True, jitter: float = 0.0,
-                 mode: str = "sample", dup_iou: float = 0.8, cache: bool = True):
+                 mode: str = "sample", dup_iou: float = 0.8, cache: bool = True,
+                 unlabelled_classes: str = "background"):
+        if unlabelled_classes not in UNLABELLED_MODES:
+            raise ValueError(f"segmenter.unlabelled_classes must be one of "
+                             f"{', '.join(UNLABELLED_MODES)}, got {unlabelled_classes!r}")
         self.records = list(records)
+        self.unlabelled_classes = unlabelled_classes
         self.instances = instances
         self.min_size, self.max_size = int(min_size), int(max_size)
         self.hflip, self.jitter = hflip, float(jitter)
@@ -98,6 +110,18 @@ class SegmenterData:
         drawn = draw_instances(inst, rng, mode=self.mode, dup_iou=self.dup_iou)
         return [d.segmentation for d in drawn], [d.category for d in drawn]
 
+    def target(self, index: int, masks: np.ndarray, labels: Sequence[int]
+               ) -> dict[str, torch.Tensor]:
+        """:func:`build_target`, plus ``ignore_classes`` (int64 labels in 1..C) when the
+        image leaves classes unchecked and ``unlabelled_classes`` is ``ignore``
+        (:mod:`wiseseg.models.partial_heads`)."""
+        t = build_target(np.ascontiguousarray(masks), labels)
+        unknown = self.records[index].unknown
+        if self.unlabelled_classes == "ignore" and unknown:
+            t["ignore_classes"] = torch.as_tensor(sorted(int(c) + 1 for c in unknown),
+                                                  dtype=torch.int64)
+        return t
+
     def load(self, index: int, rng: np.random.Generator):
         img = self._image(index)
         segs, labels = self.instances_for(index, rng)
@@ -112,7 +136,7 @@ class SegmenterData:
             img = img[:, ::-1]
             masks = masks[:, :, ::-1]
         img = color_jitter(img, self.jitter, rng)
-        return to_tensor(img), build_target(np.ascontiguousarray(masks), labels)
+        return to_tensor(img), self.target(index, masks, labels)
 
     def collate(self, samples):
         images, targets = zip(*samples)
@@ -156,8 +180,7 @@ class CachedSegmenterData(SegmenterData):
         flip = bool(self.hflip and rng.random() < 0.5)
         if flip:
             masks = masks[:, :, ::-1]
-        return self.cache.get(index, flip), size, build_target(np.ascontiguousarray(masks),
-                                                               labels)
+        return self.cache.get(index, flip), size, self.target(index, masks, labels)
 
     def collate(self, samples):
         feats, sizes, targets = zip(*samples)

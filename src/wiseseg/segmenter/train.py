@@ -148,7 +148,8 @@ def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
         records = without_pseudo_masks(records, instances)
     data = SegmenterData(records, instances, cfg["min_size"], cfg["max_size"],
                          hflip=cfg["hflip"], jitter=cfg["color_jitter"], mode=mode,
-                         dup_iou=cfg.get("dup_iou", 0.8))
+                         dup_iou=cfg.get("dup_iou", 0.8),
+                         unlabelled_classes=cfg.get("unlabelled_classes", "background"))
     model = build_segmenter(cfg, len(classes)).to(dev)
     optimizer = build_optimizer([{"params": list(model.named_parameters())}], cfg)
     max_steps = steps_for(cfg, len(data), dist.world_size)
