@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 import yaml
+from gitinfo import commit  # noqa: E402  (benchmarks/, the script's folder)
 
 from wiseseg import api
 from wiseseg.evaluation import evaluate_predictions
@@ -35,14 +35,6 @@ from wiseseg.segmenter.model_io import load_segmenter
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("mAP25", "mAP50", "mAP75", "ABO")
 ROWS = ("WISE", "WISE+Refine", "Mask R-CNN (GT)")
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run_rows(run: Path) -> dict:
@@ -88,7 +80,7 @@ def main() -> None:
                    for m, v in ms.items()} for r, ms in deltas.items()}
     name = f"predict_flip_{args.name}" if args.name else "predict_flip"
     path = ROOT / "benchmarks" / "results" / f"{name}.json"
-    atomic_write_json(path, {"commit": _commit(), "threads": torch.get_num_threads(),
+    atomic_write_json(path, {"commit": commit(), "threads": torch.get_num_threads(),
                              "time": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": runs,
                              "change_flip_minus_plain": summary})
     print("\n| run | row | mAP50 plain | mAP50 flip | mAP25 plain → flip | ABO plain → flip |")

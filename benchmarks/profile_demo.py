@@ -27,15 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+from gitinfo import commit  # noqa: E402  (benchmarks/, the script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _dirty() -> bool:
@@ -105,7 +99,7 @@ def main(argv=None) -> int:
 
     import wiseseg
 
-    result: dict = {"label": args.label, "commit": _commit(),
+    result: dict = {"label": args.label, "commit": commit(),
                     "uncommitted_src_changes": _dirty(),
                     "wiseseg_imported_from": str(Path(wiseseg.__file__).parent),
                     "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
