@@ -133,3 +133,14 @@ def test_bias_rules_and_warmup_factor():
         mrcnn.step()
         sched.step()
     assert weights["lr"] == pytest.approx(0.005)
+
+
+@pytest.mark.parametrize("rank, main", [(None, True), ("0", True), ("1", False), ("3", False)])
+def test_only_rank_zero_reports_what_a_command_did(monkeypatch, rank, main):
+    from wiseseg.engine.distributed import launched_as_main
+
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    assert launched_as_main() is main

@@ -32,6 +32,7 @@ def cmd_train_classifier(args) -> int:
     cfg = run_config(args, section="classifier")  # before the imports of torch (seconds)
     from wiseseg.classifier.train import train_classifier
     from wiseseg.config import save_config
+    from wiseseg.engine.distributed import launched_as_main
 
     ds = open_dataset_from_args(args)
     cfg = resolve_auto_config(cfg, ds, args.train_split, args.quiet)
@@ -43,7 +44,8 @@ def cmd_train_classifier(args) -> int:
                             seed=cfg["seed"], deterministic=cfg["deterministic"],
                             device=cfg["device"], resume=not args.no_resume,
                             progress=not args.quiet, full_config=cfg)
-    print(f"classifier saved to {path}")
+    if launched_as_main():  # under torchrun, rank 0 alone wrote it
+        print(f"classifier saved to {path}")
     return 0
 
 

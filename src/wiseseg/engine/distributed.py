@@ -44,6 +44,12 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local)
 
 
+def launched_as_main() -> bool:
+    """Whether this process is rank 0 of a torchrun launch, or was not launched by torchrun:
+    the one process that reports what the command did."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.barrier()

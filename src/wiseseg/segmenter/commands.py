@@ -33,6 +33,7 @@ def _cfg(p: argparse.ArgumentParser) -> None:
 def cmd_train_segmenter(args) -> int:
     cfg = run_config(args, section="segmenter")  # before the imports of torch (seconds)
     from wiseseg.config import save_config
+    from wiseseg.engine.distributed import launched_as_main
     from wiseseg.pseudo.labels import pseudo_view, read_pseudo
     from wiseseg.segmenter.train import segmenter_settings, train_segmenter
 
@@ -61,5 +62,6 @@ def cmd_train_segmenter(args) -> int:
                            masks=masks, seed=cfg["seed"], deterministic=cfg["deterministic"],
                            device=cfg["device"], resume=not args.no_resume,
                            progress=not args.quiet, full_config=cfg)
-    print(f"Mask R-CNN ({masks} masks) saved to {path}")
+    if launched_as_main():  # under torchrun, rank 0 alone wrote it
+        print(f"Mask R-CNN ({masks} masks) saved to {path}")
     return 0
