@@ -55,3 +55,20 @@ def test_unknown_classes_left_out_of_the_loss():
     per = F.binary_cross_entropy_with_logits(scores, torch.tensor([[1.0, 0.0, 0.0]]),
                                              reduction="none")[0]
     assert torch.isclose(part, (per[0] + per[1]) / 3)
+
+
+def test_classifier_labels_of_unchecked_classes(tmp_path):
+    """``classifier.unlabelled_classes``: ``ignore`` marks an unchecked class -1 (left out of
+    the loss), ``absent`` teaches it as not present (0); labelled classes are 1 either way."""
+    from wiseseg.classifier.train import ClassifierData
+
+    weak = read_coco(_layout(tmp_path, {"image_labels": ["dog"],
+                                        "unlabelled_classes": ["cat"]})).weak("train")
+    ignore = ClassifierData(weak, 8, cache=False)
+    absent = ClassifierData(weak, 8, cache=False, unlabelled_classes="absent")
+    assert ignore.labels(1).tolist() == [-1.0, 1.0]
+    assert absent.labels(1).tolist() == [0.0, 1.0]
+    # the fully labelled image is the same under both
+    assert ignore.labels(0).tolist() == absent.labels(0).tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="got 'negative'"):
+        ClassifierData(weak, 8, unlabelled_classes="negative")

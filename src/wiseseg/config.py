@@ -171,6 +171,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prm.score": ("peak", "class", "retrieval"),
     "pseudo.partial_labels": ("predict", "skip"),  # wiseseg.pseudo.partial.MODES
     "segmenter.unlabelled_classes": ("background", "ignore"),  # segmenter.data.UNLABELLED_MODES
+    "classifier.unlabelled_classes": ("ignore", "absent"),  # classifier.train.UNLABELLED_MODES
 }
 #: List settings: (fewest, most entries, smallest and largest entry, whole numbers only).
 _LISTS: dict[str, tuple[int, int | None, float, float, bool]] = {

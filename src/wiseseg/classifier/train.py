@@ -31,16 +31,28 @@ TRAIN_FEATURES = "classifier_features"
 VAL_FEATURES = "classifier_features_val"
 
 
+#: what stage 1's loss does with a class an image's labels leave unchecked
+#: (``ImageRecord.unknown``): ``ignore`` (the term is left out, as before) or ``absent``
+#: (taught as not present, the "assume negative" rule of multi-label learning with missing
+#: labels: wrong only for the few images that do hold the class)
+UNLABELLED_MODES = ("ignore", "absent")
+
+
 class ClassifierData:
     """Images resized to a square input with their multi-hot image-level labels.
 
     Decoded, resized images are kept in memory (``cache=True``) because the same images are
-    read every epoch and decoding dominates on small inputs.
+    read every epoch and decoding dominates on small inputs. ``unlabelled_classes``: see
+    :data:`UNLABELLED_MODES`.
     """
 
     def __init__(self, split: WeakSplit, input_size: int, hflip: bool = True,
                  scale: tuple[float, float] = (1.0, 1.0), jitter: float = 0.0,
-                 cache: bool = True):
+                 cache: bool = True, unlabelled_classes: str = "ignore"):
+        if unlabelled_classes not in UNLABELLED_MODES:
+            raise ValueError(f"classifier.unlabelled_classes must be one of "
+                             f"{', '.join(UNLABELLED_MODES)}, got {unlabelled_classes!r}")
+        self.unlabelled_classes = unlabelled_classes
         self.records = list(split.records)
         self.num_classes = len(split.classes)
         self.size = int(input_size)
@@ -60,8 +72,9 @@ class ClassifierData:
 
     def labels(self, index: int) -> torch.Tensor:
         y = torch.zeros(self.num_classes)
-        for c in self.records[index].unknown:
-            y[c] = -1.0  # presence unknown: left out of the loss (multilabel_loss)
+        if self.unlabelled_classes == "ignore":
+            for c in self.records[index].unknown:
+                y[c] = -1.0  # presence unknown: left out of the loss (multilabel_loss)
         for c in self.records[index].labels:
             y[c] = 1.0
         return y
@@ -205,7 +218,8 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
         raise ConfigError("the training split is empty")
     model = build_peakcam(cfg, len(train.classes)).to(dev)
     data = ClassifierData(train, cfg["input_size"], hflip=cfg["hflip"],
-                          scale=tuple(cfg["scale"]), jitter=cfg["color_jitter"])
+                          scale=tuple(cfg["scale"]), jitter=cfg["color_jitter"],
+                          unlabelled_classes=cfg.get("unlabelled_classes", "ignore"))
     step_fn = classifier_step
     val_features = None
     cached = cfg.get("cache_features", False) and not model.train_backbone \
