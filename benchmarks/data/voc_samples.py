@@ -16,8 +16,17 @@ in SRC are dropped. That copy labels only 15 of the 20 classes; the other five
 (aeroplane, diningtable, pottedplant, sofa, tvmonitor) are listed per image in
 ``"unlabelled_classes"`` — their absence is unknown, not a negative.
 
+``--all-labels LABELS`` completes those images' labels with VOC 2012's own image-level labels
+for all 20 classes, as the paper trains: either a VOC devkit's ``ImageSets/Main`` folder
+(``<class>_trainval.txt``: 1 present, 0 present but difficult only, -1 absent) or the
+``voc12/cls_labels.npy`` that weakly supervised segmentation repositories ship (a dict VOC
+id → 20 values in VOC's class order, made from VOC's XML annotations; e.g. in
+``YudeWang/SEAM``, MIT licence; read without running any code it might hold). Where the
+boxes' 15 classes disagree with these labels the conversion stops; images the labels do
+not list keep ``"unlabelled_classes"``.
+
     .venv/bin/python benchmarks/data/voc_samples.py pascal-sample-gt-masks DST/voc \\
-        [--image-level pascal_sample_gt]
+        [--image-level pascal_sample_gt [--all-labels SEAM/voc12/cls_labels.npy]]
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import argparse
 import base64
 import io
 import json
+import pickle
 import sys
 import zlib
 from pathlib import Path
@@ -46,6 +56,52 @@ def seg_val_ids(path: Path) -> set[str]:
     if len(ids) != 1449:
         sys.exit(f"error: {path}: {len(ids)} ids, VOC 2012 seg val has 1449")
     return ids
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and plain containers only: a labels file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # how a protocol-2 pickle stores an array's bytes
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a labels file")
+        return super().find_class(module, name)
+
+
+def read_all_labels(path: Path) -> dict[str, set[str]]:
+    """VOC id → the classes present, from an ``ImageSets/Main`` folder or a ``cls_labels.npy``
+    (see the module docstring)."""
+    out: dict[str, set[str]] = {}
+    if path.is_dir():
+        for c in VOC_CLASSES:
+            f = path / f"{c}_trainval.txt"
+            if not f.is_file():
+                sys.exit(f"error: {path}: no {f.name} (an ImageSets/Main folder has one a class)")
+            for ln in f.read_text().split("\n"):
+                if ln.strip():
+                    vid, flag = ln.split()
+                    out.setdefault(vid, set())
+                    if int(flag) >= 0:  # 0: only difficult objects of the class, still there
+                        out[vid].add(c)
+        return out
+    try:
+        with path.open("rb") as fh:
+            np.lib.format.read_magic(fh)
+            np.lib.format.read_array_header_1_0(fh)
+            table = _ArrayUnpickler(fh).load()
+        table = table.item() if isinstance(table, np.ndarray) else table
+    except (OSError, ValueError, pickle.UnpicklingError, EOFError) as e:
+        sys.exit(f"error: {path}: not a cls_labels.npy of VOC labels ({e})")
+    for vid, row in dict(table).items():
+        row = np.asarray(row).ravel()
+        if row.shape != (len(VOC_CLASSES),):
+            sys.exit(f"error: {path}: {vid} has {row.size} values, VOC has {len(VOC_CLASSES)} "
+                     "classes")
+        out[str(vid)] = {c for c, v in zip(VOC_CLASSES, row) if v > 0}
+    return out
 
 
 def annotated_images(src: Path) -> dict[str, tuple[Path, Path]]:
@@ -85,9 +141,14 @@ def main() -> None:
     p.add_argument("dst", type=Path, help="output folder (conventionally .../voc); empty or new")
     p.add_argument("--image-level", type=Path, default=None,
                    help="pascal_sample_gt checkout: extra train images, image-level labels only")
+    p.add_argument("--all-labels", type=Path, default=None,
+                   help="VOC's image-level labels of all 20 classes for the --image-level images: "
+                        "an ImageSets/Main folder or a cls_labels.npy")
     p.add_argument("--seg-val", type=Path, default=HERE / "voc2012_seg_val.txt",
                    help="VOC 2012 ImageSets/Segmentation/val.txt (default: the copy here)")
     args = p.parse_args()
+    if args.all_labels is not None and args.image_level is None:
+        sys.exit("error: --all-labels completes the --image-level images' labels; give both")
     if args.dst.exists() and any(args.dst.iterdir()):
         sys.exit(f"error: {args.dst}: exists and is not empty")
     val_ids = seg_val_ids(args.seg_val)
@@ -106,10 +167,22 @@ def main() -> None:
                 continue
             data = json.loads(ann.read_text())
             names = sorted({o["classTitle"] for o in data.get("objects", [])} & set(VOC_CLASSES))
-            if names:
+            if names or args.all_labels is not None:  # no box: kept if --all-labels names some
                 extra[vid] = (img, {"names": names, "size": data["size"]})
     known_extra = sorted({n for _, info in extra.values() for n in info["names"]})
     unlabelled = [c for c in VOC_CLASSES if c not in known_extra]
+    completed = 0
+    if args.all_labels is not None and unlabelled:
+        full = read_all_labels(args.all_labels)
+        for vid, (_, info) in extra.items():
+            if vid not in full:
+                continue
+            if set(info["names"]) != full[vid] - set(unlabelled):
+                sys.exit(f"error: {args.all_labels}: {vid} has {sorted(full[vid])}, its boxes "
+                         f"{info['names']} (classes other than {', '.join(unlabelled)} must agree)")
+            info["names"], info["complete"] = sorted(full[vid]), True
+            completed += 1
+    extra = {vid: e for vid, e in extra.items() if e[1]["names"]}
     for split, ids in splits.items():
         out = CocoWriter(list(VOC_CLASSES), f"PASCAL VOC 2012 sample, seg {split}")
         for vid in ids:
@@ -140,11 +213,14 @@ def main() -> None:
                 h, w = int(info["size"]["height"]), int(info["size"]["width"])
                 out.add_image(int(vid.replace("_", "")), img, args.dst / split, f"{vid}.jpg", h, w)
                 out.images[-1]["image_labels"] = info["names"]
-                out.images[-1]["unlabelled_classes"] = unlabelled
+                if not info.get("complete"):
+                    out.images[-1]["unlabelled_classes"] = unlabelled
         out.write(args.dst / "annotations" / f"instances_{split}.json")
         print(f"{split}: {out.summary()}"
               + (f"; + {len(extra)} image-level-only images" if split == "train" and extra
-                 else ""))
+                 else "")
+              + (f" ({completed} with all 20 classes from {args.all_labels})"
+                 if split == "train" and completed else ""))
 
 
 if __name__ == "__main__":
