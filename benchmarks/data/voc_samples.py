@@ -104,6 +104,12 @@ def read_all_labels(path: Path) -> dict[str, set[str]]:
     return out
 
 
+def label_counts(extra: dict[str, tuple[Path, dict]]) -> str:
+    """``class=images`` over the image-level images, in VOC's class order."""
+    counts = {c: sum(c in info["names"] for _, info in extra.values()) for c in VOC_CLASSES}
+    return ", ".join(f"{c}={n}" for c, n in counts.items())
+
+
 def annotated_images(src: Path) -> dict[str, tuple[Path, Path]]:
     """VOC id → (annotation JSON, image) over every ``project/<set>/`` folder (first seen)."""
     proj = src / "project" if (src / "project").is_dir() else src
@@ -220,7 +226,9 @@ def main() -> None:
               + (f"; + {len(extra)} image-level-only images" if split == "train" and extra
                  else "")
               + (f" ({completed} with all 20 classes from {args.all_labels})"
-                 if split == "train" and completed else ""))
+                 if split == "train" and completed else "")
+              + (f"; their labels: {label_counts(extra)}" if split == "train" and extra
+                 else ""))
 
 
 if __name__ == "__main__":
