@@ -189,4 +189,7 @@ def test_data_stats_counts_the_partial_images(tmp_path):
     st = split_stats(ds, "train")
     assert st["partially_labelled_images"] == 6 and st["image_level_only_images"] == 6
     assert "6 with unlabelled classes" in format_stats(ds, {"train": st})
+    assert st["unlabelled_per_class"] == {"b": 6}
+    assert "unchecked per class: b=6" in format_stats(ds, {"train": st})
+    assert split_stats(ds, "val")["unlabelled_per_class"] == {}
     assert split_stats(ds, "val")["partially_labelled_images"] == 0

@@ -82,6 +82,9 @@ def split_stats(ds: Dataset, split: str) -> dict:
     out["negative_images"] = sum(1 for r in weak if not r.labels)
     # labelled for some classes only: stage 1 decides whether Mask R-CNN trains on them
     out["partially_labelled_images"] = len(ds.partially_labelled(split))
+    out["unlabelled_per_class"] = {
+        ds.classes[c]: n for c, n in sorted(Counter(c for r in weak for c in r.unknown).items())
+    }
     # only a training split is harmed (a validation split of one class is fine)
     out["classes_in_every_image"] = classes_everywhere(weak, ds.classes) \
         if split.startswith("train") else []
@@ -127,6 +130,13 @@ def format_stats(ds: Dataset, stats: dict[str, dict]) -> str:
                         if s.get("partially_labelled_images") else ""))
         lines.append("  images per class:    " + "  ".join(
             f"{k}={v}" for k, v in s["images_per_class"].items()))
+        if s.get("unlabelled_per_class"):
+            lines.append("  unchecked per class: " + "  ".join(
+                f"{k}={v}" for k, v in s["unlabelled_per_class"].items()))
+            lines.append("  note: stage 1 learns an unchecked class from the other images only, "
+                         "and its objects in these images get no pseudo mask; labels that "
+                         "check every class help most (the VOC sample: "
+                         "docs/real-photographs.md)")
         if s.get("classes_in_every_image"):
             lines.append("  " + everywhere_warning(s["classes_in_every_image"], split,
                                                    s["images"] + extra))
