@@ -20,19 +20,15 @@ import json
 import statistics
 from pathlib import Path
 
+from unchecked_scores import unchecked_by_image
+
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("WISE", "WISE+Refine", "Mask R-CNN (GT)")
 
 
 def unlabelled_classes(data: Path) -> set[str]:
     """Class names left unchecked in some training image (``instances_train.json``)."""
-    coco = json.loads((data / "annotations" / "instances_train.json").read_text())
-    names = {c["id"]: c["name"] for c in coco["categories"]}
-    out: set[str] = set()
-    for im in coco["images"]:
-        for c in im.get("unlabelled_classes", []):
-            out.add(names.get(c, c) if isinstance(c, int) else str(c))
-    return out
+    return set().union(*unchecked_by_image(data).values())
 
 
 def main() -> None:

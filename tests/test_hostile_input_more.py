@@ -240,6 +240,11 @@ def test_setting_choices_match_the_code():
     from wiseseg.pseudo.partial import MODES
 
     assert c["pseudo.partial_labels"] == MODES
+    from wiseseg.classifier.train import UNLABELLED_MODES as STAGE1_MODES
+    from wiseseg.segmenter.data import UNLABELLED_MODES as STAGE2_MODES
+
+    assert c["classifier.unlabelled_classes"] == STAGE1_MODES
+    assert c["segmenter.unlabelled_classes"] == STAGE2_MODES
     for kind in c["classifier.schedule"]:
         warmup_schedule(10, 1, kind)  # each known to the trainer
     for sec in ("classifier", "segmenter"):  # every word a built-in preset uses is a choice

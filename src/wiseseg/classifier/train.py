@@ -34,7 +34,7 @@ VAL_FEATURES = "classifier_features_val"
 #: what stage 1's loss does with a class an image's labels leave unchecked
 #: (``ImageRecord.unknown``): ``ignore`` (the term is left out, as before) or ``absent``
 #: (taught as not present, the "assume negative" rule of multi-label learning with missing
-#: labels: wrong only for the few images that do hold the class)
+#: labels; wrong wherever the image does hold the class: it lost on VOC, docs/cpu-preset.md)
 UNLABELLED_MODES = ("ignore", "absent")
 
 
