@@ -33,7 +33,8 @@ def unchecked_by_image(data: Path) -> dict[int, set[str]]:
 
 
 def count(run: Path, unchecked: dict[int, set[str]]) -> dict:
-    split = yaml.safe_load((run / "config.yaml").read_text())["data"]["train_split"]
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    split = cfg["data"]["train_split"]
     peaks = json.loads((run / "peaks" / f"peaks_{split}.json").read_text())
     classes = peaks["classes"]
     out: dict[str, dict] = {}
@@ -45,8 +46,8 @@ def count(run: Path, unchecked: dict[int, set[str]]) -> dict:
             for t in THRESHOLDS:
                 row[f">={t}"] += int(s >= t)
     return {"run": str(run), "split": split, "classifier_unlabelled_classes":
-            yaml.safe_load((run / "config.yaml").read_text())["classifier"].get(
-                "unlabelled_classes", "ignore"), "classes": dict(sorted(out.items()))}
+            cfg["classifier"].get("unlabelled_classes", "ignore"),
+            "classes": dict(sorted(out.items()))}
 
 
 def main() -> None:

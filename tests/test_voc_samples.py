@@ -29,6 +29,14 @@ def test_imagesets_main_folder_missing_class(tmp_path):
         voc_samples.read_all_labels(tmp_path)
 
 
+def test_imagesets_main_bad_line_names_the_file(tmp_path):
+    for c in voc_samples.VOC_CLASSES:
+        (tmp_path / f"{c}_trainval.txt").write_text("2008_000001 1\n")
+    (tmp_path / "cat_trainval.txt").write_text("2008_000001 1\n2008_000002 yes\n")
+    with pytest.raises(SystemExit, match=r"cat_trainval.txt: line 2 is '2008_000002 yes'"):
+        voc_samples.read_all_labels(tmp_path)
+
+
 def test_cls_labels_npy(tmp_path):
     row = np.zeros(N, np.float32)
     row[[0, 17]] = 1.0

@@ -80,12 +80,15 @@ def read_all_labels(path: Path) -> dict[str, set[str]]:
             f = path / f"{c}_trainval.txt"
             if not f.is_file():
                 sys.exit(f"error: {path}: no {f.name} (an ImageSets/Main folder has one a class)")
-            for ln in f.read_text().split("\n"):
-                if ln.strip():
-                    vid, flag = ln.split()
-                    out.setdefault(vid, set())
-                    if int(flag) >= 0:  # 0: only difficult objects of the class, still there
-                        out[vid].add(c)
+            for n, ln in enumerate(f.read_text().split("\n"), 1):
+                if not ln.strip():
+                    continue
+                parts = ln.split()
+                if len(parts) != 2 or parts[1] not in ("1", "0", "-1"):
+                    sys.exit(f"error: {f}: line {n} is {ln!r}, not 'ID 1|0|-1'")
+                out.setdefault(parts[0], set())
+                if parts[1] != "-1":  # 0: only difficult objects of the class, still there
+                    out[parts[0]].add(c)
         return out
     try:
         with path.open("rb") as fh:
