@@ -80,14 +80,16 @@ def uniform_size(records: Sequence[ImageRecord]) -> bool:
 
 
 def body_cache(model, records: Sequence[ImageRecord], device, path: Path | None,
-               progress: bool = True):
+               progress: bool = True, amp: bool = False):
     """The fixed body's float32 maps of ``records`` at the model's inference size, with that
     size (``"size"``: float ``2``), computed once and kept in ``path`` — every Mask R-CNN
     with this body (WISE's rounds, the reference) predicts from them instead of running the
-    body again. Keyed by the body's weights, the transform and the images."""
+    body again. Keyed by the body's weights, the transform and the images. ``amp``: the body
+    runs under :func:`wiseseg.engine.precision.autocast` (the maps are kept in float32)."""
     from wiseseg import __version__
     from wiseseg.config import config_hash
     from wiseseg.engine.feature_cache import FeatureCache, cache_batch_size
+    from wiseseg.engine.precision import autocast, describe
     from wiseseg.models.maskrcnn import body_features_sized
 
     body_state = model.backbone.body.state_dict()
@@ -97,13 +99,15 @@ def body_cache(model, records: Sequence[ImageRecord], device, path: Path | None,
                       model.transform.image_mean, model.transform.image_std,
                       model.transform.size_divisible],
         "images": [(str(r.path), r.height, r.width) for r in records],
-        "dtype": "float32", "version": __version__,
+        "dtype": "float32", "version": __version__, "precision": describe(device, amp),
     })
 
     def compute(indices, flip):
         ims = [to_tensor(load_image(records[i].path)).to(device) for i in indices]
-        feats, sizes = body_features_sized(model, ims)
-        return [{**f, "size": torch.tensor(sz, dtype=torch.float32)}
+        with autocast(device, amp):
+            feats, sizes = body_features_sized(model, ims)
+        return [{**{k: v.float() for k, v in f.items()},
+                 "size": torch.tensor(sz, dtype=torch.float32)}
                 for f, sz in zip(feats, sizes)]
 
     model.eval()
