@@ -54,7 +54,7 @@ def test_training_cams_from_the_cache_match_the_images(tiny_run):
     size = ccfg["input_size"]
     feats = classifier_feature_cache(
         model, ClassifierData(split, size, hflip=bool(cfg["peaks"]["flip"])), "cpu",
-        tiny_run / "cache" / "classifier_features", progress=False, amp=ccfg["amp"])
+        tiny_run / "cache" / "classifier_features", progress=False)
     cached = cam_function(model, size, cfg["peaks"], "cpu", split, feats)
     direct = cam_function(model, size, cfg["peaks"], "cpu")
     for rec in list(split.records)[:4]:
@@ -94,7 +94,7 @@ def test_val_features_cached_by_stage1_serve_its_evaluation_and_the_peaks(tiny_r
     # the file stage 1 wrote is what the peaks stage opens
     feats = classifier_feature_cache(
         model, NoImages(val, ccfg["input_size"], hflip=bool(cfg["peaks"]["flip"])), "cpu",
-        stem, progress=False, amp=ccfg["amp"])
+        stem, progress=False)
     assert feats.flips == bool(cfg["peaks"]["flip"]) and len(feats) == len(val.records)
     model.eval()
     with torch.no_grad():
@@ -103,10 +103,8 @@ def test_val_features_cached_by_stage1_serve_its_evaluation_and_the_peaks(tiny_r
         cached = model(features=torch.stack([feats.get(i, False)["x"] for i in range(4)])
                        .float())["scores"]
     np.testing.assert_allclose(cached, direct, atol=0.02 * max(1.0, float(direct.abs().max())))
-    # within a swapped near-tie of this tiny split's ranking: the cache's features are
-    # float16, computed in bfloat16 on a CPU with native bfloat16 (wiseseg.engine.precision)
     assert abs(classification_map(model, data, "cpu", features=feats)
-               - classification_map(model, data, "cpu")) < 0.1
+               - classification_map(model, data, "cpu")) < 0.05
     summary = json.loads((tiny_run / "classifier" / "stage.json").read_text())["summary"]
     assert 0.0 <= summary["val_cls_mAP"] <= 1.0
 

@@ -102,7 +102,7 @@ def _classifier_features(ctx: RunContext, model, ccfg: dict, dev, split: str | N
     data = ClassifierData(ctx.dataset.weak(split), ccfg["input_size"],
                           hflip=bool(ctx.cfg["peaks"].get("flip", False)))
     return classifier_feature_cache(model, data, dev, ctx.run_dir / "cache" / name,
-                                    ctx.progress, amp=bool(ccfg.get("amp", True)))
+                                    ctx.progress)
 
 
 def run_proposals(ctx: RunContext, d: Path) -> dict:
@@ -293,8 +293,7 @@ def _predict(ctx: RunContext, model_dir: Path, split: str, records=None,
     if recs and body_is_fixed(model) and uniform_size(recs):
         name = re.sub(r"[^\w.-]", "_", split)
         cache = body_cache(model, recs, dev, ctx.run_dir / "cache" /
-                           f"segmenter_body_{name}", ctx.progress,
-                           amp=bool(ctx.cfg["segmenter"].get("amp", True)))
+                           f"segmenter_body_{name}", ctx.progress)
         return predict_from_body(model, recs, cache, ctx.dataset.category_ids, device=dev,
                                  **kw)
     return predict(model, records_as_items(recs), ctx.dataset.category_ids, device=dev,

@@ -124,27 +124,23 @@ def cached_classifier_step(model, batch, device):
 
 
 def classifier_feature_cache(model: PeakCAM, data: ClassifierData, device,
-                             path: Path | None, progress: bool = True, amp: bool = False):
+                             path: Path | None, progress: bool = True):
     """The fixed backbone's ``feature`` map of every training image (resized to the input
-    size), plain and flipped; loaded from ``path`` when it holds the same ones. ``amp``:
-    the backbone runs under :func:`wiseseg.engine.precision.autocast`."""
+    size), plain and flipped; loaded from ``path`` when it holds the same ones."""
     from wiseseg.config import config_hash
     from wiseseg.engine.feature_cache import FeatureCache, cache_batch_size
-    from wiseseg.engine.precision import autocast, describe
 
     fingerprint = config_hash({
         "backbone": {k: [list(v.shape), float(v.double().sum())]
                      for k, v in model.backbone.state_dict().items()},
         "feature": model.feature, "size": data.size, "version": __version__,
         "images": [(str(r.path), r.height, r.width) for r in data.records],
-        "precision": describe(device, amp),
     })
 
     def compute(indices, flip):
         x = torch.stack([to_tensor(data.base_image(i)[:, ::-1] if flip else data.base_image(i))
                          for i in indices]).to(device)
-        with autocast(device, amp):
-            return [{"x": f.float()} for f in model.backbone_features(x)]
+        return [{"x": f} for f in model.backbone_features(x)]
 
     return FeatureCache.build(len(data), compute, fingerprint, flips=data.hflip, path=path,
                               progress=progress,
@@ -232,7 +228,7 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
         path = Path(feature_cache_dir) / TRAIN_FEATURES if feature_cache_dir \
             else None
         data = CachedClassifierData(data, classifier_feature_cache(
-            model, data, dev, path, progress and dist.is_main, amp=bool(cfg.get("amp", True))))
+            model, data, dev, path, progress and dist.is_main))
         step_fn = cached_classifier_step
     max_steps = steps_for(cfg, len(data), dist.world_size)
     optimizer = classifier_optimizer(model, cfg)
@@ -250,7 +246,7 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
             val_features = classifier_feature_cache(
                 model, val_data, dev,
                 Path(feature_cache_dir) / VAL_FEATURES if feature_cache_dir else None,
-                progress and dist.is_main, amp=bool(cfg.get("amp", True)))
+                progress and dist.is_main)
             val_data = CachedClassifierData(val_data, val_features)  # drops the images
         every = int(cfg.get("eval_every") or 0) or max_steps
         hooks.append(EvalHook(lambda m: {"val_cls_mAP": classification_map(

@@ -80,16 +80,14 @@ def uniform_size(records: Sequence[ImageRecord]) -> bool:
 
 
 def body_cache(model, records: Sequence[ImageRecord], device, path: Path | None,
-               progress: bool = True, amp: bool = False):
+               progress: bool = True):
     """The fixed body's float32 maps of ``records`` at the model's inference size, with that
     size (``"size"``: float ``2``), computed once and kept in ``path`` — every Mask R-CNN
     with this body (WISE's rounds, the reference) predicts from them instead of running the
-    body again. Keyed by the body's weights, the transform and the images. ``amp``: the body
-    runs under :func:`wiseseg.engine.precision.autocast` (the maps are kept in float32)."""
+    body again. Keyed by the body's weights, the transform and the images."""
     from wiseseg import __version__
     from wiseseg.config import config_hash
     from wiseseg.engine.feature_cache import FeatureCache, cache_batch_size
-    from wiseseg.engine.precision import autocast, describe
     from wiseseg.models.maskrcnn import body_features_sized
 
     body_state = model.backbone.body.state_dict()
@@ -99,15 +97,13 @@ def body_cache(model, records: Sequence[ImageRecord], device, path: Path | None,
                       model.transform.image_mean, model.transform.image_std,
                       model.transform.size_divisible],
         "images": [(str(r.path), r.height, r.width) for r in records],
-        "dtype": "float32", "version": __version__, "precision": describe(device, amp),
+        "dtype": "float32", "version": __version__,
     })
 
     def compute(indices, flip):
         ims = [to_tensor(load_image(records[i].path)).to(device) for i in indices]
-        with autocast(device, amp):
-            feats, sizes = body_features_sized(model, ims)
-        return [{**{k: v.float() for k, v in f.items()},
-                 "size": torch.tensor(sz, dtype=torch.float32)}
+        feats, sizes = body_features_sized(model, ims)
+        return [{**f, "size": torch.tensor(sz, dtype=torch.float32)}
                 for f, sz in zip(feats, sizes)]
 
     model.eval()

@@ -58,14 +58,12 @@ def cache_name(data: SegmenterData) -> str:
 
 
 def feature_cache_for(model, data: SegmenterData, device, path: Path | None,
-                      progress: bool = True, amp: bool = False):
+                      progress: bool = True):
     """The fixed body's features of every training image, plain and flipped (computed once;
-    loaded from ``path`` when it holds the same ones). ``amp``: the body runs under
-    :func:`wiseseg.engine.precision.autocast`."""
+    loaded from ``path`` when it holds the same ones)."""
     from wiseseg.config import config_hash
     from wiseseg.data.transforms import to_tensor
     from wiseseg.engine.feature_cache import FeatureCache, cache_batch_size
-    from wiseseg.engine.precision import autocast, describe
     from wiseseg.models.maskrcnn import body_features
 
     body_state = model.backbone.body.state_dict()
@@ -75,14 +73,11 @@ def feature_cache_for(model, data: SegmenterData, device, path: Path | None,
                       model.transform.image_mean, model.transform.image_std],
         "images": [(str(r.path), r.height, r.width) for r in data.records],
         "sizes": [data.min_size, data.max_size], "version": __version__,
-        "precision": describe(device, amp),
     })
 
     def compute(indices, flip):
         ims = [to_tensor(data.training_image(i, flip)).to(device) for i in indices]
-        with autocast(device, amp):
-            feats = body_features(model, ims)
-        return [{k: v.float() for k, v in f.items()} for f in feats]
+        return body_features(model, ims)
 
     model.eval()
     cache = FeatureCache.build(len(data), compute, fingerprint, flips=data.hflip,
@@ -164,8 +159,7 @@ def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
         path = None
         if feature_cache_dir is not None:
             path = Path(feature_cache_dir) / cache_name(data)
-        cache = feature_cache_for(model, data, dev, path, progress and dist.is_main,
-                                  amp=bool(cfg.get("amp", True)))
+        cache = feature_cache_for(model, data, dev, path, progress and dist.is_main)
         data = CachedSegmenterData(data, cache)
         step_fn, wrapped = cached_segmenter_step, MaskRCNNOnFeatures(model)
         # the decoded images the cache was made from are gone: their memory goes back
