@@ -276,6 +276,7 @@ def _predict(ctx: RunContext, model_dir: Path, split: str, records=None,
         records_as_items,
         uniform_size,
     )
+    from wiseseg.models.freezing import fold_batchnorm
     from wiseseg.models.maskrcnn import body_is_fixed
     from wiseseg.segmenter.model_io import load_segmenter
 
@@ -287,17 +288,17 @@ def _predict(ctx: RunContext, model_dir: Path, split: str, records=None,
         split = f"{split}+{len(recs)}"  # its own body cache
     kw = dict(batch_size=int(pc["batch_size"]), mask_threshold=float(pc["mask_threshold"]),
               min_score=float(pc["min_score"]), progress=ctx.progress)
-    if pc.get("flip"):  # the image and its mirror: from the images, not the body cache
-        return predict(model, records_as_items(recs), ctx.dataset.category_ids, device=dev,
-                       total=len(recs), flip=True, **kw)
-    if recs and body_is_fixed(model) and uniform_size(recs):
+    if recs and body_is_fixed(model) and uniform_size(recs) and not pc.get("flip"):
         name = re.sub(r"[^\w.-]", "_", split)
         cache = body_cache(model, recs, dev, ctx.run_dir / "cache" /
                            f"segmenter_body_{name}", ctx.progress)
         return predict_from_body(model, recs, cache, ctx.dataset.category_ids, device=dev,
                                  **kw)
+    if body_is_fixed(model):  # loaded to predict only: the same maps, ~1.3× faster
+        model.backbone.body = fold_batchnorm(model.backbone.body)
+    # with flip: the image and its mirror, from the images (not the body cache)
     return predict(model, records_as_items(recs), ctx.dataset.category_ids, device=dev,
-                   total=len(recs), **kw)
+                   total=len(recs), flip=bool(pc.get("flip")), **kw)
 
 
 def run_predict_wise(ctx: RunContext, d: Path) -> dict:

@@ -170,7 +170,8 @@ def body_is_fixed(model: MaskRCNN) -> bool:
     return is_fixed(model.backbone.body)
 
 
-def body_features(model: MaskRCNN, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+def body_features(model: MaskRCNN, images: Sequence[Tensor], body: nn.Module | None = None
+                  ) -> list[dict[str, Tensor]]:
     """The body's ``{"c2".."c5"}`` maps of each image, as Mask R-CNN's forward computes them.
 
     Each image goes through the model's own transform (normalisation, resize rule, padding to
@@ -180,14 +181,16 @@ def body_features(model: MaskRCNN, images: Sequence[Tensor]) -> list[dict[str, T
 
     Args:
         images: float ``3×H×W`` in [0, 1].
+        body: runs instead of ``model.backbone.body`` when given (e.g. its BatchNorm-folded
+            copy, :func:`~wiseseg.models.freezing.fold_batchnorm`).
 
     Returns:
         per image, level → float ``C×h×w``.
     """
-    return body_features_sized(model, images)[0]
+    return body_features_sized(model, images, body)[0]
 
 
-def body_features_sized(model: MaskRCNN, images: Sequence[Tensor]
+def body_features_sized(model: MaskRCNN, images: Sequence[Tensor], body: nn.Module | None = None
                         ) -> tuple[list[dict[str, Tensor]], list[tuple[int, int]]]:
     """:func:`body_features` and each image's size after the transform's resize (before
     padding), which the heads and the post-processing need."""
@@ -199,7 +202,8 @@ def body_features_sized(model: MaskRCNN, images: Sequence[Tensor]
     for i, t in enumerate(prepared):
         groups.setdefault(tuple(t.shape), []).append(i)
     for idx in groups.values():
-        feats = model.backbone.body(torch.stack([prepared[i] for i in idx]))
+        feats = (model.backbone.body if body is None else body)(
+            torch.stack([prepared[i] for i in idx]))
         for b, i in enumerate(idx):
             out[i] = {k: feats[k][b] for k in _LEVELS}
     return out, sizes  # type: ignore[return-value]

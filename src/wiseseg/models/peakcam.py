@@ -107,13 +107,16 @@ class PeakCAM(nn.Module):
         return make_geometry(convention, tuple(input_size), base, stride, self.upsample,
                              receptive)
 
-    def backbone_features(self, images: Tensor) -> Tensor:
-        """The backbone's ``feature`` map ``B×C'×h'×w'`` of images ``B×3×H×W`` in [0, 1]."""
+    def backbone_features(self, images: Tensor, backbone: Backbone | None = None) -> Tensor:
+        """The backbone's ``feature`` map ``B×C'×h'×w'`` of images ``B×3×H×W`` in [0, 1];
+        ``backbone`` runs instead of the model's own when given (e.g. its BatchNorm-folded
+        copy, :func:`~wiseseg.models.freezing.fold_batchnorm`, for a fixed pass)."""
         # a fixed backbone runs without autograd, unless the caller differentiates w.r.t. the
         # image (peak backpropagation)
         track = torch.is_grad_enabled() and (self.train_backbone or images.requires_grad)
         with torch.set_grad_enabled(track):
-            return self.backbone(self.backbone.normalize(images), upto=self.feature)[self.feature]
+            bb = self.backbone if backbone is None else backbone
+            return bb(bb.normalize(images), upto=self.feature)[self.feature]
 
     def cams_from_features(self, feats: Tensor) -> Tensor:
         """Class activation maps from backbone features (computed now or cached)."""

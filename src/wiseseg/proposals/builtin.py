@@ -262,8 +262,10 @@ def deep_features(image: np.ndarray, layer: str) -> np.ndarray:
 
     if "lite0" not in _BACKBONES:
         from wiseseg.models.backbones import build_backbone
+        from wiseseg.models.freezing import fold_batchnorm
 
-        _BACKBONES["lite0"] = build_backbone("efficientnet_lite0").eval()
+        # BatchNorms folded into the convolutions: the same maps, fewer passes over them
+        _BACKBONES["lite0"] = fold_batchnorm(build_backbone("efficientnet_lite0").eval())
     bb = _BACKBONES["lite0"]
     h, w = image.shape[:2]
     x = torch.from_numpy(np.array(image, np.float32).transpose(2, 0, 1)[None] / 255.0)

