@@ -137,6 +137,46 @@ def test_frozen_batchnorm_in_place_matches_the_out_of_place_one():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_folded_batchnorm_gives_the_same_maps_and_leaves_the_original(name):
+    """fold_batchnorm: every (convolution, constant BatchNorm) pair of a registered backbone
+    becomes one convolution; the maps agree to float rounding, the original is untouched,
+    and a BatchNorm still learning its statistics (train mode) is never folded."""
+    from wiseseg.models.backbones import build_backbone
+    from wiseseg.models.freezing import FixedBatchNorm2d, fold_batchnorm, freeze_batchnorm
+
+    torch.manual_seed(0)
+    bb = freeze_batchnorm(build_backbone(name, pretrained="none")).eval()
+    for m in bb.modules():  # non-trivial statistics and affine terms
+        if isinstance(m, FixedBatchNorm2d):
+            m.weight.uniform_(-1.5, 1.5)   # negative scales too
+            m.bias.uniform_(-1, 1)
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    before = {k: v.clone() for k, v in bb.state_dict().items()}
+    folded = fold_batchnorm(bb)
+    n_bn = sum(isinstance(m, FixedBatchNorm2d) for m in bb.modules())
+    assert n_bn > 0 and not any(isinstance(m, FixedBatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.Identity) for m in folded.modules()) >= n_bn
+    assert not any(p.requires_grad for p in folded.parameters())
+    x = torch.rand(2, 3, 96, 80)
+    with torch.no_grad():
+        want = bb(bb.normalize(x), upto="c4")
+        got = folded(folded.normalize(x), upto="c4")
+    for k in want:
+        scale = float(want[k].abs().max())
+        assert scale > 0 and torch.allclose(got[k], want[k], atol=1e-4 * scale), k
+    assert all(torch.equal(v, bb.state_dict()[k]) for k, v in before.items())
+
+    learning = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    assert isinstance(fold_batchnorm(learning)[1], torch.nn.BatchNorm2d)
+    ev = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    with torch.no_grad():
+        ev[1].running_mean.uniform_(-1, 1)
+        y = torch.randn(1, 3, 8, 8)
+        assert torch.allclose(fold_batchnorm(ev)(y), ev(y), atol=1e-5)
+
+
 def _maps(indices, flip):
     """Deterministic maps of several shapes and a 1-d entry, different per sample and flip."""
     out = []

@@ -57,12 +57,29 @@ def test_zero_rois_and_fallbacks(form):
     assert y.shape == (0, 3, 7, 7)
     (g,) = torch.autograd.grad(y.sum() + 0 * feats.sum(), feats)
     assert torch.count_nonzero(g) == 0
-    # adaptive sampling and no-grad calls are torchvision's own
+    # adaptive sampling is torchvision's own
     rois = _rois(2, 8, 8, 0.25, 6)
     assert torch.equal(roi_align(feats, rois, (7, 7), 0.25, 0),
                        tv_roi_align(feats, rois, (7, 7), 0.25, 0))
     with pytest.raises(ValueError, match="backward"):
         roi_align(feats, rois, (7, 7), 0.25, 2, backward="fast")
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_predicting_without_gradient_gives_torchvisions_values(aligned, form):
+    """Without autograd (predicting) small maps take the separable forward, larger ones
+    torchvision's own; the values are torchvision's either way, zero RoIs included."""
+    torch.manual_seed(3)
+    feats = torch.randn(2, 5, 9, 12)
+    rois = _rois(2, 9, 12, 0.125, 30)
+    want = tv_roi_align(feats, rois, (14, 14), 0.125, 2, aligned)
+    with torch.no_grad():
+        got = roi_align(feats, rois, (14, 14), 0.125, 2, aligned)
+        none = roi_align(feats, torch.zeros(0, 5), (14, 14), 0.125, 2, aligned)
+    if form == "sparse":
+        assert torch.equal(got, want)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert none.shape == (0, 5, 14, 14)
 
 
 def test_multiscale_pooler_matches_torchvision(form):

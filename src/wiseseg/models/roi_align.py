@@ -3,12 +3,13 @@
 torchvision's CPU RoIAlign backward walks every (RoI, channel, bin, sample) in one thread and
 adds into the feature gradient one value at a time; in a Mask R-CNN training step on cached
 features it was about half of the backward pass. Two equal forms replace it on a CPU with
-a fixed ``sampling_ratio`` > 0 (elsewhere — a GPU, adaptive sampling, no gradient — it is
-torchvision's own):
+a fixed ``sampling_ratio`` > 0 (elsewhere — a GPU, adaptive sampling — it is torchvision's
+own):
 
 - on small maps (up to :data:`SEPARABLE_MAX_CELLS` cells: the FPN levels of 128-px images)
   the forward and backward are two dense matrix products per image
-  (:class:`_RoIAlignSeparable`): the kernel's weights factor into a row and a column part;
+  (:class:`_RoIAlignSeparable`): the kernel's weights factor into a row and a column part.
+  Predicting (no gradient) uses this forward too: ~14 % less prediction time at 128 px;
 - on larger maps torchvision's forward runs unchanged and the backward is one sparse matrix
   product: every output bin is a fixed weighted sum of at most ``4 · samples`` feature
   pixels, so ``grad_features = Aᵀ · grad_output`` with ``A`` the (bins × pixels)
@@ -235,19 +236,21 @@ def roi_align_features_grad(grad_out: Tensor, rois: Tensor, shape: tuple[int, ..
 def roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int],
               spatial_scale: float, sampling_ratio: int, aligned: bool = False,
               backward: str = "sparse") -> Tensor:
-    """torchvision's ``roi_align`` (same arguments; ``rois`` ``R×5``); on a CPU, training
-    (features that need a gradient), with ``sampling_ratio`` > 0 and ``backward="sparse"``:
-    the separable form on small maps, torchvision's forward with the sparse backward on
-    larger ones (see the module docstring)."""
+    """torchvision's ``roi_align`` (same arguments; ``rois`` ``R×5``); on a CPU with
+    ``sampling_ratio`` > 0 and ``backward="sparse"``: the separable form on small maps
+    (training and predicting), torchvision's forward with the sparse backward on larger ones
+    when training (see the module docstring)."""
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}, got {backward!r}")
-    if (backward == "torchvision" or features.device.type != "cpu" or sampling_ratio <= 0
-            or not torch.is_grad_enabled() or not features.requires_grad):
+    if backward == "torchvision" or features.device.type != "cpu" or sampling_ratio <= 0:
         return tv_roi_align(features, rois, output_size, spatial_scale, sampling_ratio,
                             aligned)
     if features.shape[-2] * features.shape[-1] <= SEPARABLE_MAX_CELLS:
         return _RoIAlignSeparable.apply(features, rois, tuple(output_size), spatial_scale,
                                         sampling_ratio, aligned)
+    if not torch.is_grad_enabled() or not features.requires_grad:
+        return tv_roi_align(features, rois, output_size, spatial_scale, sampling_ratio,
+                            aligned)
     return _RoIAlignSparseBackward.apply(features, rois, tuple(output_size), spatial_scale,
                                          sampling_ratio, aligned)
 
