@@ -294,7 +294,7 @@ def _predict(ctx: RunContext, model_dir: Path, split: str, records=None,
                            f"segmenter_body_{name}", ctx.progress)
         return predict_from_body(model, recs, cache, ctx.dataset.category_ids, device=dev,
                                  **kw)
-    if body_is_fixed(model):  # loaded to predict only: the same maps, ~1.3× faster
+    if body_is_fixed(model):  # loaded to predict only: the same maps, 1.2–1.3× faster
         model.backbone.body = fold_batchnorm(model.backbone.body)
     # with flip: the image and its mirror, from the images (not the body cache)
     return predict(model, records_as_items(recs), ctx.dataset.category_ids, device=dev,

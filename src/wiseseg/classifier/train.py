@@ -138,7 +138,7 @@ def classifier_feature_cache(model: PeakCAM, data: ClassifierData, device,
         "images": [(str(r.path), r.height, r.width) for r in data.records],
     })
 
-    # the fixed backbone with its BatchNorms folded: the same maps, ~1.3× faster on a CPU
+    # the fixed backbone with its BatchNorms folded: the same maps, 1.2–1.3× faster on a CPU
     folded = fold_batchnorm(model.backbone)
 
     def compute(indices, flip):

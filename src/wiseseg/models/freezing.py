@@ -35,7 +35,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     registered backbone)
     carries the normalisation in its own weight and bias, the BatchNorm replaced by an
     identity. The same maps to float rounding, without the two passes over every map that a
-    separate scale and shift cost (on a CPU ~1.3× faster, ``benchmarks/fold_batchnorm.py``);
+    separate scale and shift cost (1.16–1.29× faster on a CPU, ``benchmarks/fold_batchnorm.py``);
     parameters are fixed (no gradient).
 
     For fixed passes only (feature caches): peak backpropagation's excitation rule reads the
