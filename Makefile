@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # torch/torchvision come from the range in pyproject.toml; pip picks the newest allowed build.
-# --no-compile: Python compiles each module to byte code when it is first imported, instead of
-# pip compiling all of torch's at install time: the install 76 → 52 s on 2 cores, the first
-# import 3 → 9 s (benchmarks/install_time.sh, benchmarks/results/install_time.txt).
+# --no-compile: pip would byte-compile every module of torch; `python -m wiseseg.bytecode` then
+# writes the byte code of what a run imports, even under PYTHONDONTWRITEBYTECODE (timings:
+# benchmarks/install_time.sh, benchmarks/results/install_time.txt).
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --no-compile
 
 .PHONY: demo test install install-dev lint clean
@@ -15,10 +15,12 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(PIP_INSTALL) -e .
+	$(BIN)/python -m wiseseg.bytecode
 	touch $@
 
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 	$(PIP_INSTALL) -e ".[dev]"
+	$(BIN)/python -m wiseseg.bytecode
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
