@@ -13,6 +13,7 @@ from wiseseg.models.peak_ops import Peak
 from wiseseg.models.peak_response import (
     PeakBackprop,
     _ExcitationConv2d,
+    excitation_twin,
     peak_batch_size,
     peak_response_maps,
 )
@@ -78,6 +79,43 @@ def test_batched_peaks_equal_one_peak_at_a_time(models, name):
     assert torch.allclose(bp.maps(peaks[:2]), one[:2], rtol=1e-5, atol=1e-7 * scale)
     assert torch.allclose(peak_response_maps(model, image, peaks, batch=3), one, rtol=1e-4,
                           atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("name,feature", [("resnet18", "c3"), ("efficientnet_lite0", "c4")])
+def test_twin_with_folded_batchnorms_gives_the_same_cams_and_maps(name, feature):
+    """excitation_twin folds every BatchNorm (frozen or in eval mode) into its convolution;
+    the rule still reads the convolutions' own weights and the BatchNorms' gradients, so the
+    CAM and every peak's map (one at a time and batched) are the model's own."""
+    from wiseseg.models.freezing import freeze_batchnorm
+
+    torch.manual_seed(4)
+    model = PeakCAM(freeze_batchnorm(build_backbone(name, "none")), num_classes=3,
+                    feature=feature, head_channels=(16,)).eval()
+    with torch.no_grad():  # statistics and affine terms far from the identity, some scales < 0
+        for m in model.modules():
+            if hasattr(m, "running_var") and m.running_var is not None:
+                m.weight.uniform_(-1.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    twin = excitation_twin(model)
+    assert len(twin.excitation_origins) > 0
+    assert not any(hasattr(m, "running_var") for m in twin.modules())  # every one folded
+    image = torch.rand(3, 64, 64)
+    want, got = PeakBackprop(model, image), PeakBackprop(twin, image)
+    scale = float(want.cam.abs().max())
+    assert torch.allclose(got.cam, want.cam, rtol=1e-4, atol=1e-5 * scale)
+    h, w = want.cam.shape[-2:]
+    peaks = [Peak(n % 3, 0, 0, 1.0, cell=c)
+             for n, c in enumerate([(0, 0), (h - 1, w - 1), (h // 2, w // 3), (1, w - 2)])]
+    one = want.maps(peaks)
+    top = float(one.abs().max())
+    assert torch.allclose(got.maps(peaks), one, rtol=1e-3, atol=1e-5 * top)
+    assert torch.allclose(got.maps(peaks, batch=3), one, rtol=1e-3, atol=1e-5 * top)
+    # without the origins the rule would read the folded weights: other maps
+    twin.excitation_origins = {}
+    assert not torch.allclose(PeakBackprop(twin, image).maps(peaks), one, rtol=1e-3,
+                              atol=1e-5 * top)
 
 
 def test_zero_peaks(models):

@@ -45,7 +45,7 @@ from wiseseg.classifier.peaks import cam_geometry, peak_threshold
 from wiseseg.data.dataset import ImageRecord
 from wiseseg.data.transforms import resize_image, to_tensor
 from wiseseg.models.peak_ops import Peak, extract_peaks, peak_stimulation
-from wiseseg.models.peak_response import PeakBackprop, peak_batch_size
+from wiseseg.models.peak_response import PeakBackprop, excitation_twin, peak_batch_size
 
 PRM_SIDE = 448  # the input side PRM's constants are stated for
 SCORES = ("peak", "class", "retrieval")
@@ -258,6 +258,7 @@ def retrieval_function(model, input_size: int, s: RetrievalSettings = RetrievalS
 
     every = replace(s, proposal_count=10**9)
     model.eval()
+    model = excitation_twin(model)  # the same maps, without the BatchNorms' passes
 
     def fn(record: ImageRecord, peaks: Sequence[dict], masks: Sequence[dict]):
         image = load_image(record.path)
@@ -339,6 +340,7 @@ def prm_baseline(model, records: Sequence[ImageRecord], store, input_size: int, 
             return _prm_parallel(records, store, input_size, peak_cfg, category_ids, s,
                                  peak_batch, workers, model_path, bar)
         model.eval()
+        model = excitation_twin(model)  # the same maps, without the BatchNorms' passes
         results = []
         for rec in records:
             results += _prm_image(model, rec, store, input_size, peak_cfg, category_ids, s,
@@ -377,7 +379,7 @@ def _prm_worker_init(model_path: str, store_root: str) -> None:
     torch.set_num_threads(1)
     model, _, _ = load_classifier(Path(model_path), "cpu")
     model.eval()
-    _WORKER.update(model=model, store=ProposalStore.open(store_root))
+    _WORKER.update(model=excitation_twin(model), store=ProposalStore.open(store_root))
 
 
 def _prm_worker_chunk(records, input_size, peak_cfg, category_ids, s, peak_batch):

@@ -29,28 +29,31 @@ class FixedBatchNorm2d(FrozenBatchNorm2d):
         return x.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
 
 
-def fold_batchnorm(module: nn.Module) -> nn.Module:
+def fold_batchnorm(module: nn.Module, origins: dict | None = None) -> nn.Module:
     """A copy of ``module`` in which every convolution followed by a constant BatchNorm
     (:class:`FixedBatchNorm2d`, or one in eval mode; registered right after it, as in every
-    registered backbone)
-    carries the normalisation in its own weight and bias, the BatchNorm replaced by an
-    identity. The same maps to float rounding, without the two passes over every map that a
-    separate scale and shift cost (1.16–1.29× faster on a CPU, ``benchmarks/fold_batchnorm.py``);
-    parameters are fixed (no gradient).
+    registered backbone) carries the normalisation in its own weight and bias, the BatchNorm
+    replaced by an identity. The same maps to float rounding, without the two passes over
+    every map that a separate scale and shift cost (1.16–1.29× faster on a CPU,
+    ``benchmarks/fold_batchnorm.py``); parameters are fixed (no gradient).
 
-    For fixed passes only (feature caches): peak backpropagation's excitation rule reads the
-    convolutions' own weights, which folding changes."""
+    ``origins``: filled with, for each folded weight (the parameter itself as key), the
+    convolution's own weight and the BatchNorm's per-channel scale — what peak
+    backpropagation's excitation rule needs, since it reads the unfolded weights
+    (:func:`wiseseg.models.peak_response.excitation_twin`)."""
     folded = copy.deepcopy(module)
-    _fold_children(folded)
+    _fold_children(folded, origins)
     for p in folded.parameters():
         p.requires_grad_(False)
     return folded
 
 
-def _fold_children(module: nn.Module) -> None:
+def _fold_children(module: nn.Module, origins: dict | None) -> None:
     children = list(module.named_children())
     for (name, child), (next_name, after) in zip(children, children[1:] + [(None, None)]):
         if isinstance(child, nn.Conv2d) and _foldable(after):
+            own = child.weight.detach().clone()
+            scale = (after.weight * (after.running_var + after.eps).rsqrt()).detach().clone()
             fmt = (torch.channels_last if child.weight.is_contiguous(
                 memory_format=torch.channels_last) and not child.weight.is_contiguous()
                 else torch.contiguous_format)
@@ -61,8 +64,10 @@ def _fold_children(module: nn.Module) -> None:
                                         requires_grad=False)
             child.bias = nn.Parameter(b.detach(), requires_grad=False)
             setattr(module, next_name, nn.Identity())
+            if origins is not None:
+                origins[child.weight] = (own, scale)
         elif name is not None and not _foldable(child):
-            _fold_children(child)
+            _fold_children(child, origins)
 
 
 def _foldable(m) -> bool:

@@ -41,13 +41,21 @@ class _ExcitationConv2d(torch.autograd.Function):
     ``replicated``: the batch holds copies of one image (one peak seeded per copy, see
     :meth:`PeakBackprop.maps`); the forward-only terms are then computed on the first copy
     and broadcast over the batch.
+
+    ``origin``: ``(own weight, BatchNorm scale)`` when ``weight`` is a convolution with the
+    BatchNorm after it folded in (:func:`excitation_twin`): the rule then reads the
+    convolution's own weight, and the BatchNorm's ordinary gradient (a per-channel scale)
+    is folded into the normaliser's reciprocal — the same response maps to float rounding,
+    without the BatchNorm's own passes.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, replicated=False):
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, replicated=False,
+                origin=None):
         ctx.save_for_backward(x[:1] if replicated else x, weight)
         ctx.conf = (stride, padding, dilation, groups)
         ctx.in_size = tuple(x.shape[-2:])
+        ctx.origin = origin
         ctx.memo = None
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
@@ -60,16 +68,20 @@ class _ExcitationConv2d(torch.autograd.Function):
             low = x.min()
             # after a ReLU the minimum is 0 and x − 0 is x itself: no second copy of it
             shifted = (x if bool(low == 0) else x - low).contiguous(memory_format=fmt)
-            pos_w = weight.clamp(min=0).contiguous(memory_format=fmt)
+            own = weight if ctx.origin is None else ctx.origin[0]
+            pos_w = own.clamp(min=0).contiguous(memory_format=fmt)
             norm = F.conv2d(shifted, pos_w, None, stride, padding, dilation, groups).abs_()
             # 1 / (norm + eps) where norm > eps, else 0 (in place: these are the largest
             # tensors of the pass, and the rule needs only the result)
             inv = (norm + _EPS).reciprocal_().masked_fill_(~(norm > _EPS), 0.0)
+            if ctx.origin is not None:  # the folded BatchNorm's gradient: × its scale
+                inv.mul_(ctx.origin[1].view(1, -1, 1, 1))
             ctx.memo = (shifted, _TransposedProduct(pos_w, ctx.in_size, norm.shape[-2:],
                                                     stride, padding, dilation, groups),
                         inv.contiguous(memory_format=fmt))
         shifted, transposed, inv = ctx.memo
-        return shifted * transposed(grad_out * inv), None, None, None, None, None, None, None
+        return (shifted * transposed(grad_out * inv), None, None, None, None, None, None, None,
+                None)
 
 
 class _TransposedProduct:
@@ -132,11 +144,13 @@ class _ExcitationMode(TorchFunctionMode):
     keeps each module's own forward intact — EfficientNet-Lite's ``SameConv2d`` pads its input
     before convolving, and the rule then sees the padded input, as the network does.
 
-    ``replicated``: the batch holds copies of one image (see :class:`_ExcitationConv2d`)."""
+    ``replicated``: the batch holds copies of one image (see :class:`_ExcitationConv2d`).
+    ``origins``: the folded weights of an :func:`excitation_twin` → their origin."""
 
-    def __init__(self, replicated: bool = False):
+    def __init__(self, replicated: bool = False, origins: dict | None = None):
         super().__init__()
         self.replicated = replicated
+        self.origins = origins or {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -145,7 +159,7 @@ class _ExcitationMode(TorchFunctionMode):
             if isinstance(padding, str):
                 x, padding = _explicit_padding(x, weight, padding, dilation)
             return _ExcitationConv2d.apply(x, weight, bias, stride, padding, dilation, groups,
-                                           self.replicated)
+                                           self.replicated, self.origins.get(weight))
         return func(*args, **kwargs)
 
 
@@ -169,10 +183,26 @@ def _explicit_padding(x: Tensor, weight: Tensor, padding: str, dilation) -> tupl
 @contextmanager
 def excitation_backprop(model: nn.Module | None = None) -> Iterator[None]:
     """Within the block every 2-D convolution backpropagates by the excitation rule (forward
-    values unchanged); every other layer keeps its ordinary gradient. ``model`` is accepted
-    for symmetry with callers and not needed."""
-    with _ExcitationMode():
+    values unchanged); every other layer keeps its ordinary gradient. ``model``: when it is
+    an :func:`excitation_twin`, its folded convolutions keep the rule of the model it was
+    made from."""
+    with _ExcitationMode(origins=getattr(model, "excitation_origins", None)):
         yield
+
+
+def excitation_twin(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (a :class:`~wiseseg.models.peakcam.PeakCAM` in eval mode) for peak
+    backpropagation with each constant BatchNorm folded into the convolution before it
+    (:func:`~wiseseg.models.freezing.fold_batchnorm`): the same CAMs and response maps to
+    float rounding (``tests/test_peak_response.py``), without the BatchNorms' passes forward
+    and, for every peak, backward. Its ``excitation_origins`` tell the rule each folded
+    convolution's own weight. BatchNorms still learning (train mode) stay as they are."""
+    from wiseseg.models.freezing import fold_batchnorm
+
+    origins: dict = {}
+    twin = fold_batchnorm(model, origins)
+    twin.excitation_origins = origins
+    return twin
 
 
 class PeakBackprop:
@@ -222,7 +252,8 @@ class PeakBackprop:
                 for start in range(0, len(peaks), batch):
                     chunk = range(start, min(len(peaks), start + batch))
                     # the image once per peak along the batch, one seed per copy
-                    with _ExcitationMode(replicated=True):
+                    with _ExcitationMode(replicated=True, origins=getattr(
+                            self._model, "excitation_origins", None)):
                         x = self._x.detach().repeat(len(chunk), 1, 1, 1).requires_grad_(True)
                         cam = self._model.cams(x)
                     seeds = torch.zeros_like(cam)
