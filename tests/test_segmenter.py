@@ -106,6 +106,16 @@ def test_train_on_pseudo_and_gt_then_predict(ds, tmp_path):
     other, _, _, _ = load_segmenter(p1)
     loaded = body_cache(other, val, "cpu", tmp_path / "body.pt", progress=False)
     assert torch.equal(loaded.get(0)["c2"], cache.get(0)["c2"])
+    # a model loaded to predict with its fixed body's BatchNorms folded (what a run does for
+    # images of several sizes): the same predictions
+    from wiseseg.models.freezing import fold_batchnorm
+
+    folded, _, _, _ = load_segmenter(p2)
+    folded.backbone.body = fold_batchnorm(folded.backbone.body)
+    same = predict(folded, records_as_items(val), ds.category_ids, progress=False)
+    assert [(q["image_id"], q["category_id"], q["segmentation"]) for q in same] == \
+        [(q["image_id"], q["category_id"], q["segmentation"]) for q in preds]
+    assert np.allclose([q["score"] for q in same], [q["score"] for q in preds], atol=1e-5)
 
 
 def test_all_empty_targets_train(ds, tmp_path):
