@@ -15,6 +15,7 @@ from wiseseg.data.transforms import to_tensor
 from wiseseg.engine.checkpoint import load_checkpoint
 from wiseseg.engine.feature_cache import DiskItems, FeatureCache
 from wiseseg.errors import WisesegError
+from wiseseg.models.backbones import backbone_names
 from wiseseg.models.maskrcnn import MaskRCNNOnFeatures, body_features, body_is_fixed
 from wiseseg.segmenter.data import CachedSegmenterData, SegmenterData
 from wiseseg.segmenter.model_io import build_segmenter
@@ -137,7 +138,7 @@ def test_frozen_batchnorm_in_place_matches_the_out_of_place_one():
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+@pytest.mark.parametrize("name", backbone_names())
 def test_folded_batchnorm_gives_the_same_maps_and_leaves_the_original(name):
     """fold_batchnorm: every (convolution, constant BatchNorm) pair of a registered backbone
     becomes one convolution; the maps agree to float rounding, the original is untouched,
@@ -171,10 +172,14 @@ def test_folded_batchnorm_gives_the_same_maps_and_leaves_the_original(name):
     learning = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
     assert isinstance(fold_batchnorm(learning)[1], torch.nn.BatchNorm2d)
     ev = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3),
+                                torch.nn.BatchNorm2d(4, affine=False)).eval()
     with torch.no_grad():
         ev[1].running_mean.uniform_(-1, 1)
+        plain[1].running_var.uniform_(0.5, 2)
         y = torch.randn(1, 3, 8, 8)
         assert torch.allclose(fold_batchnorm(ev)(y), ev(y), atol=1e-5)
+        assert torch.allclose(fold_batchnorm(plain)(y), plain(y), atol=1e-5)
 
 
 def _maps(indices, flip):

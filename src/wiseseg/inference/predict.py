@@ -101,7 +101,7 @@ def body_cache(model, records: Sequence[ImageRecord], device, path: Path | None,
         "dtype": "float32", "version": __version__,
     })
 
-    folded = fold_batchnorm(model.backbone.body)  # the same maps, 1.2–1.3× faster on a CPU
+    folded = fold_batchnorm(model.backbone.body).eval()  # the same maps, 1.2–1.3× faster on a CPU
 
     def compute(indices, flip):
         ims = [to_tensor(load_image(records[i].path)).to(device) for i in indices]

@@ -53,7 +53,9 @@ def _fold_children(module: nn.Module, origins: dict | None) -> None:
     for (name, child), (next_name, after) in zip(children, children[1:] + [(None, None)]):
         if isinstance(child, nn.Conv2d) and _foldable(after):
             own = child.weight.detach().clone()
-            scale = (after.weight * (after.running_var + after.eps).rsqrt()).detach().clone()
+            gamma = after.weight if after.weight is not None else torch.ones_like(
+                after.running_var)  # a BatchNorm without affine terms
+            scale = (gamma * (after.running_var + after.eps).rsqrt()).detach().clone()
             fmt = (torch.channels_last if child.weight.is_contiguous(
                 memory_format=torch.channels_last) and not child.weight.is_contiguous()
                 else torch.contiguous_format)

@@ -76,7 +76,7 @@ def feature_cache_for(model, data: SegmenterData, device, path: Path | None,
         "sizes": [data.min_size, data.max_size], "version": __version__,
     })
 
-    folded = fold_batchnorm(model.backbone.body)  # the same maps, 1.2–1.3× faster on a CPU
+    folded = fold_batchnorm(model.backbone.body).eval()  # the same maps, 1.2–1.3× faster on a CPU
 
     def compute(indices, flip):
         ims = [to_tensor(data.training_image(i, flip)).to(device) for i in indices]
