@@ -15,8 +15,9 @@ from wiseseg.data.transforms import to_tensor
 from wiseseg.engine.checkpoint import load_checkpoint
 from wiseseg.engine.feature_cache import DiskItems, FeatureCache
 from wiseseg.errors import WisesegError
-from wiseseg.models.backbones import backbone_names
-from wiseseg.models.maskrcnn import MaskRCNNOnFeatures, body_features, body_is_fixed
+from wiseseg.models.backbones import LEVELS, backbone_names, build_backbone
+from wiseseg.models.maskrcnn import (MaskRCNNOnFeatures, body_features, body_is_fixed, cacheable,
+                                     fixed_levels)
 from wiseseg.segmenter.data import CachedSegmenterData, SegmenterData
 from wiseseg.segmenter.model_io import build_segmenter
 from wiseseg.segmenter.train import cache_name, feature_cache_for
@@ -107,6 +108,71 @@ def test_cached_data_draws_like_plain_data(ds, tmp_path):
 def test_trainable_body_is_not_cached(ds):
     model = build_segmenter(_cfg("segmenter.frozen_stages=2"), len(ds.classes))
     assert not body_is_fixed(model)
+    assert fixed_levels(model) == ("c2", "c3") and not cacheable(model)
+
+
+@pytest.mark.parametrize("frozen, levels", [(0, ()), (1, ("c2",)), (2, ("c2", "c3")),
+                                            (3, ("c2", "c3", "c4")), (4, LEVELS)])
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+def test_fixed_levels_follow_the_frozen_stages(ds, frozen, levels, backbone):
+    model = build_segmenter(_cfg(f"segmenter.frozen_stages={frozen}",
+                                 f"segmenter.backbone={backbone}", "segmenter.pretrained=none"),
+                            len(ds.classes))
+    assert fixed_levels(model) == levels
+    assert cacheable(model) == (frozen >= 3)
+
+
+@pytest.mark.parametrize("name", backbone_names())
+def test_backbone_continues_a_pass_from_a_level(name):
+    torch.manual_seed(0)
+    bb = build_backbone(name, pretrained="none").eval()
+    x = torch.rand(1, 3, 70, 90)
+    with torch.no_grad():
+        full = bb(x)
+        for i, after in enumerate(LEVELS[:-1]):
+            rest = bb(full[after], after=after)
+            assert list(rest) == list(LEVELS[i + 1:])
+            for k in rest:
+                assert torch.allclose(rest[k], full[k], atol=1e-5), (after, k)
+        assert list(bb(full["c3"], upto="c4", after="c3")) == ["c4"]
+    with pytest.raises(ValueError, match="below"):
+        bb(full["c4"], upto="c4", after="c4")
+
+
+def test_cached_lower_levels_train_the_upper_stages_like_the_full_forward(ds):
+    """frozen_stages 3: c2–c4 cached, c5 computed from c4 by the trained upper stages — the
+    same losses and the same gradients of those stages as the forward on the images."""
+    torch.manual_seed(0)
+    model = build_segmenter(_cfg("segmenter.frozen_stages=3"), len(ds.classes))
+    assert cacheable(model) and not body_is_fixed(model)
+    recs = list(ds.records("train"))
+    data = SegmenterData(recs, dict(ds.ground_truth("train")), 64, 64, hflip=True)
+    samples = [data.load(i, np.random.default_rng([7, i])) for i in range(len(recs))]
+    images, targets = data.collate(samples)
+    model.train()
+    model.transform.eval()  # see test_cached_forward_matches_full_forward
+    upper = [p for m in model.backbone.body.level_modules("c5") for p in m.parameters()]
+    assert upper and all(p.requires_grad for p in upper)
+
+    def run(fn):
+        model.zero_grad()
+        torch.manual_seed(1)
+        losses = fn()
+        sum(losses.values()).backward()
+        return losses, [p.grad.clone() for p in upper]
+
+    full, g_full = run(lambda: model(images, targets))
+    with torch.no_grad():
+        feats = body_features(model, images, levels=fixed_levels(model))
+    assert sorted(feats[0]) == ["c2", "c3", "c4"]
+    cached, g_cached = run(lambda: MaskRCNNOnFeatures(model)(feats, [(64, 64)] * len(recs),
+                                                             targets))
+    assert list(cached) == list(full)
+    for k in full:
+        assert torch.allclose(full[k], cached[k], rtol=1e-4, atol=1e-5), k
+    assert any(g.abs().sum() > 0 for g in g_full)
+    for a, b in zip(g_full, g_cached):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
 
 
 def test_frozen_batchnorm_in_place_matches_the_out_of_place_one():

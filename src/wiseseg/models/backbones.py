@@ -30,6 +30,8 @@ from wiseseg.errors import ConfigError, WisesegError
 
 _REGISTRY: dict[str, Callable[..., Backbone]] = {}
 
+LEVELS = ("c2", "c3", "c4", "c5")  # the pyramid, bottom up
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -54,12 +56,15 @@ class Backbone(nn.Module):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
-    def __init__(self, body: nn.Module, forward_fn: Callable[[nn.Module, Tensor, str], dict],
+    def __init__(self, body: nn.Module,
+                 forward_fn: Callable[[nn.Module, Tensor, str, str | None], dict],
                  out_channels: dict[str, int], strides: dict[str, int],
-                 mean: tuple[float, ...], std: tuple[float, ...]):
+                 mean: tuple[float, ...], std: tuple[float, ...],
+                 modules_fn: Callable[[nn.Module, str], list[nn.Module]]):
         super().__init__()
         self.body = body
         self._forward_fn = forward_fn
+        self._modules_fn = modules_fn
         self.out_channels = dict(out_channels)
         self.strides = dict(strides)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -70,12 +75,23 @@ class Backbone(nn.Module):
         """float ``B×3×H×W`` in [0, 1] → the normalization this backbone's weights expect."""
         return (images - self._mean) / self._std
 
-    def forward(self, x: Tensor, upto: str = "c5") -> OrderedDict[str, Tensor]:
-        """The pyramid up to level ``upto`` (later levels are not computed)."""
+    def forward(self, x: Tensor, upto: str = "c5", after: str | None = None
+                ) -> OrderedDict[str, Tensor]:
+        """The pyramid up to level ``upto`` (later levels are not computed).
+
+        ``after``: ``x`` is the map of that level (as this backbone computed it), not an
+        image, and only the levels above it are computed and returned."""
+        if after is not None and LEVELS.index(after) >= LEVELS.index(upto):
+            raise ValueError(f"after={after!r} must be a level below upto={upto!r}")
         # channels-last (NHWC) activations, as the body's weights (see build_backbone): on a
         # CPU the depthwise and 1×1 convolutions run ~2× faster at 384 px in this layout
         return self._forward_fn(self.body, x.contiguous(memory_format=torch.channels_last),
-                                upto)
+                                upto, after)
+
+    def level_modules(self, level: str) -> list[nn.Module]:
+        """The modules of ``body`` that compute ``level`` from the level below it (``c2``:
+        from the image)."""
+        return self._modules_fn(self.body, level)
 
 
 def build_backbone(name: str, pretrained: str = "imagenet", weights: str | Path | None = None,
@@ -154,19 +170,27 @@ def _resnet(depth: int):
                 s *= 2
             strides[key] = s
 
-        def forward(m: nn.Module, x: Tensor, upto: str) -> OrderedDict[str, Tensor]:
-            x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        def forward(m: nn.Module, x: Tensor, upto: str, after: str | None
+                    ) -> OrderedDict[str, Tensor]:
+            if after is None:
+                x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
             out: OrderedDict[str, Tensor] = OrderedDict()
-            for key, layer in (("c2", m.layer1), ("c3", m.layer2), ("c4", m.layer3),
-                               ("c5", m.layer4)):
-                out[key] = x = layer(x)
-                if key == upto:
-                    break
+            first = 0 if after is None else LEVELS.index(after) + 1
+            for key in LEVELS[first: LEVELS.index(upto) + 1]:
+                out[key] = x = _resnet_modules(m, key)[-1](x)
             return out
 
-        return Backbone(model, forward, chans, strides, IMAGENET_MEAN, IMAGENET_STD)
+        return Backbone(model, forward, chans, strides, IMAGENET_MEAN, IMAGENET_STD,
+                        _resnet_modules)
 
     return build
+
+
+def _resnet_modules(m: nn.Module, level: str) -> list[nn.Module]:
+    """A torchvision ResNet's modules computing ``level`` from the level below (the layer
+    last)."""
+    layer = getattr(m, f"layer{LEVELS.index(level) + 1}")
+    return ([m.conv1, m.bn1] if level == "c2" else []) + [layer]
 
 
 def _dilate_basic_resnet(model: nn.Module, dil: list[bool]) -> None:
@@ -212,11 +236,12 @@ def _efficientnet_lite(variant: str):
         model = eff.efficientnet_lite(variant, pretrained=pretrained, output_stride=output_stride)
         model.classifier = nn.Identity()
 
-        def forward(m: nn.Module, x: Tensor, upto: str) -> OrderedDict[str, Tensor]:
-            return m.forward_features(x, upto)
+        def forward(m: nn.Module, x: Tensor, upto: str, after: str | None
+                    ) -> OrderedDict[str, Tensor]:
+            return m.forward_features(x, upto, after)
 
         return Backbone(model, forward, model.out_channels, model.strides, eff.IMAGENET_MEAN,
-                        eff.IMAGENET_STD)
+                        eff.IMAGENET_STD, lambda m, level: m.level_modules(level))
 
     return build
 

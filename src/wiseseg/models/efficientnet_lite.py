@@ -326,25 +326,40 @@ class EfficientNetLite(nn.Module):
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: Tensor, upto: str = "c5") -> OrderedDict[str, Tensor]:
+    def forward_features(self, x: Tensor, upto: str = "c5", after: str | None = None
+                         ) -> OrderedDict[str, Tensor]:
         """Return the pyramid ``{"c2", "c3", "c4", "c5"}`` at strides ``self.strides``.
 
         Input: normalized float32 ``B x 3 x H x W`` (see class docstring).
         Output: ``OrderedDict`` of float32 ``B x out_channels[k] x ceil(H/s) x ceil(W/s)``;
         ``c5`` is the 1280-channel map after head conv + BN + ReLU6, right before pooling.
         ``upto`` stops after that level (the later stages are not computed).
+        ``after``: ``x`` is then the map of that level (not an image) and only the levels
+        above it are computed and returned — the rest of a pass whose lower levels were
+        computed before (e.g. cached).
         """
         feats: OrderedDict[str, Tensor] = OrderedDict()
-        x = self.stem(x)
+        first = 0 if after is None else _FEATURE_STAGES[after] + 1
+        if after is None:
+            x = self.stem(x)
         last_stage = _FEATURE_STAGES.get(upto, len(self.stages) - 1)
-        for idx, stage in enumerate(self.stages[: last_stage + 1]):
-            x = stage(x)
+        for idx in range(first, last_stage + 1):
+            x = self.stages[idx](x)
             for name, stage_idx in _FEATURE_STAGES.items():
                 if stage_idx == idx:
                     feats[name] = x
         if upto == "c5":
             feats["c5"] = self.head(x)
         return feats
+
+    def level_modules(self, level: str) -> list[nn.Module]:
+        """The modules that compute pyramid level ``level`` from the level below it (from the
+        image for ``c2``)."""
+        bounds = [-1] + [_FEATURE_STAGES[k] for k in ("c2", "c3", "c4")] + [len(self.stages) - 1]
+        i = ("c2", "c3", "c4", "c5").index(level)
+        mods = list(self.stages[bounds[i] + 1: bounds[i + 1] + 1])
+        return ([self.stem] if level == "c2" else []) + mods + (
+            [self.head] if level == "c5" else [])
 
     def forward(self, x: Tensor) -> Tensor:
         """Classify: normalized float32 ``B x 3 x H x W`` -> logits ``B x num_classes``."""

@@ -20,7 +20,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from wiseseg.models.backbones import Backbone, build_backbone
+from wiseseg.models.backbones import LEVELS, Backbone, build_backbone
 from wiseseg.models.freezing import freeze_batchnorm, freeze_stages, is_fixed
 from wiseseg.models.heads import use_matmul_predictor
 from wiseseg.models.partial_heads import PartialLabelRoIHeads
@@ -29,7 +29,7 @@ from wiseseg.models.rpn import LeanRPN, SparseGradRPNHead
 from wiseseg.models.sparse_conv import SparseGradConv2d
 from wiseseg.tensors import pad_stack
 
-_LEVELS = ("c2", "c3", "c4", "c5")
+_LEVELS = LEVELS
 
 
 class FPNBackbone(nn.Module):
@@ -170,8 +170,29 @@ def body_is_fixed(model: MaskRCNN) -> bool:
     return is_fixed(model.backbone.body)
 
 
-def body_features(model: MaskRCNN, images: Sequence[Tensor], body: nn.Module | None = None
-                  ) -> list[dict[str, Tensor]]:
+def fixed_levels(model: MaskRCNN) -> tuple[str, ...]:
+    """The pyramid levels, bottom up, whose maps training cannot change: every module that
+    computes them (and the levels below) is fixed (:func:`~wiseseg.models.freezing.is_fixed`).
+    ``("c2", "c3", "c4")`` when the stem and the first three stages are frozen
+    (``frozen_stages: 3``); all four when the body is fixed (:func:`body_is_fixed`)."""
+    body = model.backbone.body
+    out: list[str] = []
+    for level in _LEVELS:
+        if not all(is_fixed(m) for m in body.level_modules(level)):
+            break
+        out.append(level)
+    return tuple(out)
+
+
+def cacheable(model: MaskRCNN) -> bool:
+    """True when training may read the body's maps from a cache (:class:`MaskRCNNOnFeatures`):
+    the levels up to c4 at least are fixed (:func:`fixed_levels`) — below that the cache
+    would save little and cost the colour jitter."""
+    return len(fixed_levels(model)) >= 3
+
+
+def body_features(model: MaskRCNN, images: Sequence[Tensor], body: nn.Module | None = None,
+                  levels: Sequence[str] = _LEVELS) -> list[dict[str, Tensor]]:
     """The body's ``{"c2".."c5"}`` maps of each image, as Mask R-CNN's forward computes them.
 
     Each image goes through the model's own transform (normalisation, resize rule, padding to
@@ -183,29 +204,35 @@ def body_features(model: MaskRCNN, images: Sequence[Tensor], body: nn.Module | N
         images: float ``3×H×W`` in [0, 1].
         body: runs instead of ``model.backbone.body`` when given (e.g. its BatchNorm-folded
             copy, :func:`~wiseseg.models.freezing.fold_batchnorm`).
+        levels: the levels to return, a bottom-up prefix of ``("c2", "c3", "c4", "c5")``
+            (e.g. :func:`fixed_levels`); the levels above are not computed.
 
     Returns:
         per image, level → float ``C×h×w``.
     """
-    return body_features_sized(model, images, body)[0]
+    return body_features_sized(model, images, body, levels)[0]
 
 
-def body_features_sized(model: MaskRCNN, images: Sequence[Tensor], body: nn.Module | None = None
+def body_features_sized(model: MaskRCNN, images: Sequence[Tensor], body: nn.Module | None = None,
+                        levels: Sequence[str] = _LEVELS
                         ) -> tuple[list[dict[str, Tensor]], list[tuple[int, int]]]:
     """:func:`body_features` and each image's size after the transform's resize (before
     padding), which the heads and the post-processing need."""
     lists = [model.transform([im])[0] for im in images]
     prepared = [il.tensors[0] for il in lists]
     sizes = [tuple(int(v) for v in il.image_sizes[0]) for il in lists]
+    levels = tuple(levels)
+    if not levels or levels != _LEVELS[:len(levels)]:
+        raise ValueError(f"levels must be a bottom-up prefix of {_LEVELS}, got {levels}")
     out: list[dict[str, Tensor] | None] = [None] * len(prepared)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, t in enumerate(prepared):
         groups.setdefault(tuple(t.shape), []).append(i)
     for idx in groups.values():
         feats = (model.backbone.body if body is None else body)(
-            torch.stack([prepared[i] for i in idx]))
+            torch.stack([prepared[i] for i in idx]), upto=levels[-1])
         for b, i in enumerate(idx):
-            out[i] = {k: feats[k][b] for k in _LEVELS}
+            out[i] = {k: feats[k][b] for k in levels}
     return out, sizes  # type: ignore[return-value]
 
 
@@ -215,7 +242,10 @@ def _batch_from_body(m: MaskRCNN, feats: Sequence[dict[str, Tensor]],
     ``ImageList`` of the padded batch shape (a zero-stride stand-in: the RPN reads only its
     shape, device and dtype) and the FPN's maps of the batch."""
     dtype = next(m.backbone.fpn.parameters()).dtype
-    body = OrderedDict((k, pad_stack([f[k] for f in feats], dtype)) for k in _LEVELS)
+    given = [k for k in _LEVELS if k in feats[0]]
+    body = OrderedDict((k, pad_stack([f[k] for f in feats], dtype)) for k in given)
+    if len(given) < len(_LEVELS):  # the levels above the cached ones: the body's upper stages
+        body.update(m.backbone.body(body[given[-1]], after=given[-1]))
     div = m.transform.size_divisible
     h = -(-max(s[0] for s in image_sizes) // div) * div
     w = -(-max(s[1] for s in image_sizes) // div) * div
@@ -253,11 +283,13 @@ def detect_from_body(model: MaskRCNN, feats: Sequence[dict[str, Tensor]],
 class MaskRCNNOnFeatures(nn.Module):
     """Mask R-CNN's training forward from cached body features (no image, no body).
 
-    Equivalent to ``model(images, targets)`` in training mode when the body is fixed (see
-    :func:`body_is_fixed`) and the images already have the size the transform would give
-    them (the training data resizes them so), up to the padding of a batch of images of
-    different sizes: cached maps are zero-padded, where a batch computed together would pad
-    the images before the body. Wrapping the detector keeps data-parallel training working
+    Equivalent to ``model(images, targets)`` in training mode when the cached levels are
+    fixed (see :func:`fixed_levels`) and the images already have the size the transform
+    would give them (the training data resizes them so), up to the padding of a batch of
+    images of different sizes: cached maps are zero-padded, where a batch computed together
+    would pad the images before the body. Levels the features lack (c5 with
+    ``frozen_stages: 3``) are computed from the highest one given by the body's upper
+    stages, which then train. Wrapping the detector keeps data-parallel training working
     (DDP must see the forward that uses the parameters).
     """
 
@@ -270,7 +302,8 @@ class MaskRCNNOnFeatures(nn.Module):
         """Losses of one batch.
 
         Args:
-            feats: per image, :func:`body_features`'s maps (any float dtype; computed in the
+            feats: per image, :func:`body_features`'s maps of a bottom-up prefix of the
+                levels, the same for every image (any float dtype; computed in the
                 parameters' dtype).
             image_sizes: per image, ``(h, w)`` of the image the maps were computed from,
                 before padding.

@@ -16,7 +16,7 @@ from wiseseg.engine.hooks import CheckpointHook, MetricsLogHook, ProgressHook
 from wiseseg.engine.optim import build_optimizer, build_scheduler
 from wiseseg.engine.trainer import Trainer, TrainerConfig
 from wiseseg.errors import ConfigError
-from wiseseg.models.maskrcnn import MaskRCNNOnFeatures, body_is_fixed
+from wiseseg.models.maskrcnn import MaskRCNNOnFeatures, cacheable
 from wiseseg.pseudo.sampling import fix_draws
 from wiseseg.segmenter.data import CachedSegmenterData, SegmenterData
 from wiseseg.segmenter.model_io import build_segmenter, save_segmenter
@@ -59,17 +59,20 @@ def cache_name(data: SegmenterData) -> str:
 
 def feature_cache_for(model, data: SegmenterData, device, path: Path | None,
                       progress: bool = True):
-    """The fixed body's features of every training image, plain and flipped (computed once;
-    loaded from ``path`` when it holds the same ones)."""
+    """The fixed body levels' features (:func:`~wiseseg.models.maskrcnn.fixed_levels`) of
+    every training image, plain and flipped (computed once; loaded from ``path`` when it
+    holds the same ones)."""
     from wiseseg.config import config_hash
     from wiseseg.data.transforms import to_tensor
     from wiseseg.engine.feature_cache import FeatureCache, cache_batch_size
     from wiseseg.models.freezing import fold_batchnorm
-    from wiseseg.models.maskrcnn import body_features
+    from wiseseg.models.maskrcnn import body_features, fixed_levels
 
+    levels = fixed_levels(model)
     body_state = model.backbone.body.state_dict()
     fingerprint = config_hash({
         "body": {k: [list(v.shape), float(v.double().sum())] for k, v in body_state.items()},
+        "levels": list(levels),
         "transform": [model.transform.min_size, model.transform.max_size,
                       model.transform.image_mean, model.transform.image_std],
         "images": [(str(r.path), r.height, r.width) for r in data.records],
@@ -80,7 +83,7 @@ def feature_cache_for(model, data: SegmenterData, device, path: Path | None,
 
     def compute(indices, flip):
         ims = [to_tensor(data.training_image(i, flip)).to(device) for i in indices]
-        return body_features(model, ims, folded)
+        return body_features(model, ims, folded, levels)
 
     model.eval()
     cache = FeatureCache.build(len(data), compute, fingerprint, flips=data.hflip,
@@ -130,9 +133,10 @@ def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
         instances: image id → :class:`~wiseseg.pseudo.sampling.PseudoImage` (``masks=
             "pseudo"``, re-drawn per ``cfg["mode"]``) or → :class:`GroundTruth` (``"gt"``).
         cfg: the ``segmenter`` settings of a preset. With ``cache_features`` and a fixed
-            backbone body (every stage frozen, frozen BatchNorm) the body's features are
-            computed once per image and flip and the rest trains on them (same model, several
-            times faster per step; colour jitter is then not applied).
+            backbone body up to c4 at least (``frozen_stages`` ≥ 3, frozen BatchNorm) the
+            fixed levels' features are computed once per image and flip and the rest
+            (with the upper stages when ``frozen_stages`` is 3) trains on them (same model,
+            several times faster per step; colour jitter is then not applied).
         ``cfg["skip_unlabelled"]``: leave out the images whose label names a class but that
             got no pseudo mask (:func:`without_pseudo_masks`).
         feature_cache_dir: where the feature cache file is kept (shared by the stages that
@@ -158,7 +162,7 @@ def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
     max_steps = steps_for(cfg, len(data), dist.world_size)
     scheduler = build_scheduler(optimizer, max_steps, cfg)
     step_fn, wrapped = segmenter_step, model
-    if cfg.get("cache_features", False) and body_is_fixed(model):
+    if cfg.get("cache_features", False) and cacheable(model):
         path = None
         if feature_cache_dir is not None:
             path = Path(feature_cache_dir) / cache_name(data)
