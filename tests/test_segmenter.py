@@ -118,6 +118,40 @@ def test_train_on_pseudo_and_gt_then_predict(ds, tmp_path):
     assert np.allclose([q["score"] for q in same], [q["score"] for q in preds], atol=1e-5)
 
 
+def test_upper_stages_trained_on_cached_lower_levels_predict_from_a_shared_cache(ds, tmp_path):
+    """frozen_stages 3: training caches c2–c4 and trains c5's stages; two such Mask R-CNNs
+    share one prediction cache of c2–c4, and predicting from it equals predicting from the
+    images."""
+    from wiseseg.models.maskrcnn import fixed_levels
+
+    recs, val = list(ds.records("train")), list(ds.records("val"))
+    cfg = _cfg("segmenter.frozen_stages=3")
+    paths = [train_segmenter(recs, dict(ds.ground_truth("train")), ds.classes, cfg,
+                             tmp_path / name, masks="gt", seed=seed, progress=False)
+             for name, seed in (("a", 0), ("b", 1))]
+    a, b = (load_segmenter(p)[0] for p in paths)
+    assert fixed_levels(a) == ("c2", "c3", "c4")
+    upper = lambda m: m.backbone.body.body.head.conv.weight  # noqa: E731
+    assert not torch.equal(upper(a), upper(b))  # trained, and differently
+    cache = body_cache(a, val, "cpu", tmp_path / "body", progress=False)
+    assert sorted(k for k in cache.get(0) if k != "size") == ["c2", "c3", "c4"]
+
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed")
+
+    from unittest import mock
+
+    with mock.patch("wiseseg.models.maskrcnn.body_features_sized", boom):
+        shared = body_cache(b, val, "cpu", tmp_path / "body", progress=False)
+    for m, c in ((a, cache), (b, shared)):
+        want = predict(m, records_as_items(val), ds.category_ids, progress=False)
+        assert want  # something to compare
+        got = predict_from_body(m, val, c, ds.category_ids, progress=False)
+        assert [(q["image_id"], q["category_id"], q["segmentation"]) for q in got] == \
+            [(q["image_id"], q["category_id"], q["segmentation"]) for q in want]
+        assert np.allclose([q["score"] for q in got], [q["score"] for q in want], atol=1e-5)
+
+
 def test_all_empty_targets_train(ds, tmp_path):
     recs = list(ds.records("train"))[:2]
     empty = {r.id: PseudoImage(r.id, r.height, r.width) for r in recs}

@@ -264,9 +264,9 @@ def _predict(ctx: RunContext, model_dir: Path, split: str, records=None,
     ``split`` in the body cache); ``settings`` (batch_size, mask_threshold, min_score)
     replace the ``predict`` section's.
 
-    When the body is fixed and the split's images share one size, the body's maps of the
-    split are computed once per run (``RUN/cache/segmenter_body_<split>.features``) and every
-    Mask R-CNN predicts from them — WISE's self-training and Table 3 on the training images,
+    When the body is fixed up to c4 at least and the split's images share one size, the
+    fixed levels' maps of the split are computed once per run
+    (``RUN/cache/segmenter_body_<split>.features``) and every Mask R-CNN predicts from them — WISE's self-training and Table 3 on the training images,
     WISE and the reference on the validation images (the same results as running the
     body each time: :func:`~wiseseg.inference.predict.predict_from_body`)."""
     from wiseseg.inference.predict import (
@@ -277,7 +277,7 @@ def _predict(ctx: RunContext, model_dir: Path, split: str, records=None,
         uniform_size,
     )
     from wiseseg.models.freezing import fold_batchnorm
-    from wiseseg.models.maskrcnn import body_is_fixed
+    from wiseseg.models.maskrcnn import cacheable
     from wiseseg.segmenter.model_io import load_segmenter
 
     dev = _device(ctx)
@@ -288,14 +288,14 @@ def _predict(ctx: RunContext, model_dir: Path, split: str, records=None,
         split = f"{split}+{len(recs)}"  # its own body cache
     kw = dict(batch_size=int(pc["batch_size"]), mask_threshold=float(pc["mask_threshold"]),
               min_score=float(pc["min_score"]), progress=ctx.progress)
-    if recs and body_is_fixed(model) and uniform_size(recs) and not pc.get("flip"):
+    if recs and cacheable(model) and uniform_size(recs) and not pc.get("flip"):
         name = re.sub(r"[^\w.-]", "_", split)
         cache = body_cache(model, recs, dev, ctx.run_dir / "cache" /
                            f"segmenter_body_{name}", ctx.progress)
         return predict_from_body(model, recs, cache, ctx.dataset.category_ids, device=dev,
                                  **kw)
-    if body_is_fixed(model):  # loaded to predict only: the same maps, 1.2–1.3× faster
-        model.backbone.body = fold_batchnorm(model.backbone.body)
+    # loaded to predict only, nothing trains: the same maps, 1.2–1.3× faster
+    model.backbone.body = fold_batchnorm(model.backbone.body)
     # with flip: the image and its mirror, from the images (not the body cache)
     return predict(model, records_as_items(recs), ctx.dataset.category_ids, device=dev,
                    total=len(recs), flip=bool(pc.get("flip")), **kw)

@@ -81,19 +81,30 @@ def uniform_size(records: Sequence[ImageRecord]) -> bool:
 
 def body_cache(model, records: Sequence[ImageRecord], device, path: Path | None,
                progress: bool = True):
-    """The fixed body's float32 maps of ``records`` at the model's inference size, with that
-    size (``"size"``: float ``2``), computed once and kept in ``path`` — every Mask R-CNN
-    with this body (WISE's rounds, the reference) predicts from them instead of running the
-    body again. Keyed by the body's weights, the transform and the images."""
+    """The float32 maps of the body's fixed levels (:func:`~wiseseg.models.maskrcnn.
+    fixed_levels`: all four, or c2–c4 when the upper stages were trained) of ``records`` at
+    the model's inference size, with that size (``"size"``: float ``2``), computed once and
+    kept in ``path`` — every Mask R-CNN with these fixed levels (WISE's rounds, the
+    reference) predicts from them instead of running them again. Keyed by the fixed
+    levels' weights, the transform and the images."""
     from wiseseg import __version__
     from wiseseg.config import config_hash
     from wiseseg.engine.feature_cache import FeatureCache, cache_batch_size
     from wiseseg.models.freezing import fold_batchnorm
-    from wiseseg.models.maskrcnn import body_features_sized
+    from wiseseg.models.maskrcnn import body_features_sized, fixed_levels
 
-    body_state = model.backbone.body.state_dict()
+    levels = fixed_levels(model)
+    if not levels:
+        raise ValueError("no level of this Mask R-CNN's body is fixed: nothing to cache")
+    body = model.backbone.body
+    if len(levels) == 4:  # the whole body (as the caches of earlier versions were keyed)
+        state = body.state_dict()
+    else:  # the fixed levels' modules only: Mask R-CNNs with other upper stages share it
+        state = {f"{lv}.{i}.{k}": v for lv in levels
+                 for i, m in enumerate(body.level_modules(lv)) for k, v in m.state_dict().items()}
     fingerprint = config_hash({
-        "body": {k: [list(v.shape), float(v.double().sum())] for k, v in body_state.items()},
+        "body": {k: [list(v.shape), float(v.double().sum())] for k, v in state.items()},
+        **({"levels": list(levels)} if len(levels) < 4 else {}),
         "transform": [model.transform.min_size, model.transform.max_size,
                       model.transform.image_mean, model.transform.image_std,
                       model.transform.size_divisible],
@@ -105,7 +116,7 @@ def body_cache(model, records: Sequence[ImageRecord], device, path: Path | None,
 
     def compute(indices, flip):
         ims = [to_tensor(load_image(records[i].path)).to(device) for i in indices]
-        feats, sizes = body_features_sized(model, ims, folded)
+        feats, sizes = body_features_sized(model, ims, folded, levels)
         return [{**f, "size": torch.tensor(sz, dtype=torch.float32)}
                 for f, sz in zip(feats, sizes)]
 
