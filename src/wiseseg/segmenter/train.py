@@ -120,6 +120,15 @@ def segmenter_settings(cfg: dict[str, Any], masks: str) -> dict[str, Any]:
     return {**cfg, "epochs": ref}
 
 
+def segmenter_param_groups(model, cfg: dict[str, Any]) -> list[dict]:
+    """The trained backbone stages (``frozen_stages`` < 4) at ``lr × backbone_lr_mult``, the
+    rest (FPN, RPN, heads) at ``lr``."""
+    body = [(n, p) for n, p in model.named_parameters() if n.startswith("backbone.body.")]
+    rest = [(n, p) for n, p in model.named_parameters() if not n.startswith("backbone.body.")]
+    return [{"params": rest},
+            {"params": body, "lr_mult": float(cfg.get("backbone_lr_mult", 1.0))}]
+
+
 def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
                     classes: tuple[str, ...], cfg: dict[str, Any], out_dir: str | Path,
                     masks: str = "pseudo", seed: int = 0, deterministic: bool = False,
@@ -158,7 +167,7 @@ def train_segmenter(records: list[ImageRecord], instances: dict[int, object],
                          dup_iou=cfg.get("dup_iou", 0.8),
                          unlabelled_classes=cfg.get("unlabelled_classes", "background"))
     model = build_segmenter(cfg, len(classes)).to(dev)
-    optimizer = build_optimizer([{"params": list(model.named_parameters())}], cfg)
+    optimizer = build_optimizer(segmenter_param_groups(model, cfg), cfg)
     max_steps = steps_for(cfg, len(data), dist.world_size)
     scheduler = build_scheduler(optimizer, max_steps, cfg)
     step_fn, wrapped = segmenter_step, model
