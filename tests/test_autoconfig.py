@@ -82,6 +82,7 @@ def test_fixed_settings_are_left_alone_and_bad_sections_fail(tmp_path):
     ds = _dataset(tmp_path, 128, 128, side=30)
     cfg = api.load_config("cpu", ["classifier.backbone=efficientnet_lite0",
                                   "segmenter.backbone=efficientnet_lite0",
+                                  "segmenter.frozen_stages=4",
                                   "classifier.input_size=384", "classifier.epochs=8",
                                   "proposals.top_k=300",
                                   "segmenter.min_size=128", "segmenter.max_size=128",
@@ -241,6 +242,33 @@ def test_segmenter_backbone_follows_the_image_size(tmp_path):
     u2, u0 = stage_units(photo, sizes, 10, 2.0), stage_units(lite0, sizes, 10, 2.0)
     assert u2["predict_wise"]["predict_image_mp"] > u0["predict_wise"]["predict_image_mp"]
     assert u2["wise"]["segmenter_image"] == u0["wise"]["segmenter_image"]
+
+
+def test_segmenter_trains_its_upper_stages_on_photographs_only(tmp_path):
+    """frozen_stages auto: 3 on photographs (c5's stages train on cached c2–c4, at lr × the
+    preset's backbone_lr_mult), 4 on small images; the plan and the epoch rule count the
+    upper stages' time."""
+    from wiseseg.runplan import stage_units
+
+    ds = _dataset(tmp_path, 375, 500, 80)
+    photo, notes = resolve_auto(_cfg("segmenter.frozen_stages=auto"), ds)
+    small, _ = resolve_auto(_cfg("segmenter.frozen_stages=auto"),
+                            _dataset(tmp_path, 128, 128, 24))
+    assert (photo["segmenter"]["frozen_stages"], small["segmenter"]["frozen_stages"]) == (3, 4)
+    assert any("upper stages trained at lr × 0.01 (frozen_stages 3): photographs" in n
+               for n in notes)
+    sizes = measure_sizes(ds, "train")
+    fixed = {**photo, "segmenter": {**photo["segmenter"], "frozen_stages": 4}}
+    u3, u4 = stage_units(photo, sizes, 10, 2.0), stage_units(fixed, sizes, 10, 2.0)
+    for stage in ("wise", "reference"):
+        assert u3[stage]["segmenter_upper_image_mp"] > 0
+        assert u4[stage]["segmenter_upper_image_mp"] == 0
+    assert u3["wise"]["segmenter_cache_mp"] == u4["wise"]["segmenter_cache_mp"] > 0  # c2–c4
+    # a budget-bound epoch count: the upper stages' time leaves fewer epochs
+    cut = ["auto.segmenter_class_views=1", "auto.budget_minutes=3"]
+    e3 = resolve_auto(_cfg("segmenter.frozen_stages=auto", *cut), ds)[0]["segmenter"]["epochs"]
+    e4 = resolve_auto(_cfg("segmenter.frozen_stages=4", *cut), ds)[0]["segmenter"]["epochs"]
+    assert e3 < e4
 
 
 def test_plan_over_max_minutes_cuts_the_auto_mask_rcnn_epochs(tmp_path):

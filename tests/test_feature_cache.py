@@ -33,6 +33,7 @@ def ds():
 
 def _cfg(*extra):
     return apply_overrides(load_preset("cpu"), ["segmenter.backbone=efficientnet_lite0",
+                                                "segmenter.frozen_stages=4",
                                                 "segmenter.min_size=64", "segmenter.max_size=64",
                                                 "segmenter.anchor_sizes=[16,32,64,128,256]",
                                                 *extra])["segmenter"]

@@ -26,7 +26,8 @@ from wiseseg.segmenter.model_io import load_segmenter
 from wiseseg.segmenter.train import train_segmenter
 
 SPEC = "shapes:train=6,val=3,size=48,seed=4"
-TINY = ["segmenter.backbone=efficientnet_lite0", "segmenter.steps=2", "segmenter.batch_size=2",
+TINY = ["segmenter.backbone=efficientnet_lite0", "segmenter.frozen_stages=4", "segmenter.steps=2",
+        "segmenter.batch_size=2",
         "segmenter.min_size=48", "segmenter.max_size=48",
         "segmenter.anchor_sizes=[16,32,64,128,256]",
         "segmenter.checkpoint_every=1", "segmenter.warmup_steps=1"]
@@ -238,5 +239,8 @@ def test_unresolved_auto_setting_is_a_clear_error():
     with pytest.raises(ConfigError, match="segmenter.backbone is 'auto'"):
         build_segmenter(cfg["segmenter"], num_classes=2, pretrained=False)
     cfg = apply_overrides(cfg, ["segmenter.backbone=efficientnet_lite0"])
+    with pytest.raises(ConfigError, match="segmenter.frozen_stages is 'auto'"):
+        build_segmenter(cfg["segmenter"], num_classes=2, pretrained=False)
+    cfg = apply_overrides(cfg, ["segmenter.frozen_stages=4"])
     with pytest.raises(ConfigError, match="segmenter.anchor_sizes is 'auto'"):
         build_segmenter(cfg["segmenter"], num_classes=2, pretrained=False)

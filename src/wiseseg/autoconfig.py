@@ -1,9 +1,9 @@
 """Settings that follow the data: the ``auto`` values of a preset, resolved for one dataset.
 
 A preset may set ``classifier.backbone``, ``classifier.input_size``, ``classifier.epochs``,
-``segmenter.backbone``, ``segmenter.min_size``, ``segmenter.max_size``,
-``segmenter.anchor_sizes``, ``segmenter.epochs``, ``segmenter.reference_epochs`` and
-``proposals.top_k`` to ``auto``.
+``segmenter.backbone``, ``segmenter.frozen_stages``, ``segmenter.min_size``,
+``segmenter.max_size``, ``segmenter.anchor_sizes``, ``segmenter.epochs``,
+``segmenter.reference_epochs`` and ``proposals.top_k`` to ``auto``.
 :func:`resolve_auto` replaces them with numbers chosen from the training split's image sizes
 and object sizes (``data-stats`` measures both), within the time budget of the ``auto``
 section, and returns one line per choice saying why. The run prints the lines and saves them
@@ -17,6 +17,9 @@ The rules (constants in the ``auto`` section):
 - **backbones** (classifier and Mask R-CNN): ``efficientnet_lite2`` for photographs,
   ``efficientnet_lite0`` for small images (median image side below ``SMALL_IMAGE_SIDE``,
   256 px), measured on two real sets and the shapes (see ``PHOTO_BACKBONE``).
+- **Mask R-CNN's trained stages** (``segmenter.frozen_stages``): on photographs the upper
+  stages (c5) train on cached c2–c4 features (3), on small images the body stays fixed (4)
+  (see ``PHOTO_FROZEN_STAGES``).
 - **classifier input**: the square side at which the median object spans ``cam_cells`` cells
   of the CAM (the backbone's stride at the CAM's feature level), rounded up to a multiple of
   32, within ``[min_input, max_input]``. A warning when even then the median object covers
@@ -66,7 +69,8 @@ from wiseseg.errors import ConfigError
 
 AUTO = "auto"
 AUTO_KEYS = (("classifier", "backbone"), ("classifier", "input_size"), ("classifier", "epochs"),
-             ("segmenter", "backbone"), ("segmenter", "min_size"), ("segmenter", "max_size"),
+             ("segmenter", "backbone"), ("segmenter", "frozen_stages"),
+             ("segmenter", "min_size"), ("segmenter", "max_size"),
              ("segmenter", "anchor_sizes"), ("segmenter", "epochs"),
              ("segmenter", "reference_epochs"), ("proposals", "top_k"))
 
@@ -86,6 +90,16 @@ SMALL_IMAGE_SIDE = 256
 PHOTO_BACKBONE = "efficientnet_lite2"
 SMALL_IMAGE_BACKBONE = "efficientnet_lite0"
 
+#: ``segmenter.frozen_stages``: on photographs the Mask R-CNN trains its backbone's upper
+#: stages (c5) at ``lr × segmenter.backbone_lr_mult`` on cached c2–c4 features; the reference
+#: on true masks, train-fit → train-calib (``benchmarks/calibrate_segmenter.py``, seeds 0 and
+#: 1): VOC sample mAP50 21.5 / 11.9 → 24.3 / 25.7 (mAP25 39.1 / 30.1 → 50.0 / 43.2) at ×0.01
+#: (×0.1: 20.3; ×1: 12.5), Penn-Fudan + negatives see ``calibrate_segmenter_pennfudan_
+#: negatives_finetune.json``; ~1.2× the step's time there. On the small shapes images
+#: the upper stages cost ~1.5× a step (128 px) and the demo keeps them fixed.
+PHOTO_FROZEN_STAGES = 3
+SMALL_IMAGE_FROZEN_STAGES = 4
+
 #: Seconds per training image on the reference 2-core CPU, with the backbone's features
 #: cached: a classifier epoch and the one-off cache (per image and flip) grow with the input's
 #: megapixels; a Mask R-CNN epoch costs a fixed part (RPN sampling, RoI heads, losses) plus a
@@ -93,8 +107,12 @@ SMALL_IMAGE_BACKBONE = "efficientnet_lite0"
 #: ~25 s, cache 0.04 s an image; Mask R-CNN at 128 px: 0.077 s an image) and
 #: ``benchmarks/step_time.py`` (Mask R-CNN at 256 px: 1.39× the time at 128 px); refreshed by
 #: hand when the models change.
+#: ``segmenter_upper_epoch_mp``: the upper stages trained on cached c2–c4 (frozen_stages 3),
+#: from the VOC calibration runs (``calibrate_segmenter_voc_finetune.json``, seed 1: 410 →
+#: 501 s for 961 steps of 4 images at ~0.19 MP).
 COST = {"classifier_epoch_mp": 0.05, "classifier_cache_mp": 0.3,
-        "segmenter_epoch": 0.067, "segmenter_epoch_mp": 0.61, "segmenter_cache_mp": 0.3}
+        "segmenter_epoch": 0.067, "segmenter_epoch_mp": 0.61, "segmenter_cache_mp": 0.3,
+        "segmenter_upper_epoch_mp": 0.126}
 
 
 @dataclass(frozen=True)
@@ -245,6 +263,12 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
             notes.append(f"{section} backbone {sec['backbone']}: median image side "
                          f"{sizes.image_side:.0f} px ({'<' if small else '≥'} "
                          f"{SMALL_IMAGE_SIDE}: {'small images' if small else 'photographs'})")
+    if g.get("frozen_stages") == AUTO:
+        g["frozen_stages"] = SMALL_IMAGE_FROZEN_STAGES if small else PHOTO_FROZEN_STAGES
+        notes.append("Mask R-CNN backbone " + (
+            "fixed (frozen_stages 4): small images" if small else
+            f"fixed up to c4, its upper stages trained at lr × "
+            f"{g.get('backbone_lr_mult', 1.0)} (frozen_stages 3): photographs"))
     stride = cam_stride or _cam_stride(c)
 
     if c.get("input_size") == AUTO:
@@ -325,10 +349,11 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
         # every self-training round trains a Mask R-CNN, and so does the reference
         models = max(1, int(g.get("rounds", 1) or 1)) + 1
         share = ((1 - float(a["classifier_share"])) * budget - setup) / models
-        wise = _segmenter_epochs(share, mp, n, sizes.images_per_class, a)
+        upper = COST["segmenter_upper_epoch_mp"] if int(g["frozen_stages"]) == 3 else 0.0
+        wise = _segmenter_epochs(share, mp, n, sizes.images_per_class, a, upper)
         n_ref = sizes.reference_images or n
         ref = _segmenter_epochs(share, mp, n_ref, sizes.reference_images_per_class
-                                or sizes.images_per_class, a)
+                                or sizes.images_per_class, a, upper)
         if g.get("epochs") == AUTO:
             g["epochs"] = wise[0]
             notes.append(f"Mask R-CNN {g['epochs']} epochs: ~{wise[1]:.0f} s each ({models} "
@@ -350,12 +375,13 @@ def print_notes(notes: list[str], verbose: bool = True) -> None:
             print(("" if line.startswith("warning") else "auto: ") + line, file=sys.stderr)
 
 
-def _segmenter_epochs(share: float, mp: float, n: int, per_class: float, a: dict
-                      ) -> tuple[int, float, str]:
+def _segmenter_epochs(share: float, mp: float, n: int, per_class: float, a: dict,
+                      upper: float = 0.0) -> tuple[int, float, str]:
     """Epochs of a Mask R-CNN on ``n`` images (``per_class``: the median class's) within its
     ``share`` of the budget, or more to see the median class ``segmenter_class_views``
-    times; with the seconds an epoch and why."""
-    per_epoch = (COST["segmenter_epoch"] + COST["segmenter_epoch_mp"] * mp) * n
+    times; with the seconds an epoch and why. ``upper``: seconds per image and megapixel of
+    trained upper backbone stages (0 when the body is fixed)."""
+    per_epoch = (COST["segmenter_epoch"] + (COST["segmenter_epoch_mp"] + upper) * mp) * n
     epochs = _epochs(share, per_epoch, a)
     why = "within the rest of the budget"
     views = a.get("segmenter_class_views")

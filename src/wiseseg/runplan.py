@@ -52,6 +52,10 @@ COST: dict[str, float] = {
     # body features (per image, flip and megapixel), inference per image and megapixel
     "segmenter_image": 0.03424,
     "segmenter_image_mp": 0.4216,
+    # trained upper backbone stages (frozen_stages 3) on cached c2–c4, per image of an
+    # epoch and megapixel: the VOC calibration runs (calibrate_segmenter_voc_finetune.json,
+    # seed 1: 410 → 501 s for 961 steps of 4 images at ~0.19 MP), not part of the fit
+    "segmenter_upper_image_mp": 0.126,
     "segmenter_cache_mp": 0.004384,
     "predict_image_mp": 0.9138,
     # WISE+Refine: every prediction of an image against its proposals
@@ -134,8 +138,11 @@ def stage_units(cfg: dict, sizes: DataSizes, val_images: int, val_instances_per_
                         prop_images * min(mp_img, PROPOSAL_WORK_MP) / PROPOSAL_WORK_MP
                         / max(1, min(2, int(p.get("workers", 1) or 1)))}
     out["pseudo"] = {"pseudo_image": labelled, "pseudo_proposal_mp": labelled * top_k * mp_img}
-    seg_cached = bool(g.get("cache_features")) and int(g.get("frozen_stages", 0)) >= 4
-    train = {"segmenter_image": g_epochs * n_seg, "segmenter_image_mp": g_epochs * n_seg * mp_seg}
+    # training caches the fixed levels when c2–c4 at least are fixed (maskrcnn.cacheable)
+    seg_cached = bool(g.get("cache_features")) and int(g.get("frozen_stages", 0)) >= 3
+    upper = int(g.get("frozen_stages", 4)) == 3 and seg_cached
+    train = {"segmenter_image": g_epochs * n_seg, "segmenter_image_mp": g_epochs * n_seg * mp_seg,
+             "segmenter_upper_image_mp": g_epochs * n_seg * mp_seg if upper else 0.0}
     out["wise"] = {k: v * rounds for k, v in train.items()}
     out["wise"]["segmenter_cache_mp"] = n_seg * 2 * mp_seg * bb_seg if seg_cached else 0.0
     out["wise"]["predict_image_mp"] = (rounds - 1) * labelled * mp_seg * bb_seg
@@ -143,7 +150,9 @@ def stage_units(cfg: dict, sizes: DataSizes, val_images: int, val_instances_per_
         n_ref = sizes.reference_images or n_seg
         r_epochs = float(g.get("reference_epochs") or g_epochs)
         out["reference"] = {"segmenter_image": r_epochs * n_ref,
-                            "segmenter_image_mp": r_epochs * n_ref * mp_seg}
+                            "segmenter_image_mp": r_epochs * n_ref * mp_seg,
+                            "segmenter_upper_image_mp": r_epochs * n_ref * mp_seg if upper
+                            else 0.0}
         if seg_cached and n_ref != n_seg:  # other images than WISE's: a cache of its own
             out["reference"]["segmenter_cache_mp"] = n_ref * 2 * mp_seg * bb_seg
     if val_images:
