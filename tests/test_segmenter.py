@@ -153,6 +153,23 @@ def test_upper_stages_trained_on_cached_lower_levels_predict_from_a_shared_cache
         assert np.allclose([q["score"] for q in got], [q["score"] for q in want], atol=1e-5)
 
 
+def test_trained_backbone_stages_learn_at_their_own_rate(ds):
+    from wiseseg.engine.optim import build_optimizer
+    from wiseseg.segmenter.model_io import build_segmenter
+    from wiseseg.segmenter.train import segmenter_param_groups
+
+    cfg = _cfg("segmenter.frozen_stages=3", "segmenter.backbone_lr_mult=0.01")
+    model = build_segmenter(cfg, len(ds.classes), pretrained=False)
+    opt = build_optimizer(segmenter_param_groups(model, cfg), cfg)
+    upper = {id(p) for m in model.backbone.body.level_modules("c5") for p in m.parameters()}
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert upper and all(lrs[i] == pytest.approx(cfg["lr"] * 0.01) for i in upper)
+    heads = [p for p in model.roi_heads.parameters()]
+    assert all(lrs[id(p)] == pytest.approx(cfg["lr"]) for p in heads)
+    fixed = build_segmenter(_cfg(), len(ds.classes), pretrained=False)  # frozen_stages 4
+    assert len(build_optimizer(segmenter_param_groups(fixed, cfg), cfg).param_groups) == 1
+
+
 def test_all_empty_targets_train(ds, tmp_path):
     recs = list(ds.records("train"))[:2]
     empty = {r.id: PseudoImage(r.id, r.height, r.width) for r in recs}
