@@ -16,8 +16,13 @@ from wiseseg.engine.checkpoint import load_checkpoint
 from wiseseg.engine.feature_cache import DiskItems, FeatureCache
 from wiseseg.errors import WisesegError
 from wiseseg.models.backbones import LEVELS, backbone_names, build_backbone
-from wiseseg.models.maskrcnn import (MaskRCNNOnFeatures, body_features, body_is_fixed, cacheable,
-                                     fixed_levels)
+from wiseseg.models.maskrcnn import (
+    MaskRCNNOnFeatures,
+    body_features,
+    body_is_fixed,
+    cacheable,
+    fixed_levels,
+)
 from wiseseg.segmenter.data import CachedSegmenterData, SegmenterData
 from wiseseg.segmenter.model_io import build_segmenter
 from wiseseg.segmenter.train import cache_name, feature_cache_for

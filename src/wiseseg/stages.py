@@ -266,9 +266,10 @@ def _predict(ctx: RunContext, model_dir: Path, split: str, records=None,
 
     When the body is fixed up to c4 at least and the split's images share one size, the
     fixed levels' maps of the split are computed once per run
-    (``RUN/cache/segmenter_body_<split>.features``) and every Mask R-CNN predicts from them — WISE's self-training and Table 3 on the training images,
-    WISE and the reference on the validation images (the same results as running the
-    body each time: :func:`~wiseseg.inference.predict.predict_from_body`)."""
+    (``RUN/cache/segmenter_body_<split>.features``) and every Mask R-CNN predicts from
+    them — WISE's self-training and Table 3 on the training images, WISE and the reference
+    on the validation images (the same results as running the body each time:
+    :func:`~wiseseg.inference.predict.predict_from_body`)."""
     from wiseseg.inference.predict import (
         body_cache,
         predict,
