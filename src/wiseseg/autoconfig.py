@@ -95,8 +95,9 @@ SMALL_IMAGE_BACKBONE = "efficientnet_lite0"
 #: on true masks, train-fit → train-calib (``benchmarks/calibrate_segmenter.py``, seeds 0 and
 #: 1): VOC sample mAP50 21.5 / 11.9 → 24.3 / 25.7 (mAP25 39.1 / 30.1 → 50.0 / 43.2) at ×0.01
 #: (×0.1: 20.3; ×1: 12.5), Penn-Fudan + negatives see ``calibrate_segmenter_pennfudan_
-#: negatives_finetune.json``; ~1.2× the step's time there. On the small shapes images
-#: the upper stages cost ~1.5× a step (128 px) and the demo keeps them fixed.
+#: negatives_finetune.json``; ~1.2× the training time there. On the small shapes images
+#: the upper stages cost 1.39× a step (128 px, ``benchmarks/upper_stages_step.py``) and the
+#: demo keeps them fixed.
 PHOTO_FROZEN_STAGES = 3
 SMALL_IMAGE_FROZEN_STAGES = 4
 
