@@ -138,7 +138,7 @@ def epoch_table(steps: int, data: str) -> list[dict]:
 def _step_setup(size: int, variant: dict, objects: int = 3):
     """The benchmark's model, optimiser and one batch (see :func:`segmenter_step`); returns
     ``(model, step function)``."""
-    from wiseseg.models.maskrcnn import MaskRCNNOnFeatures, body_features
+    from wiseseg.models.maskrcnn import MaskRCNNOnFeatures, body_features, fixed_levels
 
     torch.manual_seed(0)
     cfg = api.load_config("cpu", [f"segmenter.min_size={size}", f"segmenter.max_size={size}",
@@ -148,8 +148,8 @@ def _step_setup(size: int, variant: dict, objects: int = 3):
     cfg.update(variant)
     model = build_segmenter(cfg, 5).train()
     images = [torch.rand(3, size, size) for _ in range(4)]
-    with torch.no_grad():
-        feats = body_features(model, images)
+    with torch.no_grad():  # the levels training reads from a cache (all, when the body is fixed)
+        feats = body_features(model, images, levels=fixed_levels(model))
     side = size // 6
     targets = []
     for _ in images:

@@ -17,48 +17,19 @@ import time
 from pathlib import Path
 
 import torch
+from step_time import _step_setup  # benchmarks/, the script's folder
 
-from wiseseg import api
 from wiseseg.io import atomic_write_json
-from wiseseg.models.maskrcnn import MaskRCNNOnFeatures, body_features, fixed_levels
-from wiseseg.segmenter.model_io import build_segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ((128, "efficientnet_lite0"), (512, "efficientnet_lite2"))
 
 
-def step_function(size: int, frozen: int, backbone: str, objects: int = 3):
+def step_function(size: int, frozen: int, backbone: str):
     """One training step of the ``cpu`` preset's Mask R-CNN (``frozen_stages=frozen``) on
-    the cached fixed levels of a batch of 4 random ``size``² images."""
-    torch.manual_seed(0)
-    cfg = api.load_config("cpu", [f"segmenter.min_size={size}", f"segmenter.max_size={size}",
-                                  f"segmenter.backbone={backbone}",
-                                  "segmenter.pretrained=none",
-                                  "segmenter.anchor_sizes=[16,32,64,128,256]",
-                                  f"segmenter.frozen_stages={frozen}"])["segmenter"]
-    model = build_segmenter(cfg, 5).train()
-    images = [torch.rand(3, size, size) for _ in range(4)]
-    with torch.no_grad():
-        feats = body_features(model, images, levels=fixed_levels(model))
-    side = size // 6
-    targets = []
-    for _ in images:
-        corners = torch.randint(0, size - side, (objects, 2))
-        masks = torch.zeros(objects, size, size, dtype=torch.uint8)
-        for k, (x, y) in enumerate(corners.tolist()):
-            masks[k, y:y + side, x:x + side] = 1
-        targets.append({"boxes": torch.cat([corners, corners + side], 1).float(),
-                        "labels": torch.randint(1, 6, (objects,)), "masks": masks})
-    net = MaskRCNNOnFeatures(model)
-    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-
-    def step() -> None:
-        torch.manual_seed(1)
-        opt.zero_grad()
-        sum(net(feats, [(size, size)] * 4, targets).values()).backward()
-        opt.step()
-
-    return step
+    the cached fixed levels of a batch of 4 random ``size``² images
+    (``step_time._step_setup``, three squares per image)."""
+    return _step_setup(size, {"backbone": backbone, "frozen_stages": frozen})[1]
 
 
 def main() -> None:
