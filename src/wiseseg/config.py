@@ -97,6 +97,8 @@ _FRACTION = frozenset({
     "self_training_score", "nms_iou", "balance", "bg_factor", "classifier_share",
     "assumed_object", "momentum", "refine_min_iou", "cam_threshold",
 })
+#: Settings with an upper bound: the stem and four pyramid stages are all a backbone has.
+_AT_MOST = {"frozen_stages": 4}
 _KIND_WORDS = {"bool": "true or false", "int": "a whole number", "float": "a number",
                "str": "a string", "list": "a list", "dict": "a mapping of settings",
                "auto": "auto", "null": "null"}
@@ -319,6 +321,8 @@ def check_setting(key: str, value: Any, reference: dict[str, set[str]] | None = 
             raise ConfigError(f"setting {key}={value!r} must be ≥ 0")
         if name in _FRACTION and value > 1:
             raise ConfigError(f"setting {key}={value!r} must be within [0, 1]")
+        if name in _AT_MOST and value > _AT_MOST[name]:
+            raise ConfigError(f"setting {key}={value!r} must be at most {_AT_MOST[name]}")
     elif kind == "list":
         for v in value:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 \
