@@ -4,7 +4,9 @@ For every peak of a labelled class that lies inside a ground-truth instance of i
 correct peak), the proposals containing it (after the pseudo-mask size filter) are the
 candidates; each rule picks one, and the table gives the mean IoU of the pick with that
 instance and the share of picks with IoU ≥ 0.5, beside the oracle (the best candidate) and
-Eq. 1 over the 3 of highest objectness (the ``cpu`` preset's draw, in expectation). Run it on
+Eq. 1 over the 3 of highest objectness (the ``cpu`` preset's draw, in expectation), and the
+same weights with two instance-aware CAM regions (the connected part holding the peak, the
+peak's watershed basin among its class's peaks). Run it on
 training images (a calibration part, or the images a classifier was trained on, as pseudo
 masks are made on them), never on the split a table reports.
 
@@ -21,13 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from skimage import measure
+from skimage.segmentation import watershed
 
 from wiseseg import api, rle
 from wiseseg.classifier.model_io import load_classifier
 from wiseseg.classifier.peaks import cams_on_image, peak_cams, peaks_for_image
 from wiseseg.io import atomic_write_json
 from wiseseg.proposals import build_proposal_source, compute_proposals
-from wiseseg.pseudo.sampling import cam_agreement, eq1_probabilities
+from wiseseg.pseudo.sampling import cam_agreement, cam_region, eq1_probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,8 +47,35 @@ def eq1_top3(ious: np.ndarray, weight: np.ndarray) -> tuple[float, float]:
     return float(ious[top3[0]]), float((ious[top3] * eq1_probabilities(weight[top3])).sum())
 
 
+def region_iou(masks: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """IoU of each of ``N×H×W`` bool masks with a bool ``H×W`` region."""
+    flat, reg = masks.reshape(len(masks), -1), region.reshape(-1)
+    inter = flat[:, reg].sum(1)
+    return inter / np.maximum(flat.sum(1) + reg.sum() - inter, 1)
+
+
+def instance_regions(cam: np.ndarray, y: int, x: int, t: float,
+                     peaks: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+    """Instance-aware CAM regions of the peak ``(y, x)``: the connected part of
+    {CAM ≥ t × CAM(y, x)} holding the peak, and its watershed basin (on −CAM, markers at
+    the class's peaks in that region)."""
+    region = cam_region(cam, y, x, t)
+    if region is None:
+        z = np.zeros(cam.shape, bool)
+        return {"component": z, "basin": z}
+    lab = measure.label(region, connectivity=2)
+    markers = np.zeros(cam.shape, np.int32)
+    for i, (py, px) in enumerate(peaks):
+        if region[py, px]:
+            markers[py, px] = i + 1
+    markers[y, x] = len(peaks) + 1
+    basins = watershed(-cam, markers, mask=region)
+    return {"component": lab == lab[y, x], "basin": basins == basins[y, x]}
+
+
 def rules(ious: np.ndarray, scores: np.ndarray, areas: np.ndarray,
-          masks: np.ndarray, cam: np.ndarray, y: int, x: int) -> dict[str, float]:
+          masks: np.ndarray, cam: np.ndarray, y: int, x: int,
+          peaks: list[tuple[int, int]] = ()) -> dict[str, float]:
     """IoU of each rule's pick (candidates sorted by nothing in particular): objectness
     alone, objectness × area^β, and objectness × CAM agreement^e (``pseudo.cam_overlap``,
     ``pseudo.cam_threshold``: :func:`wiseseg.pseudo.sampling.cam_agreement`)."""
@@ -61,6 +92,12 @@ def rules(ious: np.ndarray, scores: np.ndarray, areas: np.ndarray,
             am, eq = eq1_top3(ious, scores * agree ** e)
             out[f"argmax, cam_overlap {e}, cam_threshold {t}"] = am
             out[f"Eq. 1 over top 3, cam_overlap {e}, cam_threshold {t}"] = eq
+        for kind, region in instance_regions(cam, y, x, t, list(peaks)).items():
+            agree = region_iou(masks, region)
+            for e in OVERLAPS:
+                am, eq = eq1_top3(ious, scores * agree ** e)
+                out[f"argmax, CAM {kind} IoU^{e}, cam_threshold {t}"] = am
+                out[f"Eq. 1 over top 3, CAM {kind} IoU^{e}, cam_threshold {t}"] = eq
     return out
 
 
@@ -129,8 +166,9 @@ def main() -> None:
                 continue
             m, g = masks[inside], gm[hit[0]]
             ious = (m & g).reshape(len(m), -1).sum(1) / (m | g).reshape(len(m), -1).sum(1)
+            same = [(q.y, q.x) for q in peaks if q.category == p.category and q is not p]
             for k, v in rules(ious, scores[inside], areas[inside], m, cam_maps[p.category],
-                              p.y, p.x).items():
+                              p.y, p.x, same).items():
                 picks.setdefault(k, []).append(float(v))
     table = {k: {"mean_iou": float(np.mean(v)), "iou50": float(np.mean(np.array(v) >= 0.5)),
                  "peaks": len(v)} for k, v in picks.items()}
