@@ -78,7 +78,8 @@ def rules(ious: np.ndarray, scores: np.ndarray, areas: np.ndarray,
           peaks: list[tuple[int, int]] = ()) -> dict[str, float]:
     """IoU of each rule's pick (candidates sorted by nothing in particular): objectness
     alone, objectness × area^β, and objectness × CAM agreement^e (``pseudo.cam_overlap``,
-    ``pseudo.cam_threshold``: :func:`wiseseg.pseudo.sampling.cam_agreement`)."""
+    ``pseudo.cam_threshold``: :func:`wiseseg.pseudo.sampling.cam_agreement`), and the same
+    with the :func:`instance_regions` of the peak (``peaks``: the class's other peaks)."""
     am, eq = eq1_top3(ious, scores)
     out = {"oracle": ious.max(), "top objectness (argmax)": am,
            "Eq. 1 over top 3 (expected)": eq}
