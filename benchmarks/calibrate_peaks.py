@@ -8,11 +8,13 @@ grid of peak settings: the CAM geometry convention, test-time flip averaging of 
 relative and absolute peak thresholds and the peak window. The criterion is the smaller of
 peak recall and peak precision (both must reach 85 % for the target); the table lists every
 combination, best first, with the training time, so a variant's gain can be weighed against
-its cost.
+its cost. ``--folds 0 1 2`` pools disjoint calibration folds (``train-calib``,
+``train-calib1``, ``train-calib2``; one classifier per fold, trained on the rest) where one
+fold holds too few objects to tell variants apart.
 
 usage: python benchmarks/calibrate_peaks.py [--data shapes] [--preset cpu]
            [--variants "classifier.input_size=128" "classifier.input_size=256" ...]
-           [--negatives DIR]
+           [--negatives DIR] [--folds 0 1 2]
            [--out runs/calibrate-peaks] [--name shapes]
 Writes benchmarks/results/calibrate_peaks_<name>.json and prints a markdown table.
 
@@ -65,26 +67,29 @@ def calib_cams(model, records, size: int, flip: bool, scales=(1.0,)) -> torch.Te
     return torch.cat(out)
 
 
-def score_grid(model, ds, split: str, size: int, max_per_class: int) -> list[dict]:
-    records = ds.records(split)
-    gts = ds.ground_truth(split)
+def score_grid(parts: list[tuple], gts: dict, size: int, max_per_class: int) -> list[dict]:
+    """The peak-settings grid scored on the pooled calibration images of ``parts``, each a
+    ``(model, records)`` pair: a classifier and the calibration fold it did not train on."""
     rows = []
     for flip, scales in itertools.product((False, True), SCALES):
         t0 = time.time()
-        cams = calib_cams(model, records, size, flip, scales)
-        cam_seconds = (time.time() - t0) / len(records)
+        cams = [calib_cams(model, records, size, flip, scales) for model, records in parts]
+        n = sum(len(records) for _, records in parts)
+        cam_seconds = (time.time() - t0) / n
         for conv in CONVENTIONS:
-            geo = model.geometry((size, size), tuple(cams.shape[-2:]), conv)
+            geos = [model.geometry((size, size), tuple(c.shape[-2:]), conv)
+                    for (model, _), c in zip(parts, cams)]
             for rel, ab, win, ex in itertools.product(RELATIVE, ABSOLUTE, WINDOWS, EXCLUSIVE):
                 by_id = {}
-                for r, cam in zip(records, cams):
-                    peaks = extract_peaks(cam, sorted(r.labels), (r.height, r.width), geo,
-                                          window=win, median_filter=model.median_filter,
-                                          min_score=float("-inf") if ab is None else ab,
-                                          relative=rel, max_per_class=max_per_class,
-                                          exclusive=ex)
-                    by_id[r.id] = [{"class": p.category, "y": p.y, "x": p.x} for p in peaks]
-                q = peak_quality(by_id, gts, records)
+                for (model, records), part_cams, geo in zip(parts, cams, geos):
+                    for r, cam in zip(records, part_cams):
+                        peaks = extract_peaks(cam, sorted(r.labels), (r.height, r.width), geo,
+                                              window=win, median_filter=model.median_filter,
+                                              min_score=float("-inf") if ab is None else ab,
+                                              relative=rel, max_per_class=max_per_class,
+                                              exclusive=ex)
+                        by_id[r.id] = [{"class": p.category, "y": p.y, "x": p.x} for p in peaks]
+                q = peak_quality(by_id, gts, [r for _, records in parts for r in records])
                 rows.append({"flip": flip, "scales": list(scales), "geometry": conv,
                              "relative": rel, "min_score": ab, "window": win, "exclusive": ex,
                              "recall": q["peak_recall"], "precision": q["peak_precision"],
@@ -162,6 +167,9 @@ def main() -> None:
     ap.add_argument("--out", default="runs/calibrate-peaks")
     ap.add_argument("--name", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--folds", type=int, nargs="+", default=[0],
+                    help="calibration folds to pool (0: train-calib; k: train-calibK, the next "
+                         "disjoint 15 %%); one classifier is trained per fold on the rest")
     ap.add_argument("--summary", nargs="+", default=None, metavar="RESULT.json")
     ap.add_argument("--choose", nargs="+", default=None, metavar="RESULT.json:VARIANT",
                     help="rank peak settings by their mean min(recall, precision) over sets")
@@ -177,44 +185,60 @@ def main() -> None:
         return
     ds = api.open_dataset(args.data, progress=False)
     name = args.name or ds.name
-    fit, calib = "train-fit", "train-calib"
+    folds = [("train-fit", "train-calib") if k == 0 else (f"train-fit{k}", f"train-calib{k}")
+             for k in args.folds]
+    fit, calib = folds[0]
     negatives = args.negatives or (Path(args.data) / "negatives"
                                    if (Path(args.data) / "negatives").is_dir() else None)
     if negatives:  # before carving: the fit part trains on them, as a run's train split
         from wiseseg.data.negatives import add_negatives
 
         add_negatives(ds, negatives, "train")
-    ds.has_split(fit)
+    for f, _ in folds:
+        ds.has_split(f)
+    calib_records = [r for _, c in folds for r in ds.records(c)]
+    gts = {k: v for _, c in folds for k, v in ds.ground_truth(c).items()}
     results = []
     for variant in args.variants:
         overrides = shlex.split(variant)
-        cfg = api.load_config(args.preset, [*overrides, f"seed={args.seed}"])
-        cfg, notes = resolve_auto(cfg, ds, fit)  # `auto` sizes follow the fit part, as a run
-        print(*(f"  auto: {n}" for n in notes if "classifier" in n), sep="\n", flush=True)
-        c = cfg["classifier"]
-        out = Path(args.out) / (variant.replace(" ", "_").replace("=", "-") or "preset")
-        t0 = time.time()
-        path = train_classifier(ds.weak(fit), c, out, seed=args.seed, resume=False,
-                                progress=False, feature_cache_dir=out / "cache")
-        train_s = time.time() - t0
-        model, ccfg, _ = load_classifier(path)
-        rows = score_grid(model, ds, calib, int(ccfg["input_size"]),
-                          cfg["peaks"].get("max_per_class"))
+        parts, train_s, size = [], 0.0, None
+        for f, c in folds:
+            cfg = api.load_config(args.preset, [*overrides, f"seed={args.seed}"])
+            cfg, notes = resolve_auto(cfg, ds, f)  # `auto` sizes follow the fit part, as a run
+            print(*(f"  auto ({f}): {n}" for n in notes if "classifier" in n), sep="\n",
+                  flush=True)
+            name_v = variant.replace(" ", "_").replace("=", "-") or "preset"
+            out = Path(args.out) / (name_v if f == "train-fit" else f"{name_v}_{f}")
+            t0 = time.time()
+            path = train_classifier(ds.weak(f), cfg["classifier"], out, seed=args.seed,
+                                    resume=False, progress=False,
+                                    feature_cache_dir=out / "cache")
+            train_s += time.time() - t0
+            model, ccfg, _ = load_classifier(path)
+            if size not in (None, int(ccfg["input_size"])):
+                raise SystemExit(f"{variant!r}: auto input size differs between folds "
+                                 f"({size} and {ccfg['input_size']}); fix it by an override")
+            size = int(ccfg["input_size"])
+            parts.append((model, ds.records(c)))
+        rows = score_grid(parts, gts, size, cfg["peaks"].get("max_per_class"))
         for r in rows:
-            r.update(variant=variant or "(preset)", train_seconds=round(train_s, 1))
+            r.update(variant=variant or "(preset)", train_seconds=round(train_s / len(folds), 1))
         results += rows
         best = max(rows, key=lambda r: min(r["recall"], r["precision"]))
-        print(f"{variant or '(preset)'}: trained in {train_s:.0f} s; best recall "
-              f"{100 * best['recall']:.1f} precision {100 * best['precision']:.1f}", flush=True)
+        print(f"{variant or '(preset)'}: trained in {train_s / len(folds):.0f} s a fold; best "
+              f"recall {100 * best['recall']:.1f} precision {100 * best['precision']:.1f}",
+              flush=True)
     results.sort(key=lambda r: -min(r["recall"], r["precision"]))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     atomic_write_json(Path(f"benchmarks/results/calibrate_peaks_{name}.json"),
                       {"commit": commit, "data": args.data, "preset": args.preset,
-                       "fit": fit, "calib": calib, "calib_images": len(ds.records(calib)),
-                       "rows": results}, indent=1)
-    print(f"\ncommit {commit}; {args.data}: trained on {fit} "
-          f"({len(ds.records(fit))} images), scored on {calib} ({len(ds.records(calib))})\n")
+                       "fit": fit, "calib": calib, "folds": args.folds,
+                       "calib_images": len(calib_records), "rows": results}, indent=1)
+    print(f"\ncommit {commit}; {args.data}: folds {args.folds}, each trained on its "
+          f"{fit}-style part ({len(ds.records(fit))} images in fold 0), scored on the pooled "
+          f"calibration images ({len(calib_records)}, instances "
+          f"{sum(len(g.instances) for g in gts.values())})\n")
     print("| variant | flip | scales | geometry | relative | min score | window | exclusive | "
           "recall | precision | count MAE | train s |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|---|")

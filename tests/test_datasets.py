@@ -219,3 +219,20 @@ def test_calibration_part_is_carved_from_train():
     again = open_dataset("shapes:train=20,val=4,size=48,seed=2", progress=False)
     assert again.records("train-calib") == calib  # seeded: the same images every time
     assert not ds.has_split("test-calib") and not ds.has_split("val-other")
+
+
+def test_calibration_folds_are_disjoint():
+    from wiseseg.data import open_dataset
+    from wiseseg.errors import WisesegError
+
+    ds = open_dataset("shapes:train=20,val=4,size=48,seed=2", progress=False)
+    calibs = [{r.id for r in ds.records(f"train-calib{k}")} for k in ("", 1, 2, 3, 4, 5)]
+    assert calibs[0] == {r.id for r in ds.records("train-calib")}  # fold 0 is train-calib
+    assert all(len(c) == 3 for c in calibs)
+    assert len(set.union(*calibs)) == 18  # six disjoint folds of 3
+    for k in (1, 5):
+        fit = {r.id for r in ds.records(f"train-fit{k}")}
+        assert not fit & calibs[k] and len(fit) == 17
+    assert set(ds.ground_truth("train-calib2")) == calibs[2]
+    with pytest.raises(WisesegError, match="folds 0 to 5 of 3"):
+        ds.has_split("train-calib6")

@@ -131,23 +131,25 @@ class Dataset:
             )
 
     def has_split(self, split: str) -> bool:
-        """Whether ``split`` exists, carving ``<base>-fit`` / ``<base>-calib`` if asked."""
+        """Whether ``split`` exists, carving ``<base>-fit`` / ``<base>-calib`` (or fold ``k``'s
+        ``<base>-fitK`` / ``<base>-calibK``) if asked."""
         return split in self._records or self._carve(split)
 
     def _carve(self, split: str) -> bool:
-        """Make ``<base>-fit`` / ``<base>-calib`` on first use (see :func:`calibration_split`);
-        False when ``split`` is not of that form or its base split does not exist."""
+        """Make ``<base>-fit`` / ``<base>-calib`` (fold ``K``: ``-fitK`` / ``-calibK``) on first
+        use (see :func:`calibration_split`); False when ``split`` is not of that form or its
+        base split does not exist."""
         m = _CARVED.match(split)
         if not m or m.group(1) not in self._records:
             return False
-        base = m.group(1)
-        fit, calib = calibration_split(self._records[base])
+        base, fold = m.group(1), m.group(3)
+        fit, calib = calibration_split(self._records[base], fold=int(fold or 0))
         gt = self._gt.get(base)
-        for name, recs in ((f"{base}-fit", fit), (f"{base}-calib", calib)):
+        for name, recs in ((f"{base}-fit{fold}", fit), (f"{base}-calib{fold}", calib)):
             self._records[name] = recs
             self._gt[name] = None if gt is None else {r.id: gt[r.id] for r in recs}
         if base in self._weak_only:  # mask-free images only train: they join the fit part
-            self._weak_only[f"{base}-fit"] = self._weak_only[base]
+            self._weak_only[f"{base}-fit{fold}"] = self._weak_only[base]
         return True
 
     def records(self, split: str) -> tuple[ImageRecord, ...]:
@@ -215,8 +217,10 @@ class Dataset:
             have[r.id] = r
             paths.add(r.path.resolve())
         self._weak_only[split] = self._weak_only.get(split, ()) + tuple(records)
-        if f"{split}-fit" in self._records:  # already carved: its fit part trains on them too
-            self._weak_only[f"{split}-fit"] = self._weak_only[split]
+        for name in self._records:  # already carved: its fit parts train on them too
+            m = _CARVED.match(name)
+            if m and m.group(1) == split and m.group(2) == "fit":
+                self._weak_only[name] = self._weak_only[split]
 
     @property
     def category_ids(self) -> list[int]:
@@ -279,25 +283,33 @@ class Dataset:
         return gt
 
 
-_CARVED = re.compile(r"^(.+)-(fit|calib)$")
+_CARVED = re.compile(r"^(.+)-(fit|calib)(\d*)$")
 CALIBRATION_FRACTION = 0.15
 CALIBRATION_SEED = 0
 
 
 def calibration_split(records: Sequence[ImageRecord], fraction: float = CALIBRATION_FRACTION,
-                      seed: int = CALIBRATION_SEED
+                      seed: int = CALIBRATION_SEED, fold: int = 0
                       ) -> tuple[tuple[ImageRecord, ...], tuple[ImageRecord, ...]]:
     """A split's ``(fit, calib)`` parts: ``calib`` is a seeded random ``fraction`` of the
     images (at least one when there are two or more), ``fit`` the rest, both in the split's
     order. Settings chosen by measurement are chosen on ``calib`` after training on ``fit``
     (``data.train_split=train-fit data.val_split=train-calib``), never on the split a table
     reports; the benchmarks in ``benchmarks/`` do this.
+
+    ``fold`` k > 0 takes the next disjoint ``fraction`` of the same permutation as ``calib``
+    (``train-calibK``), so that a small calibration set can be enlarged by pooling folds;
+    fold 0 is ``train-calib``.
     """
     import numpy as np
 
     n = len(records)
     k = min(n - 1, max(1, round(fraction * n))) if n > 1 else 0
-    chosen = set(np.random.default_rng(seed).permutation(n)[:k].tolist())
+    if fold < 0 or (fold > 0 and (fold + 1) * k > n):
+        raise WisesegError(f"calibration fold {fold}: {n} images hold folds 0 to "
+                           f"{n // max(k, 1) - 1} of {k} images")
+    perm = np.random.default_rng(seed).permutation(n)
+    chosen = set(perm[fold * k:(fold + 1) * k].tolist())
     fit = tuple(r for i, r in enumerate(records) if i not in chosen)
     calib = tuple(r for i, r in enumerate(records) if i in chosen)
     return fit, calib
