@@ -164,3 +164,25 @@ def test_cam_on_image_reads_each_cell_at_its_pixel(convention):
     assert max(abs(float(c) - i) for c, i in zip(col, inner)) <= 0.5 + 1e-6  # nearest cell ±½
     with pytest.raises(ValueError, match="cells"):
         g.to_image(torch.rand(3, 8, 9), (97, 97))
+
+
+def test_joined_levels_keep_the_first_grid_and_add_the_deeper_channels():
+    torch.manual_seed(0)
+    bb = build_backbone("resnet18", "none")
+    joined = PeakCAM(bb, 2, "c3+c4", head_channels=(8,)).eval()
+    assert joined.classifier.in_channels == 8 and joined.head[0].in_channels == 128 + 256
+    assert joined.stride == bb.strides["c3"]
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        feats = joined.backbone_features(x)
+        pyramid = bb(bb.normalize(x), upto="c4")
+    assert feats.shape == (1, 384, 8, 12)
+    assert torch.equal(feats[:, :128], pyramid["c3"])  # the first level as it is
+    # the deeper level bilinearly resized to the first one's grid (here exactly ×2)
+    up = torch.nn.functional.interpolate(pyramid["c4"], scale_factor=2, mode="bilinear")
+    assert torch.allclose(feats[:, 128:], up)
+    assert joined(x)["cams"].shape == (1, 2, 8, 12)
+    assert joined.geometry((64, 96), (8, 12), "receptive").scale == (8.0, 8.0)
+    for bad in ("c4+c3", "c4+c9", "c4+c4"):
+        with pytest.raises(ValueError, match="joined by"):
+            PeakCAM(bb, 2, bad)

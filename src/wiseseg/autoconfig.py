@@ -404,5 +404,6 @@ def _epochs(seconds: float, per_epoch: float, a: dict) -> int:
 
 def _cam_stride(c: dict) -> int:
     """The CAM's stride from the classifier settings (backbone output stride, feature level)."""
-    level = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}.get(str(c.get("feature", "c5")), 32)
+    first = str(c.get("feature", "c5")).split("+")[0]  # "c4+c5": the CAM is at c4's stride
+    level = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}.get(first, 32)
     return min(level, int(c.get("output_stride", 32)))

@@ -162,7 +162,7 @@ _BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
 CHOICES: dict[str, tuple[str, ...]] = {
     "classifier.backbone": _BACKBONES, "segmenter.backbone": _BACKBONES,
     "classifier.pretrained": ("imagenet", "none"), "segmenter.pretrained": ("imagenet", "none"),
-    "classifier.feature": ("c2", "c3", "c4", "c5"),
+    "classifier.feature": ("c2", "c3", "c4", "c5", "c3+c4", "c4+c5", "c3+c4+c5"),  # PeakCAM
     "classifier.stimulation": ("mean", "prm"),
     "classifier.cam_geometry": ("uniform", "receptive", "corners"),
     "classifier.optimizer": ("sgd", "adamw"), "segmenter.optimizer": ("sgd", "adamw"),

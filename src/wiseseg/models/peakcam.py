@@ -20,7 +20,10 @@ class PeakCAM(nn.Module):
     Args:
         backbone: a :class:`~wiseseg.models.backbones.Backbone`.
         num_classes: number of foreground classes ``C``.
-        feature: pyramid level the CAM is computed from (``"c5"``).
+        feature: pyramid level the CAM is computed from (``"c5"``), or several joined by
+            ``+`` in increasing depth (``"c4+c5"``): the deeper levels are bilinearly resized
+            to the first one's grid and concatenated along channels, so the CAM keeps the
+            first level's stride and gains the deeper level's semantics.
         upsample: PRM's sub-pixel locating factor; the CAM is bilinearly upsampled by it
             before peaks are located (1 = off).
         peak_window: odd window ``r`` of the local-maximum search.
@@ -45,12 +48,17 @@ class PeakCAM(nn.Module):
                  head_channels: tuple[int, ...] = (), train_backbone: bool = True,
                  stimulation: str = "mean", geometry: str = "uniform"):
         super().__init__()
-        if feature not in backbone.out_channels:
-            raise ValueError(f"feature {feature!r} not in {list(backbone.out_channels)}")
+        levels = feature.split("+")
+        order = list(backbone.out_channels)
+        if any(lv not in order for lv in levels) or \
+                [order.index(lv) for lv in levels] != sorted({order.index(lv) for lv in levels}):
+            raise ValueError(f"feature {feature!r}: levels of {order}, joined by + from the "
+                             "shallowest")
         if num_classes < 1:
             raise ValueError(f"num_classes must be ≥ 1, got {num_classes}")
         self.backbone = backbone
         self.feature = feature
+        self.levels = tuple(levels)
         self.num_classes = num_classes
         self.upsample = int(upsample)
         self.peak_window = int(peak_window)
@@ -68,7 +76,7 @@ class PeakCAM(nn.Module):
             for p in backbone.parameters():
                 p.requires_grad_(False)
         layers: list[nn.Module] = []
-        width = backbone.out_channels[feature]
+        width = sum(backbone.out_channels[lv] for lv in levels)
         for out in head_channels:
             layers += [nn.Conv2d(width, int(out), 3, padding=1, bias=False),
                        nn.BatchNorm2d(int(out)), nn.ReLU(inplace=True)]
@@ -80,7 +88,7 @@ class PeakCAM(nn.Module):
 
     @property
     def stride(self) -> float:
-        return self.backbone.strides[self.feature] / self.upsample
+        return self.backbone.strides[self.levels[0]] / self.upsample
 
     def geometry(self, input_size: tuple[int, int], cam_size: tuple[int, int],
                  convention: str | None = None) -> CamGeometry:
@@ -88,13 +96,13 @@ class PeakCAM(nn.Module):
         convention unless another is given; see :mod:`wiseseg.models.cam_geometry`)."""
         convention = convention or self.geometry_convention
         base = (cam_size[0] // self.upsample, cam_size[1] // self.upsample)
-        stride = self.backbone.strides[self.feature]
+        stride = self.backbone.strides[self.levels[0]]
         receptive = None
         if convention == "receptive":
             key = tuple(input_size)
             if key not in self._receptive:
                 def features(x):
-                    return self.backbone(x, upto=self.feature)[self.feature]
+                    return self._join(self.backbone(x, upto=self.levels[-1]))
 
                 # eval mode: batch statistics would spread every cell's gradient everywhere
                 was = self.backbone.training
@@ -116,7 +124,18 @@ class PeakCAM(nn.Module):
         track = torch.is_grad_enabled() and (self.train_backbone or images.requires_grad)
         with torch.set_grad_enabled(track):
             bb = self.backbone if backbone is None else backbone
-            return bb(bb.normalize(images), upto=self.feature)[self.feature]
+            return self._join(bb(bb.normalize(images), upto=self.levels[-1]))
+
+    def _join(self, pyramid: dict[str, Tensor]) -> Tensor:
+        """The ``feature`` map from a backbone's pyramid: one level, or the levels concatenated
+        on the first one's grid (deeper ones resized bilinearly, half-pixel centres)."""
+        first = pyramid[self.levels[0]]
+        if len(self.levels) == 1:
+            return first
+        size = first.shape[-2:]
+        return torch.cat([first, *(F.interpolate(pyramid[lv], size=size, mode="bilinear",
+                                                 align_corners=False)
+                                   for lv in self.levels[1:])], dim=1)
 
     def cams_from_features(self, feats: Tensor) -> Tensor:
         """Class activation maps from backbone features (computed now or cached)."""
