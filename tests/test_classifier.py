@@ -130,3 +130,39 @@ def test_unresolved_auto_backbone_names_the_fix():
     assert cfg["backbone"] == "auto"
     with pytest.raises(ConfigError, match=r"classifier\.backbone is 'auto'.*resolve_auto"):
         build_peakcam(cfg, 3)
+
+
+def test_upper_stages_train_on_cached_lower_maps(tmp_path):
+    """With frozen lower stages the cache holds c3 and the stages above it train: the cached
+    path computes what the image path computes, and training changes those stages only."""
+    from wiseseg.classifier.model_io import build_peakcam
+    from wiseseg.classifier.train import TRAIN_FEATURES, cache_level
+
+    ds = open_dataset(SPEC, progress=False)
+    over = [*TINY, "classifier.train_backbone=true", "classifier.frozen_stages=2",
+            "classifier.freeze_bn=true", "classifier.pretrained=none"]
+    cfg = apply_overrides(load_preset("cpu"), over)["classifier"]
+    torch.manual_seed(0)
+    model = build_peakcam(cfg, len(ds.classes)).eval()
+    assert cache_level(model, cfg) == (True, "c3")
+    assert cache_level(model, {**cfg, "cache_features": False}) == (False, None)
+    fixed = build_peakcam({**cfg, "train_backbone": False}, len(ds.classes))
+    assert cache_level(fixed, cfg) == (True, None)
+    x = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        lower = model.lower_features(x, "c3")
+        assert torch.allclose(model(features=lower, features_level="c3")["cams"],
+                              model(x)["cams"], atol=1e-5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    path = train_classifier(ds.weak("train"), cfg, tmp_path, progress=False,
+                            feature_cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache").glob(TRAIN_FEATURES + "*"))  # trained on cached c3
+    trained_sd = torch.load(path, weights_only=True)["model"]
+    changed = {k for k, v in trained_sd.items() if k in before and v.is_floating_point()
+               and not torch.equal(v, before[k])}
+    stage_of = {k: k.split(".")[3] for k in changed if k.startswith("backbone.body.stages.")}
+    assert stage_of and set(stage_of.values()) <= {"3", "4"}  # c4's stages, not c2/c3's
+    assert not any(k.startswith(("backbone.body.stem", "backbone.body.stages.0.",
+                                 "backbone.body.stages.1.", "backbone.body.stages.2."))
+                   for k in changed)
+    assert any(k.startswith("classifier.") for k in changed)

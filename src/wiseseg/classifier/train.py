@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -115,18 +116,39 @@ def classifier_step(model, batch, device):
     return {"loss": out["loss"]}
 
 
-def cached_classifier_step(model, batch, device):
+def cached_classifier_step(model, batch, device, level: str | None = None):
+    """A step on cached maps: the ``feature`` map, or (``level``) a lower level's map from
+    which the trained backbone stages above it run."""
     feats, labels = batch
     dtype = next(model.parameters()).dtype
     out = model(labels=labels.to(device, non_blocking=True),
-                features=feats.to(device, dtype, non_blocking=True))
+                features=feats.to(device, dtype, non_blocking=True), features_level=level)
     return {"loss": out["loss"]}
 
 
+def cache_level(model: PeakCAM, cfg: dict[str, Any]) -> tuple[bool, str | None]:
+    """Whether training reads cached backbone maps, and of which level: ``(True, None)`` for
+    the ``feature`` map of a fixed backbone; ``(True, "c3")`` when the backbone trains above
+    a fixed c3 (``train_backbone`` with ``frozen_stages`` 2 and frozen BatchNorm: the stages
+    above run on the cached c3 every step); ``(False, None)`` without a cache."""
+    from wiseseg.models.freezing import fixed_levels
+
+    if not cfg.get("cache_features", False):
+        return False, None
+    if not model.train_backbone:
+        return is_fixed(model.backbone), None
+    order = list(model.backbone.out_channels)
+    below = [lv for lv in fixed_levels(model.backbone)
+             if order.index(lv) <= order.index(model.levels[0])]
+    return (True, below[-1]) if below else (False, None)
+
+
 def classifier_feature_cache(model: PeakCAM, data: ClassifierData, device,
-                             path: Path | None, progress: bool = True):
+                             path: Path | None, progress: bool = True,
+                             level: str | None = None):
     """The fixed backbone's ``feature`` map of every training image (resized to the input
-    size), plain and flipped; loaded from ``path`` when it holds the same ones."""
+    size), plain and flipped, or its map at ``level`` (:func:`cache_level`); loaded from
+    ``path`` when it holds the same ones."""
     from wiseseg.config import config_hash
     from wiseseg.engine.feature_cache import FeatureCache, cache_batch_size
     from wiseseg.models.freezing import fold_batchnorm
@@ -136,6 +158,7 @@ def classifier_feature_cache(model: PeakCAM, data: ClassifierData, device,
                      for k, v in model.backbone.state_dict().items()},
         "feature": model.feature, "size": data.size, "version": __version__,
         "images": [(str(r.path), r.height, r.width) for r in data.records],
+        **({"level": level} if level else {}),
     })
 
     # the fixed backbone with its BatchNorms folded: the same maps, 1.2–1.3× faster on a CPU
@@ -144,7 +167,9 @@ def classifier_feature_cache(model: PeakCAM, data: ClassifierData, device,
     def compute(indices, flip):
         x = torch.stack([to_tensor(data.base_image(i)[:, ::-1] if flip else data.base_image(i))
                          for i in indices]).to(device)
-        return [{"x": f} for f in model.backbone_features(x, folded)]
+        feats = model.backbone_features(x, folded) if level is None \
+            else model.lower_features(x, level, folded)
+        return [{"x": f} for f in feats]
 
     return FeatureCache.build(len(data), compute, fingerprint, flips=data.hflip, path=path,
                               progress=progress,
@@ -226,14 +251,15 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
                           unlabelled_classes=cfg.get("unlabelled_classes", "ignore"))
     step_fn = classifier_step
     val_features = None
-    cached = cfg.get("cache_features", False) and not model.train_backbone \
-        and is_fixed(model.backbone)
+    # a fixed backbone: its feature map cached; fixed lower stages: theirs, the rest trains
+    cached, level = cache_level(model, cfg)
     if cached:
         path = Path(feature_cache_dir) / TRAIN_FEATURES if feature_cache_dir \
             else None
         data = CachedClassifierData(data, classifier_feature_cache(
-            model, data, dev, path, progress and dist.is_main))
-        step_fn = cached_classifier_step
+            model, data, dev, path, progress and dist.is_main, level=level))
+        step_fn = partial(cached_classifier_step, level=level)
+        cached = level is None  # validation features serve the peaks only when fixed
     max_steps = steps_for(cfg, len(data), dist.world_size)
     optimizer = classifier_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, max_steps, cfg)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from wiseseg.models.backbones import Backbone
+from wiseseg.models.backbones import LEVELS, Backbone
 
 
 class FixedBatchNorm2d(FrozenBatchNorm2d):
@@ -123,3 +123,16 @@ def is_fixed(module: nn.Module) -> bool:
     return (not any(p.requires_grad for p in module.parameters())
             and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                         for m in module.modules()))
+
+
+def fixed_levels(backbone: Backbone, levels: tuple[str, ...] = LEVELS) -> tuple[str, ...]:
+    """The pyramid levels, bottom up, whose maps training cannot change: every module that
+    computes them (and the levels below) is fixed (:func:`is_fixed`). ``("c2", "c3", "c4")``
+    when the stem and the first three stages are frozen (:func:`freeze_stages` 3)."""
+    out: list[str] = []
+    for level in levels:
+        if not all(is_fixed(m) for m in backbone.level_modules(level)):
+            break
+        out.append(level)
+    return tuple(out)
+

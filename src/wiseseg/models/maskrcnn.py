@@ -21,6 +21,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from wiseseg.models.backbones import LEVELS, Backbone, build_backbone
+from wiseseg.models.freezing import fixed_levels as freezing_fixed_levels
 from wiseseg.models.freezing import freeze_batchnorm, freeze_stages, is_fixed
 from wiseseg.models.heads import use_matmul_predictor
 from wiseseg.models.partial_heads import PartialLabelRoIHeads
@@ -171,17 +172,11 @@ def body_is_fixed(model: MaskRCNN) -> bool:
 
 
 def fixed_levels(model: MaskRCNN) -> tuple[str, ...]:
-    """The pyramid levels, bottom up, whose maps training cannot change: every module that
-    computes them (and the levels below) is fixed (:func:`~wiseseg.models.freezing.is_fixed`).
-    ``("c2", "c3", "c4")`` when the stem and the first three stages are frozen
-    (``frozen_stages: 3``); all four when the body is fixed (:func:`body_is_fixed`)."""
-    body = model.backbone.body
-    out: list[str] = []
-    for level in _LEVELS:
-        if not all(is_fixed(m) for m in body.level_modules(level)):
-            break
-        out.append(level)
-    return tuple(out)
+    """The pyramid levels, bottom up, whose maps training cannot change
+    (:func:`wiseseg.models.freezing.fixed_levels` of the body). ``("c2", "c3", "c4")`` when the
+    stem and the first three stages are frozen (``frozen_stages: 3``); all four when the body
+    is fixed (:func:`body_is_fixed`)."""
+    return freezing_fixed_levels(model.backbone.body, tuple(_LEVELS))
 
 
 def cacheable(model: MaskRCNN) -> bool:

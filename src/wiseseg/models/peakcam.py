@@ -126,6 +126,22 @@ class PeakCAM(nn.Module):
             bb = self.backbone if backbone is None else backbone
             return self._join(bb(bb.normalize(images), upto=self.levels[-1]))
 
+    def lower_features(self, images: Tensor, level: str, backbone: Backbone | None = None
+                       ) -> Tensor:
+        """The backbone's map at ``level`` (below the CAM's first level), the input of
+        :meth:`features_above`: what a cache holds when only the stages above it train."""
+        bb = self.backbone if backbone is None else backbone
+        with torch.set_grad_enabled(torch.is_grad_enabled() and images.requires_grad):
+            return bb(bb.normalize(images), upto=level)[level]
+
+    def features_above(self, lower: Tensor, level: str) -> Tensor:
+        """The ``feature`` map from the backbone's map at ``level``
+        (:meth:`lower_features`), running only the stages above it."""
+        pyramid = {level: lower}
+        if level != self.levels[-1]:
+            pyramid.update(self.backbone(lower, upto=self.levels[-1], after=level))
+        return self._join(pyramid)
+
     def _join(self, pyramid: dict[str, Tensor]) -> Tensor:
         """The ``feature`` map from a backbone's pyramid: one level, or the levels concatenated
         on the first one's grid (deeper ones resized bilinearly, half-pixel centres)."""
@@ -151,8 +167,13 @@ class PeakCAM(nn.Module):
         return self.cams_from_features(self.backbone_features(images))
 
     def forward(self, images: Tensor | None = None, labels: Tensor | None = None,
-                features: Tensor | None = None) -> dict[str, Tensor]:
-        """Scores and peaks of ``images``, or of cached backbone ``features`` of them."""
+                features: Tensor | None = None, features_level: str | None = None
+                ) -> dict[str, Tensor]:
+        """Scores and peaks of ``images``, or of cached backbone ``features`` of them: the
+        ``feature`` map, or with ``features_level`` the map of that lower level
+        (:meth:`lower_features`), from which the trained stages above it run."""
+        if features is not None and features_level is not None:
+            features = self.features_above(features, features_level)
         cam = self.cams(images) if features is None else self.cams_from_features(features)
         scores, peaks = peak_stimulation(cam, self.peak_window, self.median_filter,
                                          self.stimulation)
