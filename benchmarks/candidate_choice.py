@@ -6,12 +6,15 @@ candidates; each rule picks one, and the table gives the mean IoU of the pick wi
 instance and the share of picks with IoU ≥ 0.5, beside the oracle (the best candidate) and
 Eq. 1 over the 3 of highest objectness (the ``cpu`` preset's draw, in expectation), and the
 same weights with two instance-aware CAM regions (the connected part holding the peak, the
-peak's watershed basin among its class's peaks). Run it on
+peak's watershed basin among its class's peaks) and, with ``--prm``, the peak's own response
+map (PRM's peak backpropagation: the share of the response inside a proposal, and the IoU with
+the smoothed response's region). Run it on
 training images (a calibration part, or the images a classifier was trained on, as pseudo
 masks are made on them), never on the split a table reports.
 
 usage: python benchmarks/candidate_choice.py CLASSIFIER.pt DATA --split train-fit
-           [--negatives DIR] [--proposals DIR] [--top-k 1000] [--preset cpu] [--name NAME]
+           [--negatives DIR] [--proposals DIR] [--top-k 1000] [--preset cpu] [--prm]
+           [--name NAME]
 Writes benchmarks/results/candidate_choice_<name>.json and prints a markdown table.
 """
 
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from skimage import measure
 from skimage.segmentation import watershed
 
@@ -37,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 OVERLAPS = (0.5, 1.0, 2.0)  # pseudo.cam_overlap exponents
+PRM_SIGMA = 8.0  # px: the response map is smoothed before its region is taken (it is spiky)
+PRM_THRESHOLDS = (0.1, 0.2, 0.3)
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4)  # pseudo.cam_threshold
 
 
@@ -102,6 +108,32 @@ def rules(ious: np.ndarray, scores: np.ndarray, areas: np.ndarray,
     return out
 
 
+def prm_rules(ious: np.ndarray, scores: np.ndarray, masks: np.ndarray, prm: np.ndarray,
+              cam_agree: np.ndarray) -> dict[str, float]:
+    """IoU of the Eq. 1 draw among the 3 of highest weight when the weight is objectness ×
+    a term of the peak's response map ``prm`` (float ``H×W`` ≥ 0, summing to 1): the share
+    of the response inside the proposal, or the IoU with the region where the smoothed
+    response is ≥ t × its maximum; alone and times the preset's CAM agreement²
+    (``cam_agree``)."""
+    flat = masks.reshape(len(masks), -1)
+    mass = flat @ prm.reshape(-1).astype(np.float64)
+    smooth = ndimage.gaussian_filter(prm.astype(np.float64), PRM_SIGMA)
+    out = {}
+    for e in (1.0, 2.0):
+        out[f"Eq. 1 over top 3, PRM mass^{e}"] = eq1_top3(ious, scores * mass ** e)[1]
+        out[f"Eq. 1 over top 3, PRM mass^{e} × CAM agreement²"] = \
+            eq1_top3(ious, scores * mass ** e * cam_agree ** 2)[1]
+    for t in PRM_THRESHOLDS:
+        agree = region_iou(masks, smooth >= t * smooth.max()) if smooth.max() > 0 \
+            else np.zeros(len(masks))
+        for e in (1.0, 2.0):
+            out[f"Eq. 1 over top 3, PRM region IoU^{e}, t {t}"] = \
+                eq1_top3(ious, scores * agree ** e)[1]
+            out[f"Eq. 1 over top 3, PRM region IoU^{e}, t {t} × CAM agreement²"] = \
+                eq1_top3(ious, scores * agree ** e * cam_agree ** 2)[1]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("classifier", nargs="?")
@@ -115,6 +147,8 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--top-k", type=int, default=1000,
                     help="proposals per image (as the run: 1000 photographs, 300 shapes)")
+    ap.add_argument("--prm", action="store_true",
+                    help="also rules on each peak's response map (one backward pass a peak)")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
     if args.choose:
@@ -133,6 +167,12 @@ def main() -> None:
     recs, gts = ds.records(args.split), ds.ground_truth(args.split)
     model, ccfg, _ = load_classifier(args.classifier)
     size = int(ccfg["input_size"])
+    if args.prm:
+        from wiseseg.data.images import load_image
+        from wiseseg.inference.prm_baseline import response_maps_at
+        from wiseseg.models.peak_response import excitation_twin
+
+        twin = excitation_twin(model.eval())
     pc, sc = cfg["pseudo"], cfg["peaks"]
     store_dir = args.proposals or f"runs/candidate-choice/{Path(args.data).name}-{args.split}"
     store = compute_proposals(list(recs), build_proposal_source("builtin", top_k=args.top_k),
@@ -155,6 +195,10 @@ def main() -> None:
         inst = gts[r.id].instances
         gm = rle.decode_many([i.segmentation for i in inst], (r.height, r.width)).astype(bool)
         cats = np.array([i.category for i in inst])
+        right = [p for p in peaks
+                 if any(cats[k] == p.category and gm[k][p.y, p.x] for k in range(len(cats)))]
+        prms = dict(zip(map(id, right), response_maps_at(
+            twin, load_image(r.path), right, size)[0])) if args.prm and right else {}
         for p in peaks:
             hit = [k for k in range(len(cats)) if cats[k] == p.category and gm[k][p.y, p.x]]
             if not hit:
@@ -168,8 +212,12 @@ def main() -> None:
             m, g = masks[inside], gm[hit[0]]
             ious = (m & g).reshape(len(m), -1).sum(1) / (m | g).reshape(len(m), -1).sum(1)
             same = [(q.y, q.x) for q in peaks if q.category == p.category and q is not p]
-            for k, v in rules(ious, scores[inside], areas[inside], m, cam_maps[p.category],
-                              p.y, p.x, same).items():
+            found = rules(ious, scores[inside], areas[inside], m, cam_maps[p.category],
+                          p.y, p.x, same)
+            if prms:
+                found.update(prm_rules(ious, scores[inside], m, prms[id(p)], cam_agreement(
+                    m, cam_maps[p.category], p.y, p.x, pc["cam_threshold"])))
+            for k, v in found.items():
                 picks.setdefault(k, []).append(float(v))
     table = {k: {"mean_iou": float(np.mean(v)), "iou50": float(np.mean(np.array(v) >= 0.5)),
                  "peaks": len(v)} for k, v in picks.items()}
