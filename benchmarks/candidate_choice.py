@@ -110,19 +110,22 @@ def rules(ious: np.ndarray, scores: np.ndarray, areas: np.ndarray,
 
 def prm_rules(ious: np.ndarray, scores: np.ndarray, masks: np.ndarray, prm: np.ndarray,
               cam_agree: np.ndarray) -> dict[str, float]:
-    """IoU of the Eq. 1 draw among the 3 of highest weight when the weight is objectness ×
-    a term of the peak's response map ``prm`` (float ``H×W`` ≥ 0, summing to 1): the share
-    of the response inside the proposal, or the IoU with the region where the smoothed
-    response is ≥ t × its maximum; alone and times the preset's CAM agreement²
-    (``cam_agree``)."""
+    """IoU of the Eq. 1 draw among the 3 of highest weight (and of the arg-max) when the
+    weight is objectness × a term of the peak's response map ``prm`` (float ``H×W`` ≥ 0,
+    summing to 1): the share of the response inside the proposal, or the IoU with the region
+    where the smoothed response is ≥ t × its maximum; alone and times a power of the
+    preset's CAM agreement (``cam_agree``)."""
     flat = masks.reshape(len(masks), -1)
     mass = flat @ prm.reshape(-1).astype(np.float64)
     smooth = ndimage.gaussian_filter(prm.astype(np.float64), PRM_SIGMA)
     out = {}
-    for e in (1.0, 2.0):
+    for e in (1.0, 2.0, 3.0):
         out[f"Eq. 1 over top 3, PRM mass^{e}"] = eq1_top3(ious, scores * mass ** e)[1]
-        out[f"Eq. 1 over top 3, PRM mass^{e} × CAM agreement²"] = \
-            eq1_top3(ious, scores * mass ** e * cam_agree ** 2)[1]
+        for c in (1.0, 2.0, 3.0):
+            out[f"Eq. 1 over top 3, PRM mass^{e} × CAM agreement^{c}"] = \
+                eq1_top3(ious, scores * mass ** e * cam_agree ** c)[1]
+            out[f"argmax, PRM mass^{e} × CAM agreement^{c}"] = \
+                eq1_top3(ious, scores * mass ** e * cam_agree ** c)[0]
     for t in PRM_THRESHOLDS:
         agree = region_iou(masks, smooth >= t * smooth.max()) if smooth.max() > 0 \
             else np.zeros(len(masks))
