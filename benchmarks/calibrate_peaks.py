@@ -55,6 +55,7 @@ ABSOLUTE = (None, 0.0, 1.0)
 WINDOWS = (3, 5)
 SCALES = ((1.0,), (0.75, 1.0, 1.5))  # peaks.scales: PRM's single scale, or multi-scale CAMs
 EXCLUSIVE = (False, True)
+MIN_PER_CLASS = (0, 1)  # peaks.min_per_class
 
 
 def calib_cams(model, records, size: int, flip: bool, scales=(1.0,)) -> torch.Tensor:
@@ -79,7 +80,8 @@ def score_grid(parts: list[tuple], gts: dict, size: int, max_per_class: int) -> 
         for conv in CONVENTIONS:
             geos = [model.geometry((size, size), tuple(c.shape[-2:]), conv)
                     for (model, _), c in zip(parts, cams)]
-            for rel, ab, win, ex in itertools.product(RELATIVE, ABSOLUTE, WINDOWS, EXCLUSIVE):
+            for rel, ab, win, ex, least in itertools.product(RELATIVE, ABSOLUTE, WINDOWS,
+                                                             EXCLUSIVE, MIN_PER_CLASS):
                 by_id = {}
                 for (model, records), part_cams, geo in zip(parts, cams, geos):
                     for r, cam in zip(records, part_cams):
@@ -87,19 +89,23 @@ def score_grid(parts: list[tuple], gts: dict, size: int, max_per_class: int) -> 
                                               window=win, median_filter=model.median_filter,
                                               min_score=float("-inf") if ab is None else ab,
                                               relative=rel, max_per_class=max_per_class,
-                                              exclusive=ex)
+                                              exclusive=ex, min_per_class=least)
                         by_id[r.id] = [{"class": p.category, "y": p.y, "x": p.x} for p in peaks]
                 q = peak_quality(by_id, gts, [r for _, records in parts for r in records])
                 rows.append({"flip": flip, "scales": list(scales), "geometry": conv,
                              "relative": rel, "min_score": ab, "window": win, "exclusive": ex,
-                             "recall": q["peak_recall"], "precision": q["peak_precision"],
+                             "min_per_class": least, "recall": q["peak_recall"],
+                             "precision": q["peak_precision"],
                              "count_mae": q["count_mae"], "cam_seconds": cam_seconds})
     return rows
 
 
+#: the value of a peak setting in result files written before the grid had it
+DEFAULTS = {"scales": [1.0], "min_per_class": 0}
+
 #: the peak settings of the ``cpu`` preset (chosen from this script's table)
-CHOSEN = {"flip": True, "relative": 0.6, "min_score": 1.0, "window": 5, "exclusive": True,
-          "scales": [1.0]}
+CHOSEN = {"flip": True, "relative": 0.3, "min_score": 1.0, "window": 3, "exclusive": True,
+          "scales": [1.0], "min_per_class": 0}
 
 
 def summary(paths: list[str]) -> None:
@@ -114,7 +120,7 @@ def summary(paths: list[str]) -> None:
         cells = []
         for g in ("uniform", "receptive", "corners"):
             m = [r for r in mine if r["geometry"] == g
-                 and all(r.get(k, [1.0]) == x for k, x in CHOSEN.items())]
+                 and all(r.get(k, DEFAULTS.get(k)) == x for k, x in CHOSEN.items())]
             cells.append(f"{100 * m[0]['recall']:.1f} / {100 * m[0]['precision']:.1f}"
                          if m else "—")
         b = max(mine, key=lambda r: min(r["recall"], r["precision"]))
@@ -124,7 +130,8 @@ def summary(paths: list[str]) -> None:
         print(f"| {v or '(preset)'} | " + " | ".join(cells) + f" | {best} |")
 
 
-PEAK_KEYS = ("flip", "scales", "geometry", "relative", "min_score", "window", "exclusive")
+PEAK_KEYS = ("flip", "scales", "geometry", "relative", "min_score", "window", "exclusive",
+             "min_per_class")
 
 
 def choose(specs: list[str]) -> None:
@@ -140,8 +147,8 @@ def choose(specs: list[str]) -> None:
                 if r["variant"] == (variant or "(preset)")]
         if not rows:
             raise SystemExit(f"{path}: no rows of variant {variant or '(preset)'!r}")
-        per_set.append({tuple(json.dumps(r.get(k, [1.0] if k == "scales" else None))
-                              for k in PEAK_KEYS): r for r in rows})
+        per_set.append({tuple(json.dumps(r.get(k, DEFAULTS.get(k))) for k in PEAK_KEYS): r
+                        for r in rows})
     common = set.intersection(*(set(d) for d in per_set))
     ranked = sorted(common, key=lambda k: (
         -np.mean([min(d[k]["recall"], d[k]["precision"]) for d in per_set]),
@@ -167,6 +174,9 @@ def main() -> None:
     ap.add_argument("--out", default="runs/calibrate-peaks")
     ap.add_argument("--name", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse", action="store_true",
+                    help="score the classifiers an earlier run of this script left in --out "
+                         "instead of training them again (train s: null)")
     ap.add_argument("--folds", type=int, nargs="+", default=[0],
                     help="calibration folds to pool (0: train-calib; k: train-calibK, the next "
                          "disjoint 15 %%); one classifier is trained per fold on the rest")
@@ -210,10 +220,13 @@ def main() -> None:
             name_v = variant.replace(" ", "_").replace("=", "-") or "preset"
             out = Path(args.out) / (name_v if f == "train-fit" else f"{name_v}_{f}")
             t0 = time.time()
-            path = train_classifier(ds.weak(f), cfg["classifier"], out, seed=args.seed,
-                                    resume=False, progress=False,
-                                    feature_cache_dir=out / "cache")
-            train_s += time.time() - t0
+            if args.reuse and (out / "model.pt").is_file():
+                path, train_s = out / "model.pt", None
+            else:
+                path = train_classifier(ds.weak(f), cfg["classifier"], out, seed=args.seed,
+                                        resume=False, progress=False,
+                                        feature_cache_dir=out / "cache")
+                train_s = None if train_s is None else train_s + time.time() - t0
             model, ccfg, _ = load_classifier(path)
             if size not in (None, int(ccfg["input_size"])):
                 raise SystemExit(f"{variant!r}: auto input size differs between folds "
@@ -221,11 +234,12 @@ def main() -> None:
             size = int(ccfg["input_size"])
             parts.append((model, ds.records(c)))
         rows = score_grid(parts, gts, size, cfg["peaks"].get("max_per_class"))
+        per_fold = None if train_s is None else round(train_s / len(folds), 1)
         for r in rows:
-            r.update(variant=variant or "(preset)", train_seconds=round(train_s / len(folds), 1))
+            r.update(variant=variant or "(preset)", train_seconds=per_fold)
         results += rows
         best = max(rows, key=lambda r: min(r["recall"], r["precision"]))
-        print(f"{variant or '(preset)'}: trained in {train_s / len(folds):.0f} s a fold; best "
+        print(f"{variant or '(preset)'}: trained in {per_fold} s a fold; best "
               f"recall {100 * best['recall']:.1f} precision {100 * best['precision']:.1f}",
               flush=True)
     results.sort(key=lambda r: -min(r["recall"], r["precision"]))
@@ -240,12 +254,12 @@ def main() -> None:
           f"calibration images ({len(calib_records)}, instances "
           f"{sum(len(g.instances) for g in gts.values())})\n")
     print("| variant | flip | scales | geometry | relative | min score | window | exclusive | "
-          "recall | precision | count MAE | train s |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "min per class | recall | precision | count MAE | train s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results[:25]:
         print(f"| {r['variant']} | {r['flip']} | {r['scales']} | {r['geometry']} | "
-              f"{r['relative']} | "
-              f"{r['min_score']} | {r['window']} | {r['exclusive']} | {100 * r['recall']:.1f} | "
+              f"{r['relative']} | {r['min_score']} | {r['window']} | {r['exclusive']} | "
+              f"{r['min_per_class']} | {100 * r['recall']:.1f} | "
               f"{100 * r['precision']:.1f} | {r['count_mae']:.2f} | {r['train_seconds']} |")
 
 

@@ -118,6 +118,24 @@ def test_extract_peaks_coordinates_and_classes():
         extract_peaks(cam, [0], (40, 80), make_geometry("uniform", (32, 32), (8, 8), 4))
 
 
+def test_a_labelled_class_without_a_peak_gets_its_strongest_cell():
+    geo = make_geometry("uniform", (32, 32), (4, 4), stride=8)
+    cam = torch.full((2, 4, 4), -1.0)
+    cam[0, 1, 1] = 3.0
+    cam[1, 1, 1] = 2.0  # class 1's strongest cell, taken by class 0 where exclusive
+    cam[1, 3, 3] = 0.5  # a local maximum of class 1 below min_score
+    kw = dict(median_filter=False, min_score=1.0, exclusive=True)
+    assert [p.category for p in extract_peaks(cam, [0, 1], (32, 32), geo, **kw)] == [0]
+    forced = extract_peaks(cam, [0, 1], (32, 32), geo, min_per_class=1, **kw)
+    assert [(p.category, p.cell, p.score) for p in forced] == [(0, (1, 1), 3.0),
+                                                               (1, (1, 1), 2.0)]
+    # a class with peaks of its own gets nothing more
+    assert extract_peaks(cam, [0], (32, 32), geo, min_per_class=1, **kw) == \
+        extract_peaks(cam, [0], (32, 32), geo, **kw)
+    with pytest.raises(ValueError, match="min_per_class"):
+        extract_peaks(cam, [0], (32, 32), geo, min_per_class=2)
+
+
 def test_peak_response_maps_localise_each_peak():
     from wiseseg.models.backbones import build_backbone
     from wiseseg.models.peak_response import peak_response_maps

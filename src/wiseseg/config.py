@@ -97,8 +97,9 @@ _FRACTION = frozenset({
     "self_training_score", "nms_iou", "balance", "bg_factor", "classifier_share",
     "assumed_object", "momentum", "refine_min_iou", "cam_threshold",
 })
-#: Settings with an upper bound: the stem and four pyramid stages are all a backbone has.
-_AT_MOST = {"frozen_stages": 4}
+#: Settings with an upper bound: the stem and four pyramid stages are all a backbone has;
+#: a class is given at most one peak it did not earn (``peaks.min_per_class``).
+_AT_MOST = {"frozen_stages": 4, "min_per_class": 1}
 _KIND_WORDS = {"bool": "true or false", "int": "a whole number", "float": "a number",
                "str": "a string", "list": "a list", "dict": "a mapping of settings",
                "auto": "auto", "null": "null"}

@@ -90,7 +90,8 @@ def peaks_for_image(model: PeakCAM, cam: torch.Tensor, record: ImageRecord, cfg:
                          median_filter=model.median_filter,
                          min_score=peak_threshold(cfg), relative=cfg["relative"],
                          max_per_class=cfg.get("max_per_class"),
-                         exclusive=bool(cfg.get("exclusive", False)))
+                         exclusive=bool(cfg.get("exclusive", False)),
+                         min_per_class=int(cfg.get("min_per_class") or 0))
 
 
 def peak_threshold(cfg: dict) -> float:

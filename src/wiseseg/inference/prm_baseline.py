@@ -309,7 +309,8 @@ def prm_instances(model, image: np.ndarray, record: ImageRecord, proposal_masks:
                           median_filter=model.median_filter,
                           min_score=peak_threshold(peak_cfg), relative=peak_cfg["relative"],
                           max_per_class=peak_cfg.get("max_per_class"),
-                          exclusive=bool(peak_cfg.get("exclusive", False)))
+                          exclusive=bool(peak_cfg.get("exclusive", False)),
+                          min_per_class=int(peak_cfg.get("min_per_class") or 0))
     prms, cams = response_maps_at(model, image, peaks, input_size, device,
                                   backprop=backprop, peak_batch=peak_batch)
     del backprop  # frees the retained pass before the retrieval

@@ -111,7 +111,8 @@ class Peak:
 def extract_peaks(cam: Tensor, classes: list[int] | None, image_size: tuple[int, int],
                   geometry: CamGeometry, window: int = 3, median_filter: bool = True,
                   min_score: float = float("-inf"), relative: float = 0.0,
-                  max_per_class: int | None = None, exclusive: bool = False) -> list[Peak]:
+                  max_per_class: int | None = None, exclusive: bool = False,
+                  min_per_class: int = 0) -> list[Peak]:
     """Peaks of one image's CAM, mapped to the pixels of the image.
 
     Args:
@@ -127,6 +128,9 @@ def extract_peaks(cam: Tensor, classes: list[int] | None, image_size: tuple[int,
         max_per_class: keep at most this many (highest first).
         exclusive: beyond PRM, keep a peak of class k only where k's CAM is the highest of
             the requested classes (two labelled classes cannot both claim one cell).
+        min_per_class: beyond PRM, 1 gives a requested class that the rules above leave
+            without a peak its strongest cell (the label says it is in the image, so it has
+            at least one instance); 0: none added (PRM).
 
     Returns:
         Peaks sorted by class, then by decreasing score; empty when no class is given.
@@ -146,16 +150,23 @@ def extract_peaks(cam: Tensor, classes: list[int] | None, image_size: tuple[int,
         for n, k in enumerate(chosen):
             winner[k] = best == n
         peaks &= winner
+    if min_per_class not in (0, 1):
+        raise ValueError(f"min_per_class must be 0 or 1, got {min_per_class!r}")
     out: list[Peak] = []
     for k in sorted(set(classes)):
         ys, xs = torch.nonzero(peaks[k], as_tuple=True)
         vals = cam[k, ys, xs].detach().float()
+        if vals.numel():
+            keep = vals > min_score
+            if relative > 0:
+                keep &= vals >= relative * float(vals.max())
+            ys, xs, vals = ys[keep], xs[keep], vals[keep]
         if vals.numel() == 0:
-            continue
-        keep = vals > min_score
-        if relative > 0:
-            keep &= vals >= relative * float(vals.max())
-        ys, xs, vals = ys[keep], xs[keep], vals[keep]
+            if not min_per_class:
+                continue
+            best = int(cam[k].detach().float().argmax())  # the class's strongest cell
+            ys, xs = torch.tensor([best // w]), torch.tensor([best % w])
+            vals = cam[k, ys, xs].detach().float()
         order = torch.argsort(vals, descending=True)
         if max_per_class is not None:
             order = order[:max_per_class]
