@@ -11,8 +11,8 @@ class; an object is found when it holds one):
 - each missed object: its class has no peak in the image; the class's peaks found another
   object of the class (crowds, several small objects); or they all lie outside any object of
   the class;
-- the object area (share of the image) of found and missed objects, and recall / precision
-  by class.
+- the object area (share of the image) of found and missed objects, the (image, labelled
+  class) pairs that get no peak, and recall / precision by class.
 
 A diagnosis of a finished run, not a choice: nothing is tuned on it.
 
@@ -89,6 +89,7 @@ def main() -> None:
     false, missed = Counter(), Counter()
     area = {"found": [], "missed": []}
     per_class = {c: Counter() for c in range(len(classes))}
+    pairs = unpeaked = 0  # (image, labelled class) pairs, and those without a peak
     for r in ds.records(args.split):
         gt, peaks = gts[r.id], list(by_id.get(r.id, []))
         shape = (r.height, r.width)
@@ -97,6 +98,8 @@ def main() -> None:
         cats = np.array([i.category for i in gt.instances], dtype=int)
         ignore = rle.decode(gt.ignore).astype(bool) if gt.ignore is not None else None
         f, m, found = sort_image(peaks, masks, cats, ignore)
+        pairs += len(r.labels)
+        unpeaked += len(set(r.labels) - {p["class"] for p in peaks})
         false += f
         missed += m
         for j, c in enumerate(cats):
@@ -118,6 +121,7 @@ def main() -> None:
         "precision": sum(v["right peaks"] for v in per_class.values()) / max(n_peaks, 1),
         "false_peaks": dict(false.most_common()), "missed_objects": dict(missed.most_common()),
         "object_area_quartiles": quart,
+        "labelled_pairs": pairs, "labelled_pairs_without_peak": unpeaked,
         "by_class": {classes[c]: dict(v) for c, v in per_class.items()},
     }
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -134,7 +138,8 @@ def main() -> None:
     for k, v in missed.most_common():
         print(f"| {k} | {v} | {100 * v / max(sum(missed.values()), 1):.0f} % |")
     print(f"\nobject area / image area, quartiles: found {quart['found']}, "
-          f"missed {quart['missed']}\n")
+          f"missed {quart['missed']}")
+    print(f"(image, labelled class) pairs without a peak: {unpeaked} of {pairs}\n")
     print("| class | objects | recall | peaks | precision |\n|---|---|---|---|---|")
     for c, v in per_class.items():
         if v["objects"] or v["peaks"]:
