@@ -81,7 +81,6 @@ def test_without_masks_the_object_size_is_assumed_and_said(tmp_path):
 def test_fixed_settings_are_left_alone_and_bad_sections_fail(tmp_path):
     ds = _dataset(tmp_path, 128, 128, side=30)
     cfg = api.load_config("cpu", ["classifier.backbone=efficientnet_lite0",
-                                  "classifier.cam_geometry=corners",
                                   "segmenter.backbone=efficientnet_lite0",
                                   "segmenter.frozen_stages=4",
                                   "classifier.input_size=384", "classifier.epochs=8",
@@ -225,19 +224,6 @@ def test_classifier_backbone_follows_the_image_size(tmp_path):
     u2, u0 = stage_units(photo, sizes, 10, 2.0), stage_units(lite0, sizes, 10, 2.0)
     assert u2["prm"]["prm_instance_mp"] > u0["prm"]["prm_instance_mp"]
     assert u2["classifier"]["classifier_cache_mp"] > u0["classifier"]["classifier_cache_mp"]
-
-
-def test_cam_geometry_follows_the_image_size(tmp_path):
-    """Photographs place a CAM cell's value at the cell's centre, small images at the
-    corner-aligned position (each measured on its own data); a named one is kept."""
-    photo, notes = resolve_auto(_cfg(), _dataset(tmp_path, 375, 500, 80))
-    small, _ = resolve_auto(_cfg(), _dataset(tmp_path, 128, 128, 24))
-    assert photo["classifier"]["cam_geometry"] == "uniform"
-    assert small["classifier"]["cam_geometry"] == "corners"
-    assert "classifier CAM geometry uniform: photographs" in notes
-    named, _ = resolve_auto(_cfg("classifier.cam_geometry=receptive"),
-                            _dataset(tmp_path, 375, 500, 80))
-    assert named["classifier"]["cam_geometry"] == "receptive"
 
 
 def test_segmenter_backbone_follows_the_image_size(tmp_path):

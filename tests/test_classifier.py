@@ -17,7 +17,7 @@ from wiseseg.errors import WisesegError
 
 SPEC = "shapes:train=8,val=4,size=48,seed=2"
 TINY = ["classifier.steps=3", "classifier.batch_size=4", "classifier.input_size=48",
-        "classifier.backbone=efficientnet_lite0", "classifier.cam_geometry=corners",
+        "classifier.backbone=efficientnet_lite0",
         "classifier.checkpoint_every=2"]
 
 

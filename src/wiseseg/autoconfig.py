@@ -69,7 +69,6 @@ from wiseseg.errors import ConfigError
 
 AUTO = "auto"
 AUTO_KEYS = (("classifier", "backbone"), ("classifier", "input_size"), ("classifier", "epochs"),
-             ("classifier", "cam_geometry"),
              ("segmenter", "backbone"), ("segmenter", "frozen_stages"),
              ("segmenter", "min_size"), ("segmenter", "max_size"),
              ("segmenter", "anchor_sizes"), ("segmenter", "epochs"),
@@ -101,14 +100,6 @@ SMALL_IMAGE_BACKBONE = "efficientnet_lite0"
 #: demo keeps them fixed.
 PHOTO_FROZEN_STAGES = 3
 SMALL_IMAGE_FROZEN_STAGES = 4
-
-#: ``classifier.cam_geometry``: where a CAM cell's value is placed in the image. On
-#: photographs the cell's centre (``uniform``) locates objects better than the corner-aligned
-#: position (``corners``): VOC sample train-calib, three folds pooled, and Penn-Fudan +
-#: negatives (``benchmarks/calibrate_peaks.py --folds 0 1 2``, see docs/cpu-preset.md); on
-#: the small shapes images ``corners`` was marginally ahead (76.1 / 77.0 against 75.7 / 76.4).
-PHOTO_CAM_GEOMETRY = "uniform"
-SMALL_IMAGE_CAM_GEOMETRY = "corners"
 
 #: Seconds per training image on the reference 2-core CPU, with the backbone's features
 #: cached: a classifier epoch and the one-off cache (per image and flip) grow with the input's
@@ -273,10 +264,6 @@ def resolve_auto(cfg: dict, ds: Dataset, split: str | None = None,
             notes.append(f"{section} backbone {sec['backbone']}: median image side "
                          f"{sizes.image_side:.0f} px ({'<' if small else '≥'} "
                          f"{SMALL_IMAGE_SIDE}: {'small images' if small else 'photographs'})")
-    if c.get("cam_geometry") == AUTO:
-        c["cam_geometry"] = SMALL_IMAGE_CAM_GEOMETRY if small else PHOTO_CAM_GEOMETRY
-        notes.append(f"classifier CAM geometry {c['cam_geometry']}: "
-                     f"{'small images' if small else 'photographs'}")
     if g.get("frozen_stages") == AUTO:
         g["frozen_stages"] = SMALL_IMAGE_FROZEN_STAGES if small else PHOTO_FROZEN_STAGES
         notes.append("Mask R-CNN backbone " + (

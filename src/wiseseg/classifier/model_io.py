@@ -19,7 +19,7 @@ KIND = "wiseseg.peakcam"
 def build_peakcam(cfg: dict[str, Any], num_classes: int, pretrained: bool = True) -> PeakCAM:
     """A PeakCAM from the ``classifier`` settings (``pretrained=False`` skips weight loading,
     used when a trained state dict follows)."""
-    unresolved = [k for k in ("backbone", "input_size", "cam_geometry") if cfg.get(k) == "auto"]
+    unresolved = [k for k in ("backbone", "input_size") if cfg.get(k) == "auto"]
     if unresolved:
         raise ConfigError(f"classifier.{unresolved[0]} is 'auto': choose it from the data with "
                           f"wiseseg.autoconfig.resolve_auto(cfg, dataset) (wiseseg run and the "
