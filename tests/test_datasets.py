@@ -234,5 +234,5 @@ def test_calibration_folds_are_disjoint():
         fit = {r.id for r in ds.records(f"train-fit{k}")}
         assert not fit & calibs[k] and len(fit) == 17
     assert set(ds.ground_truth("train-calib2")) == calibs[2]
-    with pytest.raises(WisesegError, match="folds 0 to 5 of 3"):
+    with pytest.raises(WisesegError, match="'train-calib6': calibration fold 6: .*0 to 5 of 3"):
         ds.has_split("train-calib6")

@@ -143,7 +143,10 @@ class Dataset:
         if not m or m.group(1) not in self._records:
             return False
         base, fold = m.group(1), m.group(3)
-        fit, calib = calibration_split(self._records[base], fold=int(fold or 0))
+        try:
+            fit, calib = calibration_split(self._records[base], fold=int(fold or 0))
+        except WisesegError as e:
+            raise WisesegError(f"{self.root}: split {split!r}: {e}") from None
         gt = self._gt.get(base)
         for name, recs in ((f"{base}-fit{fold}", fit), (f"{base}-calib{fold}", calib)):
             self._records[name] = recs
