@@ -8,13 +8,15 @@ Eq. 1 over the 3 of highest objectness (the ``cpu`` preset's draw, in expectatio
 same weights with two instance-aware CAM regions (the connected part holding the peak, the
 peak's watershed basin among its class's peaks) and, with ``--prm``, the peak's own response
 map (PRM's peak backpropagation: the share of the response inside a proposal, and the IoU with
-the smoothed response's region). Run it on
+the smoothed response's region) and, with ``--cues``, the preset's weight times a count of the
+other peaks a candidate holds, a CAM contrast with the ring around it, or the share where
+another labelled class's CAM dominates (:func:`cue_rules`). Run it on
 training images (a calibration part, or the images a classifier was trained on, as pseudo
 masks are made on them), never on the split a table reports.
 
 usage: python benchmarks/candidate_choice.py CLASSIFIER.pt DATA --split train-fit
            [--negatives DIR] [--proposals DIR] [--top-k 1000] [--preset cpu] [--prm]
-           [--name NAME]
+           [--cues] [--name NAME]
 Writes benchmarks/results/candidate_choice_<name>.json and prints a markdown table.
 """
 
@@ -77,6 +79,81 @@ def instance_regions(cam: np.ndarray, y: int, x: int, t: float,
     markers[y, x] = len(peaks) + 1
     basins = watershed(-cam, markers, mask=region)
     return {"component": lab == lab[y, x], "basin": basins == basins[y, x]}
+
+
+def box_contrast(masks: np.ndarray, cam: np.ndarray, y: int, x: int,
+                 grow: float = 0.25) -> np.ndarray:
+    """CAM inside each mask less the CAM in the ring around it: the mean of the CAM
+    (divided by its value at the peak, negatives as 0) over the mask, less its mean over the
+    mask's box grown by ``grow`` × its side on each side, the mask taken out; ≥ 0. A part of
+    an object leaves activation in its ring, a region spilling into the background dilutes
+    its inside: the whole object scores highest. 0 for all when the CAM at the peak is ≤ 0."""
+    v = float(cam[y, x])
+    n = len(masks)
+    if n == 0 or not np.isfinite(v) or v <= 0:
+        return np.zeros(n)
+    c = np.clip(cam / v, 0, None).astype(np.float64)
+    h, w = c.shape
+    integ = np.zeros((h + 1, w + 1))
+    integ[1:, 1:] = c.cumsum(0).cumsum(1)
+    flat = masks.reshape(n, -1)
+    area = flat.sum(1).astype(float)
+    inside = flat @ c.reshape(-1)
+    rows, cols = masks.any(2), masks.any(1)
+    out = np.zeros(n)
+    for k in range(n):
+        if area[k] == 0:
+            continue
+        r, q = np.nonzero(rows[k])[0], np.nonzero(cols[k])[0]
+        gy, gx = grow * (r[-1] - r[0] + 1), grow * (q[-1] - q[0] + 1)
+        y0, y1 = max(int(r[0] - gy), 0), min(int(r[-1] + 1 + gy), h)
+        x0, x1 = max(int(q[0] - gx), 0), min(int(q[-1] + 1 + gx), w)
+        box = integ[y1, x1] - integ[y0, x1] - integ[y1, x0] + integ[y0, x0]
+        ring = (y1 - y0) * (x1 - x0) - area[k]
+        ring_mean = (box - inside[k]) / ring if ring > 0 else 0.0
+        out[k] = max(inside[k] / area[k] - ring_mean, 0.0)
+    return out
+
+
+def cue_rules(ious: np.ndarray, scores: np.ndarray, masks: np.ndarray,
+              cam_maps: dict[int, np.ndarray], category: int, y: int, x: int,
+              others: list[tuple[int, int, int]], threshold: float) -> dict[str, float]:
+    """Eq. 1 over the top 3 with the preset's weight (objectness × CAM agreement²) times a
+    further cue: a penalty ``f^n`` for the ``n`` other peaks of the same class (separate
+    instances) or of another class a candidate holds; the :func:`box_contrast` of the
+    class's CAM; or the share of the candidate where another labelled class's CAM (each
+    divided by its maximum) is above this class's."""
+    cam = cam_maps[category]
+    base = scores * cam_agreement(masks, cam, y, x, threshold) ** 2
+    out = {}
+    same = [(py, px) for py, px, c in others if c == category]
+    other = [(py, px) for py, px, c in others if c != category]
+    n_same = sum(masks[:, py, px].astype(int) for py, px in same) if same \
+        else np.zeros(len(masks), int)
+    n_other = sum(masks[:, py, px].astype(int) for py, px in other) if other \
+        else np.zeros(len(masks), int)
+    for f in (0.0, 0.1, 0.3, 0.5):
+        out[f"preset × {f}^(same-class peaks held)"] = eq1_top3(ious, base * f ** n_same)[1]
+        out[f"preset × {f}^(other-class peaks held)"] = eq1_top3(ious, base * f ** n_other)[1]
+        out[f"preset × {f}^(peaks held)"] = eq1_top3(ious, base * f ** (n_same + n_other))[1]
+    for grow in (0.15, 0.3):
+        con = box_contrast(masks, cam, y, x, grow)
+        for e in (0.5, 1.0, 2.0):
+            out[f"preset × box contrast^{e}, grow {grow}"] = eq1_top3(ious, base * con ** e)[1]
+            out[f"Eq. 1 over top 3, objectness × box contrast^{e}, grow {grow}"] = \
+                eq1_top3(ious, scores * con ** e)[1]
+    if len(cam_maps) > 1:
+        norm = {c: m / m.max() if m.max() > 0 else m for c, m in cam_maps.items()}
+        rival = np.max([norm[c] for c in norm if c != category], axis=0) > norm[category]
+        flat = masks.reshape(len(masks), -1)
+        share = flat[:, rival.reshape(-1)].sum(1) / np.maximum(flat.sum(1), 1)
+        for e in (1.0, 2.0, 4.0):
+            out[f"preset × (1 − rival-class share)^{e}"] = \
+                eq1_top3(ious, base * (1 - share) ** e)[1]
+    else:  # one labelled class: nothing to compare with, the preset's draw
+        for e in (1.0, 2.0, 4.0):
+            out[f"preset × (1 − rival-class share)^{e}"] = eq1_top3(ious, base)[1]
+    return out
 
 
 def rules(ious: np.ndarray, scores: np.ndarray, areas: np.ndarray,
@@ -152,6 +229,9 @@ def main() -> None:
                     help="proposals per image (as the run: 1000 photographs, 300 shapes)")
     ap.add_argument("--prm", action="store_true",
                     help="also rules on each peak's response map (one backward pass a peak)")
+    ap.add_argument("--cues", action="store_true",
+                    help="also the preset's weight times peak-count, CAM-contrast and "
+                         "rival-class cues (cue_rules)")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
     if args.choose:
@@ -217,6 +297,11 @@ def main() -> None:
             same = [(q.y, q.x) for q in peaks if q.category == p.category and q is not p]
             found = rules(ious, scores[inside], areas[inside], m, cam_maps[p.category],
                           p.y, p.x, same)
+            if args.cues:
+                found.update(cue_rules(
+                    ious, scores[inside], m, cam_maps, p.category, p.y, p.x,
+                    [(q.y, q.x, q.category) for q in peaks if q is not p],
+                    pc["cam_threshold"]))
             if prms:
                 found.update(prm_rules(ious, scores[inside], m, prms[id(p)], cam_agreement(
                     m, cam_maps[p.category], p.y, p.x, pc["cam_threshold"])))
@@ -238,7 +323,8 @@ def main() -> None:
 
 
 def choose(paths: list[str]) -> None:
-    """Print the Eq. 1 draws (and the arg-max of objectness) ranked by their mean share of
+    """Print the Eq. 1 draws (the preset's weight × a cue of :func:`cue_rules` among them,
+    and the arg-max of objectness) ranked by their mean share of
     correct peaks whose draw has IoU ≥ 0.5, over several data sets' result files."""
     import json
 
@@ -246,8 +332,7 @@ def choose(paths: list[str]) -> None:
               for p in paths}
     names = list(tables)
     keys = [k for k in next(iter(tables.values()))["rules"]
-            if k.startswith("Eq. 1") or k.startswith("top objectness")
-            or k == "oracle"]
+            if k.startswith(("Eq. 1", "top objectness", "preset ×")) or k == "oracle"]
     rows = sorted(((np.mean([tables[n]["rules"][k]["iou50"] for n in names]), k) for k in keys
                    if all(k in tables[n]["rules"] for n in names)), reverse=True)
     print("| rule | " + " | ".join(f"{n} IoU≥0.5 / mean IoU" for n in names) + " | mean |")
