@@ -117,14 +117,16 @@ def box_contrast(masks: np.ndarray, cam: np.ndarray, y: int, x: int,
 
 def cue_rules(ious: np.ndarray, scores: np.ndarray, masks: np.ndarray,
               cam_maps: dict[int, np.ndarray], category: int, y: int, x: int,
-              others: list[tuple[int, int, int]], threshold: float) -> dict[str, float]:
-    """Eq. 1 over the top 3 with the preset's weight (objectness × CAM agreement²) times a
+              others: list[tuple[int, int, int]], threshold: float,
+              overlap: float) -> dict[str, float]:
+    """Eq. 1 over the top 3 with the preset's weight (objectness × CAM agreement^``overlap``,
+    ``pseudo.cam_overlap``, at ``pseudo.cam_threshold``) times a
     further cue: a penalty ``f^n`` for the ``n`` other peaks of the same class (separate
     instances) or of another class a candidate holds; the :func:`box_contrast` of the
     class's CAM; or the share of the candidate where another labelled class's CAM (each
     divided by its maximum) is above this class's."""
     cam = cam_maps[category]
-    base = scores * cam_agreement(masks, cam, y, x, threshold) ** 2
+    base = scores * cam_agreement(masks, cam, y, x, threshold) ** overlap
     out = {}
     same = [(py, px) for py, px, c in others if c == category]
     other = [(py, px) for py, px, c in others if c != category]
@@ -301,7 +303,7 @@ def main() -> None:
                 found.update(cue_rules(
                     ious, scores[inside], m, cam_maps, p.category, p.y, p.x,
                     [(q.y, q.x, q.category) for q in peaks if q is not p],
-                    pc["cam_threshold"]))
+                    pc["cam_threshold"], pc["cam_overlap"]))
             if prms:
                 found.update(prm_rules(ious, scores[inside], m, prms[id(p)], cam_agreement(
                     m, cam_maps[p.category], p.y, p.x, pc["cam_threshold"])))
