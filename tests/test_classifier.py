@@ -14,6 +14,7 @@ from wiseseg.config import apply_overrides, load_preset
 from wiseseg.data import open_dataset
 from wiseseg.data.dataset import ImageRecord, WeakSplit
 from wiseseg.errors import WisesegError
+from wiseseg.models.peak_ops import class_balance_weights
 
 SPEC = "shapes:train=8,val=4,size=48,seed=2"
 TINY = ["classifier.steps=3", "classifier.batch_size=4", "classifier.input_size=48",
@@ -57,6 +58,30 @@ def test_negative_images_train(tmp_path):
     model, _, _ = load_classifier(path)
     with torch.no_grad():
         assert torch.isfinite(model(x[None], y[None])["loss"])
+
+
+def test_class_balance_weights_are_used_and_recorded(tmp_path):
+    """``classifier.class_balance``: the weights of the training labels are logged in the
+    model file, and the loss the steps minimise is the weighted one."""
+    ds = open_dataset(SPEC, progress=False)
+    cfg = apply_overrides(load_preset("cpu"), TINY + ["classifier.class_balance=1.0"])
+    path = train_classifier(ds.weak("train"), cfg["classifier"], tmp_path, progress=False)
+    data = ClassifierData(ds.weak("train"), 48)
+    labels = torch.stack([data.labels(i) for i in range(len(data))])
+    expected = class_balance_weights(labels, 1.0)
+    saved = torch.load(path, weights_only=True)["class_weights"]
+    assert saved == pytest.approx(expected.tolist(), abs=1e-4)
+    assert not torch.allclose(expected, torch.ones_like(expected))  # the test can fail
+    model, _, _ = load_classifier(path)
+    x = torch.stack([data.load(i, __import__("numpy").random.default_rng(0))[0]
+                     for i in range(4)])
+    with torch.no_grad():
+        plain = model(x, labels[:4])["loss"]
+        weighted = model(x, labels[:4], pos_weight=expected)["loss"]
+    assert not torch.isclose(plain, weighted)
+    plain_cfg = apply_overrides(load_preset("cpu"), TINY)["classifier"]
+    path0 = train_classifier(ds.weak("train"), plain_cfg, tmp_path / "plain", progress=False)
+    assert torch.load(path0, weights_only=True)["class_weights"] is None
 
 
 def test_peaks_cli_and_peak_file(trained, tmp_path, run_cli):

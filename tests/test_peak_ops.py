@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from wiseseg.models.cam_geometry import make_geometry
 from wiseseg.models.peak_ops import (
     Peak,
+    class_balance_weights,
     extract_peaks,
     local_peaks,
     multilabel_loss,
@@ -94,6 +95,42 @@ def test_loss_matches_torch_and_negatives_push_scores_down():
     assert loss.item() == pytest.approx(F.multilabel_soft_margin_loss(scores, labels).item())
     loss.backward()
     assert torch.all(scores.grad[1] > 0)  # gradient descent lowers every score of a negative
+
+
+def test_class_balance_weights_count_known_labels_only():
+    labels = torch.tensor([[1.0, 0.0, -1.0, 0.0],
+                           [0.0, 0.0, 1.0, 0.0],
+                           [0.0, 1.0, 0.0, 0.0],
+                           [0.0, 0.0, 0.0, 0.0]])  # the last image is a negative
+    w = class_balance_weights(labels, 1.0)
+    # class 0: 1 positive, 3 negatives; class 2: 1 positive, 2 negatives (one unknown);
+    # class 3 has no positive: nothing to balance
+    assert w.tolist() == pytest.approx([3.0, 3.0, 2.0, 1.0])
+    assert class_balance_weights(labels, 0.5).tolist() == pytest.approx(
+        [3 ** 0.5, 3 ** 0.5, 2 ** 0.5, 1.0])
+    assert class_balance_weights(labels, 0.0) is None
+    assert class_balance_weights(torch.zeros(0, 3), 1.0).tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="1.5"):
+        class_balance_weights(labels, 1.5)
+
+
+def test_weighted_loss_scales_the_positive_terms():
+    scores = torch.tensor([[2.0, -1.0, 0.5], [0.3, -0.2, 0.7]])
+    labels = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 1.0]])
+    w = torch.tensor([4.0, 2.0, 0.5])
+    p = torch.sigmoid(scores)
+    per = -(w * labels.clamp(min=0) * torch.log(p) + (1 - labels.clamp(min=0)) * torch.log(1 - p))
+    expected = ((per * (labels >= 0)).sum(1) / 3).mean()
+    assert multilabel_loss(scores, labels, w).item() == pytest.approx(expected.item(), rel=1e-6)
+    full = labels.clamp(min=0)
+    assert multilabel_loss(scores, full, torch.ones(3)).item() == pytest.approx(
+        F.multilabel_soft_margin_loss(scores, full).item(), rel=1e-6)
+    # a heavier positive term pulls its score up harder
+    s1 = scores.clone().requires_grad_(True)
+    multilabel_loss(s1, full, torch.tensor([1.0, 1.0, 1.0])).backward()
+    s2 = scores.clone().requires_grad_(True)
+    multilabel_loss(s2, full, torch.tensor([1.0, 1.0, 3.0])).backward()
+    assert s2.grad[1, 2] < s1.grad[1, 2] < 0 and s2.grad[0, 0] == s1.grad[0, 0]
 
 
 def test_extract_peaks_coordinates_and_classes():

@@ -154,7 +154,8 @@ _SIDES = frozenset({"classifier.input_size", "segmenter.min_size", "segmenter.ma
 #: Settings that are fractions in [0, 1] where others of the same name are not (scores are
 #: probabilities; a colour jitter s scales by 1 ± s, so s > 1 would give negative factors).
 _FRACTION_KEYS = frozenset({"predict.min_score", "evaluate.min_score",
-                            "classifier.color_jitter", "segmenter.color_jitter"})
+                            "classifier.color_jitter", "segmenter.color_jitter",
+                            "classifier.class_balance"})
 #: Settings that take one of these words (each the list of the code that reads it;
 #: tests/test_hostile_input_more.py keeps them equal). ``device`` and ``proposals.method``
 #: have rules of their own (:func:`_device_problem`, :func:`method_problem`).

@@ -22,6 +22,7 @@ from wiseseg.engine.optim import build_optimizer, build_scheduler
 from wiseseg.engine.trainer import Trainer, TrainerConfig
 from wiseseg.errors import ConfigError
 from wiseseg.models.freezing import is_fixed
+from wiseseg.models.peak_ops import class_balance_weights
 from wiseseg.models.peakcam import PeakCAM
 
 log = logging.getLogger(__name__)
@@ -110,20 +111,34 @@ class CachedClassifierData(ClassifierData):
         return self.cache.get(index, flip)["x"], self.labels(index)
 
 
-def classifier_step(model, batch, device):
+def classifier_step(model, batch, device, pos_weight: torch.Tensor | None = None):
+    """A step on images; ``pos_weight``: the class-balance weights (:func:`class_weights`)."""
     images, labels = batch
-    out = model(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+    out = model(images.to(device, non_blocking=True), labels.to(device, non_blocking=True),
+                pos_weight=pos_weight)
     return {"loss": out["loss"]}
 
 
-def cached_classifier_step(model, batch, device, level: str | None = None):
+def cached_classifier_step(model, batch, device, level: str | None = None,
+                           pos_weight: torch.Tensor | None = None):
     """A step on cached maps: the ``feature`` map, or (``level``) a lower level's map from
     which the trained backbone stages above it run."""
     feats, labels = batch
     dtype = next(model.parameters()).dtype
     out = model(labels=labels.to(device, non_blocking=True),
-                features=feats.to(device, dtype, non_blocking=True), features_level=level)
+                features=feats.to(device, dtype, non_blocking=True), features_level=level,
+                pos_weight=pos_weight)
     return {"loss": out["loss"]}
+
+
+def class_weights(data: ClassifierData, exponent: float) -> torch.Tensor | None:
+    """``classifier.class_balance``'s positive-term weights for the training images' labels
+    as the loss sees them (:func:`~wiseseg.models.peak_ops.class_balance_weights`); None at
+    0 (PRM's unweighted loss). Reads the labels only, no image."""
+    if not exponent or len(data) == 0:
+        return None
+    labels = torch.stack([data.labels(i) for i in range(len(data))])
+    return class_balance_weights(labels, float(exponent))
 
 
 def cache_level(model: PeakCAM, cfg: dict[str, Any]) -> tuple[bool, str | None]:
@@ -249,7 +264,12 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
     data = ClassifierData(train, cfg["input_size"], hflip=cfg["hflip"],
                           scale=tuple(cfg["scale"]), jitter=cfg["color_jitter"],
                           unlabelled_classes=cfg.get("unlabelled_classes", "ignore"))
-    step_fn = classifier_step
+    pos_weight = class_weights(data, float(cfg.get("class_balance") or 0.0))
+    if pos_weight is not None:
+        log.info("classifier.class_balance=%s: positive-term weights %s", cfg["class_balance"],
+                 ", ".join(f"{c} {w:.2f}" for c, w in zip(train.classes, pos_weight.tolist())))
+        pos_weight = pos_weight.to(dev)
+    step_fn = partial(classifier_step, pos_weight=pos_weight)
     val_features = None
     # a fixed backbone: its feature map cached; fixed lower stages: theirs, the rest trains
     cached, level = cache_level(model, cfg)
@@ -258,7 +278,7 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
             else None
         data = CachedClassifierData(data, classifier_feature_cache(
             model, data, dev, path, progress and dist.is_main, level=level))
-        step_fn = partial(cached_classifier_step, level=level)
+        step_fn = partial(cached_classifier_step, level=level, pos_weight=pos_weight)
         cached = level is None  # validation features serve the peaks only when fixed
     max_steps = steps_for(cfg, len(data), dist.world_size)
     optimizer = classifier_optimizer(model, cfg)
@@ -299,6 +319,8 @@ def train_classifier(train: WeakSplit, cfg: dict[str, Any], out_dir: str | Path,
     if dist.is_main:
         save_classifier(final, trainer.unwrapped(), cfg, train.classes,
                         extra={"steps": trainer.step, "seed": seed,
+                               "class_weights": None if pos_weight is None
+                               else [round(w, 4) for w in pos_weight.tolist()],
                                "train_seconds": round(time.time() - t0, 1)})
     cleanup(dist)
     return final

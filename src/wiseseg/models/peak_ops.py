@@ -83,16 +83,45 @@ def peak_stimulation(maps: Tensor, window: int = 3, median_filter: bool = True,
     return mean, peaks
 
 
-def multilabel_loss(scores: Tensor, labels: Tensor) -> Tensor:
+def multilabel_loss(scores: Tensor, labels: Tensor, pos_weight: Tensor | None = None) -> Tensor:
     """Multi-label soft-margin loss; ``labels`` float ``B×C`` in {0, 1}, or -1 where a class's
     presence is unknown (an image labelled for some classes only): those terms are left out,
     the others keep soft-margin's 1/C weight. An image with no label (a negative) pushes every
-    class score down."""
+    class score down. ``pos_weight`` (float ``C``, > 0, or None for PRM's unweighted loss)
+    multiplies each class's positive terms (:func:`class_balance_weights`)."""
     known = labels >= 0
-    if bool(known.all()):
+    if pos_weight is None and bool(known.all()):
         return F.multilabel_soft_margin_loss(scores, labels)
-    per = F.binary_cross_entropy_with_logits(scores, labels.clamp(min=0), reduction="none")
+    per = F.binary_cross_entropy_with_logits(scores, labels.clamp(min=0), reduction="none",
+                                             pos_weight=pos_weight)
     return ((per * known).sum(dim=1) / scores.shape[1]).mean()
+
+
+def class_balance_weights(labels: Tensor, exponent: float) -> Tensor | None:
+    """Positive-term weights of a class-balanced :func:`multilabel_loss`: class ``c``'s
+    positives weigh ``(negatives_c / positives_c) ** exponent``, counted over the images whose
+    label for ``c`` is known, so that a rare class is not learnt mostly as "absent".
+
+    Args:
+        labels: float ``N×C`` image-level labels of the training images, as
+            :func:`multilabel_loss` takes them (1 present, 0 absent, -1 unknown).
+        exponent: 0 (None returned: the unweighted loss) … 1 (the classes' positive and
+            negative terms weigh alike in total).
+
+    Returns:
+        float ``C`` weights, or None for exponent 0. A class without a positive or without a
+        negative image keeps weight 1 (there is nothing to balance).
+    """
+    if not 0.0 <= exponent <= 1.0:
+        raise ValueError(f"class-balance exponent must be within [0, 1], got {exponent!r}")
+    if exponent == 0.0:
+        return None
+    pos = (labels == 1).sum(dim=0).to(torch.float64)
+    neg = (labels == 0).sum(dim=0).to(torch.float64)
+    w = torch.ones(labels.shape[1], dtype=torch.float64)
+    both = (pos > 0) & (neg > 0)
+    w[both] = (neg[both] / pos[both]) ** exponent
+    return w.to(torch.float32)
 
 
 @dataclass(frozen=True)

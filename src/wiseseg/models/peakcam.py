@@ -167,11 +167,13 @@ class PeakCAM(nn.Module):
         return self.cams_from_features(self.backbone_features(images))
 
     def forward(self, images: Tensor | None = None, labels: Tensor | None = None,
-                features: Tensor | None = None, features_level: str | None = None
-                ) -> dict[str, Tensor]:
+                features: Tensor | None = None, features_level: str | None = None,
+                pos_weight: Tensor | None = None) -> dict[str, Tensor]:
         """Scores and peaks of ``images``, or of cached backbone ``features`` of them: the
         ``feature`` map, or with ``features_level`` the map of that lower level
-        (:meth:`lower_features`), from which the trained stages above it run."""
+        (:meth:`lower_features`), from which the trained stages above it run. With
+        ``labels`` also the loss (``pos_weight``: see
+        :func:`~wiseseg.models.peak_ops.multilabel_loss`)."""
         if features is not None and features_level is not None:
             features = self.features_above(features, features_level)
         cam = self.cams(images) if features is None else self.cams_from_features(features)
@@ -179,5 +181,5 @@ class PeakCAM(nn.Module):
                                          self.stimulation)
         out = {"cams": cam, "scores": scores, "peaks": peaks}
         if labels is not None:
-            out["loss"] = multilabel_loss(scores, labels)
+            out["loss"] = multilabel_loss(scores, labels, pos_weight)
         return out
