@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from wiseseg.classifier.model_io import load_classifier
-from wiseseg.classifier.train import ClassifierData, train_classifier
+from wiseseg.classifier.train import ClassifierData, classifier_step, train_classifier
 from wiseseg.config import apply_overrides, load_preset
 from wiseseg.data import open_dataset
 from wiseseg.data.dataset import ImageRecord, WeakSplit
@@ -61,8 +61,8 @@ def test_negative_images_train(tmp_path):
 
 
 def test_class_balance_weights_are_used_and_recorded(tmp_path):
-    """``classifier.class_balance``: the weights of the training labels are logged in the
-    model file, and the loss the steps minimise is the weighted one."""
+    """``classifier.class_balance``: the weights of the training labels are recorded in the
+    model file, and the training step passes them to the loss, which they change."""
     ds = open_dataset(SPEC, progress=False)
     cfg = apply_overrides(load_preset("cpu"), TINY + ["classifier.class_balance=1.0"])
     path = train_classifier(ds.weak("train"), cfg["classifier"], tmp_path, progress=False)
@@ -79,6 +79,8 @@ def test_class_balance_weights_are_used_and_recorded(tmp_path):
         plain = model(x, labels[:4])["loss"]
         weighted = model(x, labels[:4], pos_weight=expected)["loss"]
     assert not torch.isclose(plain, weighted)
+    step = classifier_step(model, (x, labels[:4]), "cpu", pos_weight=expected)["loss"]
+    assert torch.isclose(step.detach(), weighted)
     plain_cfg = apply_overrides(load_preset("cpu"), TINY)["classifier"]
     path0 = train_classifier(ds.weak("train"), plain_cfg, tmp_path / "plain", progress=False)
     assert torch.load(path0, weights_only=True)["class_weights"] is None
