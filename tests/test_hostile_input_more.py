@@ -182,6 +182,7 @@ def test_closed_pipe_exits_quietly(monkeypatch, run_cli):
     (["evaluate.min_score=2"], "evaluate.min_score=2 must be within [0, 1]"),
     (["predict.min_score=1.5"], "predict.min_score=1.5 must be within [0, 1]"),
     (["segmenter.color_jitter=5"], "segmenter.color_jitter=5 must be within [0, 1]"),
+    (["classifier.class_balance=2"], "classifier.class_balance=2 must be within [0, 1]"),
     (["auto.min_input=512", "auto.max_input=128"],
      "auto.min_input=512 is larger than auto.max_input=128"),
     (["auto.min_epochs=50"], "auto.min_epochs=50 is larger than auto.max_epochs=40"),
