@@ -135,7 +135,7 @@ def class_weights(data: ClassifierData, exponent: float) -> torch.Tensor | None:
     """``classifier.class_balance``'s positive-term weights for the training images' labels
     as the loss sees them (:func:`~wiseseg.models.peak_ops.class_balance_weights`); None at
     0 (PRM's unweighted loss). Reads the labels only, no image."""
-    if not exponent or len(data) == 0:
+    if not exponent:  # no label needs reading (an empty split stops training earlier)
         return None
     labels = torch.stack([data.labels(i) for i in range(len(data))])
     return class_balance_weights(labels, float(exponent))
