@@ -225,14 +225,14 @@ def run_wise(ctx: RunContext, d: Path) -> dict:
         return _train_segmenter(ctx, d, "pseudo")
     from wiseseg.pseudo.labels import pseudo_view, read_pseudo, to_coco, write_pseudo
     from wiseseg.pseudo.sampling import CandidateStats
-    from wiseseg.pseudo.self_training import relabel
+    from wiseseg.pseudo.self_training import relabel, relabelled_records
 
     ds = ctx.dataset
     split = pseudo_view(ctx.stage_dir("pseudo") / "pseudo.json", ds, ctx.train_split)
     labels = read_pseudo(ctx.stage_dir("pseudo") / "pseudo.json", split, ds.category_ids)
-    # the images relabelled: the split's and the partially labelled ones kept (negatives
-    # have no label to predict)
-    relabelled = list(ds.records(ctx.train_split)) + [r for r in split.records if r.unknown]
+    # every labelled image is relabelled, the image-level-only ones too: beside a few
+    # images with masks they are most of the training images
+    relabelled = relabelled_records(split.records)
     model_dir = d / "round1"
     summary: dict = {**_train_segmenter(ctx, model_dir, "pseudo", labels), "rounds": []}
     min_score = float(ctx.cfg["segmenter"].get("self_training_score", 0.5))
