@@ -15,7 +15,7 @@ evaluator's rule (:func:`wiseseg.evaluation.matching.match_image`; masks mostly 
 void border are ignored). The round-1 pseudo masks are the first row.
 
 usage: python benchmarks/self_training_labels.py RUN [RUN …] --thresholds 0.5 0.3 0.1
-           [--keep class peak] [--draws 5] --name NAME
+           [--draws 5] --name NAME
 → benchmarks/results/self_training_labels_NAME.json and .md (predictions are kept in
 ``RUN/wise/round1/train_predictions_all.json`` so that a rerun only rescores).
 """
@@ -96,7 +96,7 @@ def label_quality(labels: dict, ds, split: str, draws: int, dup_iou: float,
             "labels_per_image": round(n_labels / max(1, draws * len(ds.records(split))), 2)}
 
 
-def measure_run(run: Path, thresholds: list[float], draws: int, keeps: list[str]) -> dict:
+def measure_run(run: Path, thresholds: list[float], draws: int) -> dict:
     cfg = load_config(run / "config.yaml")
     ds = api.open_dataset(cfg["data"]["spec"], progress=False)
     api._add_negatives(ds, cfg)
@@ -109,14 +109,12 @@ def measure_run(run: Path, thresholds: list[float], draws: int, keeps: list[str]
     dup = float(cfg["segmenter"].get("dup_iou", 0.8))
     rows = [{"labels": "round 1: pseudo masks", **label_quality(labels, ds, split_name,
                                                                 draws, dup)}]
-    for keep in keeps:
-        for t in thresholds:
-            if t < MIN_SCORE:
-                raise SystemExit(f"threshold {t} below the predictions' floor {MIN_SCORE}")
-            new, st = relabel(labels, preds, split.records, ds.category_ids, t, keep)
-            rows.append({"labels": f"round 2, score ≥ {t}, keep by {keep}", "threshold": t,
-                         "keep": keep, **st.as_dict(),
-                         **label_quality(new, ds, split_name, draws, dup)})
+    for t in thresholds:
+        if t < MIN_SCORE:
+            raise SystemExit(f"threshold {t} below the predictions' floor {MIN_SCORE}")
+        new, st = relabel(labels, preds, split.records, ds.category_ids, t)
+        rows.append({"labels": f"round 2, self_training_score {t}", "threshold": t,
+                     **st.as_dict(), **label_quality(new, ds, split_name, draws, dup)})
     m = read_json(run / "metrics.json", "metrics") if (run / "metrics.json").is_file() else {}
     return {"run": str(run), "data": cfg["data"]["spec"], "seed": cfg.get("seed"),
             "run_self_training_score": cfg["segmenter"].get("self_training_score"),
@@ -150,14 +148,12 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.4, 0.3, 0.2, 0.1])
     ap.add_argument("--draws", type=int, default=5)
-    ap.add_argument("--keep", nargs="+", default=["class"], choices=["class", "peak"],
-                    help="which previous pseudo instances stay (relabel's keep)")
     ap.add_argument("--name", required=True)
     args = ap.parse_args()
     out = {"name": args.name, "commit": _commit(),
            "command": "python benchmarks/self_training_labels.py " + " ".join(sys.argv[1:]),
-           "draws": args.draws, "thresholds": args.thresholds, "keep": args.keep,
-           "runs": [measure_run(r, args.thresholds, args.draws, args.keep) for r in args.runs]}
+           "draws": args.draws, "thresholds": args.thresholds,
+           "runs": [measure_run(r, args.thresholds, args.draws) for r in args.runs]}
     res = Path(__file__).parent / "results"
     atomic_write_json(res / f"self_training_labels_{args.name}.json", out, indent=1)
     (res / f"self_training_labels_{args.name}.md").write_text(markdown(out) + "\n")

@@ -51,24 +51,10 @@ def test_relabel_by_class():
     assert (st.images, st.from_predictions, st.kept_previous) == (1, 1, 1)
 
 
-def test_relabel_by_peak_keeps_objects_the_prediction_missed():
-    left, right = _box(0, 0, 10, 10), _box(10, 10, 20, 20)
-    prev = {1: _old(1, (0, 5, 5, left), (0, 15, 15, right))}
-    preds = [_pred(1, 1, _box(0, 0, 12, 12), 0.9)]  # covers the first peak, not the second
-    out, st = relabel(prev, preds, [_rec(1, {0})], CATS, 0.5, keep="peak")
-    kept = [i for i in out[1].instances if i.peak[2] == 2.0]  # the previous ones
-    assert [i.peak[:2] for i in kept] == [(15, 15)]
-    assert (st.from_predictions, st.kept_previous) == (1, 1)
-    # by class the same prediction removes both
-    out, st = relabel(prev, preds, [_rec(1, {0})], CATS, 0.5, keep="class")
-    assert len(out[1].instances) == 1 and st.kept_previous == 0
-
-
-def test_relabel_handles_empty_images_and_rejects_unknown_keep():
-    out, st = relabel({}, [], [_rec(1, {0}), _rec(2, ())], CATS, 0.5, keep="peak")
+def test_relabel_handles_empty_images():
+    out, st = relabel({}, [], [_rec(1, {0}), _rec(2, ())], CATS, 0.5)
     assert [len(out[i].instances) for i in (1, 2)] == [0, 0] and st.images == 2
-    with pytest.raises(ValueError, match="'everything'"):
-        relabel({}, [], [_rec(1, {0})], CATS, 0.5, keep="everything")
+    assert (st.from_predictions, st.kept_previous) == (0, 0)
 
 
 def test_every_labelled_image_is_relabelled():
