@@ -62,3 +62,46 @@ def test_every_labelled_image_is_relabelled():
     (no class, none unknown) are not."""
     recs = [_rec(1, {0}), _rec(2, {1, 2}), _rec(3, (), unknown={2}), _rec(4, ())]
     assert [r.id for r in relabelled_records(recs)] == [1, 2, 3]
+
+
+def test_the_round_predicts_on_image_level_only_images(tmp_path, monkeypatch):
+    """In a run, round 2 relabels the images with image-level labels only as well as those
+    with masks (on the VOC sample they are three images in four)."""
+    import json
+
+    from PIL import Image
+
+    from wiseseg import api, stages
+    from wiseseg.pipeline import RunContext
+    from wiseseg.pseudo.labels import to_coco, write_pseudo
+    from wiseseg.pseudo.sampling import CandidateStats
+
+    (tmp_path / "train").mkdir()
+    for n in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "train" / n)
+    m = np.zeros((8, 8), np.uint8)
+    m[2:5, 2:5] = 1
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_train.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8},
+                   {"id": 2, "file_name": "b.png", "height": 8, "width": 8,
+                    "image_labels": ["dog"]}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
+                         "segmentation": rle.encode(m), "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}))
+    ds = api.open_dataset(str(tmp_path), progress=False)
+    assert [r.id for r in ds.weak_only("train")] == [2]
+    cfg = api.load_config("cpu", ["segmenter.rounds=2"])
+    ctx = RunContext(cfg=cfg, dataset=ds, data_spec=str(tmp_path), run_dir=tmp_path / "run",
+                     progress=False)
+    split = ds.segmenter_view("train", "pseudo")
+    write_pseudo(ctx.stage_dir("pseudo") / "pseudo.json",
+                 to_coco([PseudoImage(r.id, r.height, r.width) for r in split], split,
+                         ds.category_ids, CandidateStats(), {"dup_iou": 0.8}))
+    predicted = []
+    monkeypatch.setattr(stages, "_train_segmenter", lambda *a, **k: {})
+    monkeypatch.setattr(stages, "_predict", lambda ctx, d, s, records, **k:
+                        predicted.extend(r.id for r in records) or [])
+    summary = stages.run_wise(ctx, tmp_path / "run" / "wise")
+    assert sorted(predicted) == [1, 2]
+    assert summary["rounds"][0]["images"] == 2
