@@ -8,10 +8,11 @@ run it on calibration runs, e.g.
     wiseseg run --data DATA --out RUN --no-reference data.train_split=train-fit \\
         data.val_split=train-calib
 
-usage: python benchmarks/self_training_rounds.py RUN [RUN …] --name NAME
+usage: python benchmarks/self_training_rounds.py RUN [RUN …] [--train-only] --name NAME
 → benchmarks/results/self_training_rounds_NAME.json and .md. The last round's val score is
 recomputed here and must equal the run's own (``metrics.json``), a check that both models are
-scored as the run scores them.
+scored as the run scores them. ``--train-only``: the training images only (for runs whose val
+split is a reported one).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _scores(model_path: Path, ds, split: str, cfg: dict, min_score: float) -> di
     return {k: round(100 * r[k], 1) for k in ("mAP25", "mAP50", "mAP75", "ABO")}
 
 
-def measure_run(run: Path) -> dict:
+def measure_run(run: Path, val_too: bool = True) -> dict:
     cfg = load_config(run / "config.yaml")
     ds = api.open_dataset(cfg["data"]["spec"], progress=False)
     api._add_negatives(ds, cfg)
@@ -61,10 +62,11 @@ def measure_run(run: Path) -> dict:
     rows = {}
     for name, path in (("round 1", run / "wise" / "round1" / "model.pt"),
                        ("last round", run / "wise" / "model.pt")):
-        rows[name] = {
-            # val as the run predicts it; Table 3 as pseudo_quality does (min score 0.05)
-            "val": _scores(path, ds, val, cfg, float(cfg["predict"].get("min_score", 0.0))),
-            "train": _scores(path, ds, train, cfg, 0.05)}
+        # val as the run predicts it; Table 3 as pseudo_quality does (min score 0.05)
+        rows[name] = {"train": _scores(path, ds, train, cfg, 0.05)}
+        if val_too:
+            rows[name]["val"] = _scores(path, ds, val, cfg,
+                                        float(cfg["predict"].get("min_score", 0.0)))
     m = read_json(run / "metrics.json", "metrics")
     return {"run": str(run), "data": cfg["data"]["spec"], "seed": cfg.get("seed"),
             "train_split": train, "val_split": val,
@@ -72,7 +74,8 @@ def measure_run(run: Path) -> dict:
             "rounds": cfg["segmenter"].get("rounds"),
             "self_training_score": cfg["segmenter"].get("self_training_score"),
             "relabelled": m["stages"]["wise"]["summary"].get("rounds"),
-            "run_wise_val_mAP50": round(100 * m["results"]["WISE"]["mAP50"], 1),
+            "run_wise_val_mAP50": round(100 * m["results"]["WISE"]["mAP50"], 1)
+            if val_too else None,
             "run_table3_model_mAP50": round(100 * m["pseudo_quality"]["model_mAP50"], 1),
             "seconds": round(time.perf_counter() - t0, 1), "models": rows}
 
@@ -87,21 +90,24 @@ def markdown(out: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in out["runs"]:
         a, b = r["models"]["round 1"], r["models"]["last round"]
+        va, vb = (a["val"]["mAP50"], b["val"]["mAP50"]) if "val" in a else ("—", "—")
+        own = r["run_wise_val_mAP50"] if r["run_wise_val_mAP50"] is not None else "—"
         lines.append(f"| {r['data']} seed {r['seed']} | {r['val_split']} ({r['val_images']}) | "
-                     f"{a['val']['mAP50']} | {b['val']['mAP50']} | {a['train']['mAP50']} | "
-                     f"{b['train']['mAP50']} | {r['run_wise_val_mAP50']} / "
-                     f"{r['run_table3_model_mAP50']} |")
+                     f"{va} | {vb} | {a['train']['mAP50']} | {b['train']['mAP50']} | "
+                     f"{own} / {r['run_table3_model_mAP50']} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--train-only", action="store_true",
+                    help="score the training images only (runs whose val split is reported)")
     ap.add_argument("--name", required=True)
     args = ap.parse_args()
     out = {"name": args.name, "commit": _commit(),
            "command": "python benchmarks/self_training_rounds.py " + " ".join(sys.argv[1:]),
-           "runs": [measure_run(r) for r in args.runs]}
+           "runs": [measure_run(r, not args.train_only) for r in args.runs]}
     res = Path(__file__).parent / "results"
     atomic_write_json(res / f"self_training_rounds_{args.name}.json", out, indent=1)
     (res / f"self_training_rounds_{args.name}.md").write_text(markdown(out) + "\n")
