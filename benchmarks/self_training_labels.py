@@ -23,19 +23,19 @@ usage: python benchmarks/self_training_labels.py RUN [RUN …] --thresholds 0.5 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from gitinfo import commit  # benchmarks/, the script's folder
 
 from wiseseg import api
 from wiseseg.config import load_config
 from wiseseg.evaluation.matching import FP, TP, match_image
 from wiseseg.evaluation.overlaps import image_overlaps
 from wiseseg.evaluation.predictions import Prediction
-from wiseseg.io import atomic_write_json, read_json
+from wiseseg.io import atomic_write_json, atomic_write_text, read_json
 from wiseseg.pseudo.labels import pseudo_view, read_pseudo
 from wiseseg.pseudo.quality import score_results
 from wiseseg.pseudo.sampling import draw_instances
@@ -43,11 +43,6 @@ from wiseseg.pseudo.self_training import relabel
 
 #: predictions below this score are not kept (the lowest threshold measured must be ≥ it)
 MIN_SCORE = 0.05
-
-
-def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=Path(__file__).parent).stdout.strip()
 
 
 def round1_predictions(run: Path, ds, cfg: dict, records) -> list[dict]:
@@ -156,6 +151,14 @@ def markdown(out: dict) -> str:
     return "\n".join(lines)
 
 
+def write_results(stem: str, out: dict, text: str) -> None:
+    """``benchmarks/results/STEM.json`` (``out``) and ``STEM.md`` (``text``, also printed)."""
+    res = Path(__file__).parent / "results"
+    atomic_write_json(res / f"{stem}.json", out, indent=1)
+    atomic_write_text(res / f"{stem}.md", text + "\n")
+    print(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
@@ -163,14 +166,11 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--name", required=True)
     args = ap.parse_args()
-    out = {"name": args.name, "commit": _commit(),
+    out = {"name": args.name, "commit": commit(),
            "command": "python benchmarks/self_training_labels.py " + " ".join(sys.argv[1:]),
            "draws": args.draws, "thresholds": args.thresholds,
            "runs": [measure_run(r, args.thresholds, args.draws) for r in args.runs]}
-    res = Path(__file__).parent / "results"
-    atomic_write_json(res / f"self_training_labels_{args.name}.json", out, indent=1)
-    (res / f"self_training_labels_{args.name}.md").write_text(markdown(out) + "\n")
-    print(markdown(out))
+    write_results(f"self_training_labels_{args.name}", out, markdown(out))
 
 
 if __name__ == "__main__":

@@ -18,20 +18,17 @@ split is a reported one).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from gitinfo import commit  # benchmarks/, the script's folder
+from self_training_labels import write_results
+
 from wiseseg import api
 from wiseseg.config import load_config
-from wiseseg.io import atomic_write_json, read_json
+from wiseseg.io import read_json
 from wiseseg.pseudo.quality import score_results
-
-
-def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=Path(__file__).parent).stdout.strip()
 
 
 def _scores(model_path: Path, ds, split: str, cfg: dict, min_score: float) -> dict:
@@ -105,13 +102,10 @@ def main() -> None:
                     help="score the training images only (runs whose val split is reported)")
     ap.add_argument("--name", required=True)
     args = ap.parse_args()
-    out = {"name": args.name, "commit": _commit(),
+    out = {"name": args.name, "commit": commit(),
            "command": "python benchmarks/self_training_rounds.py " + " ".join(sys.argv[1:]),
            "runs": [measure_run(r, not args.train_only) for r in args.runs]}
-    res = Path(__file__).parent / "results"
-    atomic_write_json(res / f"self_training_rounds_{args.name}.json", out, indent=1)
-    (res / f"self_training_rounds_{args.name}.md").write_text(markdown(out) + "\n")
-    print(markdown(out))
+    write_results(f"self_training_rounds_{args.name}", out, markdown(out))
 
 
 if __name__ == "__main__":
