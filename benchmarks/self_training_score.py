@@ -117,7 +117,7 @@ def markdown(out: dict) -> str:
     lines = [f"# self_training_score on {out['name']} (commit {out['commit']})", "",
              f"`{out['command']}`", "",
              "| threshold | WISE mAP50 | WISE+Refine mAP50 | WISE mAP25 | instances from "
-             "predictions | kept from the previous round | wise stage s |",
+             "predictions | kept from the previous round | wise stage s (resumed: with BASE's) |",
              "|---|---|---|---|---|---|---|"]
     for r in out["rows"]:
         base = " (BASE)" if r["run"] == out["base"] else ""
