@@ -53,11 +53,8 @@ def config(spec: str, negatives: str | None, seed: int, overrides: list[str]):
     given = copy.deepcopy(cfg)
     ds = open_dataset(spec, progress=False)
     api._add_negatives(ds, cfg)
-    requested = cfg
     tmp = Path(tempfile.mkdtemp())
-    cfg = api._resolve_auto(cfg, ds, tmp, False)
-    ds.has_split(cfg["data"]["val_split"])
-    cfg = api._plan(cfg, ds, tmp, False, False, requested)
+    cfg = api.resolved_config(ds, cfg, tmp, reference=False)
     shutil.rmtree(tmp, ignore_errors=True)
     return given, cfg, ds
 

@@ -129,10 +129,7 @@ def _run_locked(ds: Dataset, cfg: dict, run_dir: Path, spec, reference: bool,
                 progress: bool) -> RunResult:
     _add_negatives(ds, cfg)
     warnings = _data_warnings(ds, cfg)
-    requested = cfg
-    cfg = _resolve_auto(cfg, ds, run_dir, progress)
-    ds.has_split(cfg["data"]["val_split"])  # carves <split>-fit / -calib when asked for
-    cfg = _plan(cfg, ds, run_dir, progress, reference, requested)
+    cfg = resolved_config(ds, cfg, run_dir, progress, reference)
     for split in (cfg["data"]["train_split"],):
         if not ds.has_split(split):
             raise WisesegError(f"{ds.root}: no training split {split!r} (available: "
@@ -150,6 +147,16 @@ def _run_locked(ds: Dataset, cfg: dict, run_dir: Path, spec, reference: bool,
     write_metrics(run_dir, metrics)
     _write_report(run_dir, ds, cfg, metrics, progress)
     return RunResult(run_dir, metrics, ctx.summaries)
+
+
+def resolved_config(ds: Dataset, cfg: dict, run_dir: Path, progress: bool = False,
+                    reference: bool = True) -> dict:
+    """The config a run on ``ds`` uses: ``auto`` settings resolved from the data, the
+    calibration split carved when one is asked for, and the Mask R-CNN epochs fitted to the
+    plan (both noted in ``run_dir/auto.json``). ``cfg`` is the requested config."""
+    resolved = _resolve_auto(cfg, ds, run_dir, progress)
+    ds.has_split(resolved["data"]["val_split"])  # carves <split>-fit / -calib when asked for
+    return _plan(resolved, ds, run_dir, progress, reference, cfg)
 
 
 def _add_negatives(ds: Dataset, cfg: dict) -> None:
