@@ -118,6 +118,34 @@ def test_twin_with_folded_batchnorms_gives_the_same_cams_and_maps(name, feature)
                               atol=1e-5 * top)
 
 
+@pytest.mark.parametrize("name,feature", [("resnet18", "c3"), ("efficientnet_lite0", "c4")])
+def test_fused_chains_give_the_layer_by_layer_maps(name, feature):
+    """On a twin (BatchNorms folded) the convolutions joined by a ReLU / ReLU6 — and by the
+    zero pad of Lite's strided convolutions — backpropagate as fused chains: the same maps as
+    layer by layer, one peak at a time and batched, and the pass serves again."""
+    from wiseseg.models.freezing import freeze_batchnorm
+
+    torch.manual_seed(5)
+    model = PeakCAM(freeze_batchnorm(build_backbone(name, "none")), num_classes=3,
+                    feature=feature, head_channels=(16,)).eval()
+    twin = excitation_twin(model)
+    image = torch.rand(3, 70, 58)  # odd halvings: Lite's SAME pads are uneven
+    plain, fused = PeakBackprop(twin, image, fuse=False), PeakBackprop(twin, image)
+    assert plain.fused == 0 and fused.fused >= (5 if name == "resnet18" else 20)
+    assert torch.equal(fused.cam, plain.cam)
+    h, w = plain.cam.shape[-2:]
+    peaks = [Peak(n % 3, 0, 0, 1.0, cell=c)
+             for n, c in enumerate([(0, 0), (h - 1, w - 1), (h // 2, w // 3), (1, w - 2)])]
+    want = plain.maps(peaks)
+    top = float(want.abs().max())
+    assert top > 0
+    for _ in range(2):  # the kept factors serve the next peaks
+        assert torch.allclose(fused.maps(peaks), want, rtol=1e-4, atol=1e-6 * top)
+    assert torch.allclose(fused.maps(peaks, batch=3), want, rtol=1e-4, atol=1e-6 * top)
+    # the unfolded model has a BatchNorm between each convolution and its activation
+    assert PeakBackprop(model, image).fused == 0
+
+
 def test_zero_peaks(models):
     model = models["resnet18"]
     image = torch.rand(3, 48, 40)
