@@ -146,6 +146,28 @@ def test_fused_chains_give_the_layer_by_layer_maps(name, feature):
     assert PeakBackprop(model, image).fused == 0
 
 
+def test_a_fused_pass_is_freed_with_its_object(models):
+    """No reference cycle through the fused chains: the graph, its kept factors and maps go
+    when the pass does, without the cycle collector (a run holds one image's pass at a
+    time; a cycle kept every image's, and the PRM stage ran out of memory)."""
+    import gc
+
+    from wiseseg.models.peak_response import _CONV_NODE
+
+    twin = excitation_twin(models["efficientnet_lite0"])
+    gc.collect()
+    gc.disable()
+    try:
+        bp = PeakBackprop(twin, torch.rand(3, 64, 64))
+        assert bp.fused > 0
+        bp.maps([Peak(0, 0, 0, 1.0, cell=(1, 1))])
+        assert any(type(o) is _CONV_NODE for o in gc.get_objects())
+        del bp
+        assert not any(type(o) is _CONV_NODE for o in gc.get_objects())
+    finally:
+        gc.enable()
+
+
 def test_zero_peaks(models):
     model = models["resnet18"]
     image = torch.rand(3, 48, 40)

@@ -65,17 +65,18 @@ class _ExcitationConv2d(torch.autograd.Function):
         ctx.origin = origin
         ctx.replicated = replicated
         ctx.memo = None
-        # set by _fuse_chains: the upper convolution (and the activation, pad between) whose
-        # factors join this one's normaliser; whether this one's shifted input went there
+        # set by _fuse_chains: where the upper convolution of a fused chain leaves its
+        # shifted input (``below``: for the lower one; a plain holder, not the node, so
+        # that no reference cycle keeps the graph alive), and the lower one's view of it
+        ctx.below = None
         ctx.fused_above = None
-        ctx.shift_below = False
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad_out):
         shifted, transposed, inv = _memo(ctx)
         down = transposed(grad_out * inv)
-        out = down if ctx.shift_below else shifted * down
+        out = down if ctx.below is not None else shifted * down
         return (out, None, None, None, None, None, None, None, None)
 
 
@@ -100,9 +101,13 @@ def _memo(ctx) -> tuple:
     inv = torch.ops.aten.threshold_backward((norm + _EPS).reciprocal_(), norm, _EPS)
     if ctx.origin is not None:  # the folded BatchNorm's gradient: × its scale
         inv.mul_(ctx.origin[1].view(1, -1, 1, 1))
+    if ctx.below is not None:  # the lower convolution of a fused chain takes it from here
+        ctx.below.shifted = shifted.detach()
     if ctx.fused_above is not None:
-        upper, act, pad = ctx.fused_above  # act: (its output, bounds)
-        above = _memo(upper)[0]  # the upper convolution's shifted input, maybe padded
+        upper, act, pad = ctx.fused_above  # upper: a _Shifted; act: (its output, bounds)
+        above = upper.shifted  # the upper convolution's shifted input, maybe padded
+        if above is None:
+            raise RuntimeError("a fused chain's lower convolution ran before its upper one")
         if pad is not None:
             left, right, top, bottom = pad
             above = above[..., top: above.shape[-2] - bottom, left: above.shape[-1] - right]
@@ -174,6 +179,12 @@ _ACT_NODE = _Activation._backward_cls
 _PAD_NODE = _ZeroPad._backward_cls
 
 
+class _Shifted:
+    """The shifted input an upper convolution of a fused chain leaves for the lower one."""
+
+    shifted: Tensor | None = None
+
+
 def _fuse_chains(root) -> int:
     """Fold each chain ``lower convolution → activation [→ zero pad] → upper convolution``
     of the autograd graph under ``root`` whose links have no other consumer: the lower
@@ -210,9 +221,9 @@ def _fuse_chains(root) -> int:
             continue
         # the output detached: kept past the activation's backward (which frees what it
         # saved when the graph is not retained), without a reference cycle through it
-        lower.fused_above = (upper, (node.saved_tensors[0].detach(), node.bounds), pad)
+        upper.below = _Shifted()
+        lower.fused_above = (upper.below, (node.saved_tensors[0].detach(), node.bounds), pad)
         node.fused = True
-        upper.shift_below = True
         fused += 1
     return fused
 
