@@ -75,6 +75,11 @@ BACKBONE_COST = {"efficientnet_lite0": 1.0, "efficientnet_lite1": 1.26,
 #: (benchmarks/prm_speed.py --workers 2 1, the shapes val split: 54.4 s against 71.7 s).
 PRM_TWO_WORKERS = 1.32
 
+#: The PRM stage's speed-up by the fused excitation chains (commit 8f2e456), which came after
+#: ``prm_instance_mp`` was fitted (benchmarks/prm_speed.py, the shapes val split, two
+#: workers: 68.6 s against 49.4 s, medians of 3 alternating rounds; prm_speed.json).
+PRM_FUSED_CHAINS = 1.39
+
 #: Below this many working pixels the built-in generator's cost falls with the image
 #: (``proposals.builtin``'s fast setting works at ~120k pixels).
 PROPOSAL_WORK_MP = 0.12
@@ -163,7 +168,7 @@ def stage_units(cfg: dict, sizes: DataSizes, val_images: int, val_instances_per_
         # prm.workers processes share the images (the constant: one process on 2 cores)
         two = int(cfg.get("prm", {}).get("workers", 1) or 1) > 1
         out["prm"] = {"prm_instance_mp": val_images * val_instances_per_image * mp_in * bb
-                      / (PRM_TWO_WORKERS if two else 1.0)}
+                      / (PRM_TWO_WORKERS if two else 1.0) / PRM_FUSED_CHAINS}
     if reference:  # Table 3 needs the training split's true masks
         out["pseudo_quality"] = {"predict_image_mp": sizes.images * mp_seg * bb_seg}
     if val_images:
