@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from wiseseg.models.backbones import build_backbone
 from wiseseg.models.peak_ops import Peak
@@ -144,6 +145,56 @@ def test_fused_chains_give_the_layer_by_layer_maps(name, feature):
     assert torch.allclose(fused.maps(peaks, batch=3), want, rtol=1e-4, atol=1e-6 * top)
     # the unfolded model has a BatchNorm between each convolution and its activation
     assert PeakBackprop(model, image).fused == 0
+
+
+class _Links(nn.Module):
+    """A small PeakCAM-like model whose convolutions are joined in the ways a fused chain
+    must, or must not, be made of."""
+
+    def __init__(self, case: str):
+        super().__init__()
+        self.case = case
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, stride=2)
+        self.c3 = nn.Conv2d(4, 4, 1)
+        self.c4 = nn.Conv2d(4, 3, 1)
+        self.c5 = nn.Conv2d(4, 4, 1)
+
+    def cams(self, x):
+        a = self.c1(x)
+        if self.case == "chain":  # negative lower bound (shift ≠ 0), an uneven pad, in place
+            a = F.pad(F.hardtanh(a, -0.5, 0.7), (1, 2, 0, 3))
+            a = F.relu(self.c3(F.relu6(self.c2(a))), inplace=True)
+        elif self.case == "activation_twice":  # one activation feeds two convolutions
+            r = F.relu(a)
+            a = F.relu(self.c3(r) + self.c5(r))
+        elif self.case == "conv_twice":  # a convolution feeds its activation and a sum
+            a = F.relu(self.c3(F.relu(a)) + a)
+        elif self.case == "pad_twice":  # one pad feeds two convolutions
+            p = F.pad(F.relu(a), (1, 0, 1, 0))
+            a = F.relu(self.c2(p)) + F.relu(self.c2(p))
+        return self.c4(a)
+
+
+@pytest.mark.parametrize("case,fusable", [("chain", 3), ("activation_twice", 0),
+                                          ("conv_twice", 0), ("pad_twice", 0)])
+def test_only_single_consumer_links_are_fused(case, fusable):
+    """A chain is fused only where each link has one consumer; the maps stay the
+    layer-by-layer ones either way, one peak at a time and batched."""
+    torch.manual_seed(10)  # random weights whose maps are nonzero in every case
+    model = _Links(case).eval()
+    image = torch.rand(3, 13, 11)
+    plain, fused = PeakBackprop(model, image, fuse=False), PeakBackprop(model, image)
+    assert fused.fused == fusable
+    h, w = plain.cam.shape[-2:]
+    peaks = [Peak(n % 3, 0, 0, 1.0, cell=c)
+             for n, c in enumerate([(0, 0), (h - 1, w - 1), (h // 2, w // 3)])]
+    want = plain.maps(peaks)
+    top = float(want.abs().max())
+    assert top > 0
+    for batch in (1, 2):
+        assert torch.allclose(fused.maps(peaks, batch=batch), want, rtol=1e-4,
+                              atol=1e-6 * top), batch
 
 
 def test_a_fused_pass_is_freed_with_its_object(models):

@@ -111,7 +111,7 @@ def _memo(ctx) -> tuple:
         if pad is not None:
             left, right, top, bottom = pad
             above = above[..., top: above.shape[-2] - bottom, left: above.shape[-1] - right]
-        inv = _activation_gradient(act, inv.mul_(above), first=ctx.replicated)
+        inv = _activation_gradient(act, inv.mul_(above))
     ctx.memo = (shifted, _TransposedProduct(pos_w, ctx.in_size, norm.shape[-2:], stride,
                                             padding, dilation, groups),
                 inv.contiguous(memory_format=fmt))
@@ -220,9 +220,12 @@ def _fuse_chains(root) -> int:
         if not isinstance(lower, _CONV_NODE) or consumers[lower] != 1 or lower.memo is not None:
             continue
         # the output detached: kept past the activation's backward (which frees what it
-        # saved when the graph is not retained), without a reference cycle through it
+        # saved when the graph is not retained), without a reference cycle through it; of a
+        # replicated batch, the first copy (the one the factors are computed on)
+        out = node.saved_tensors[0].detach()
         upper.below = _Shifted()
-        lower.fused_above = (upper.below, (node.saved_tensors[0].detach(), node.bounds), pad)
+        lower.fused_above = (upper.below, (out[:1] if lower.replicated else out, node.bounds),
+                             pad)
         node.fused = True
         fused += 1
     return fused
