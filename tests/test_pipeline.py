@@ -34,6 +34,10 @@ def test_tiny_run_has_every_stage_and_row(tiny_run):
     # the fixed body's maps were computed once per split for every Mask R-CNN's predictions
     for split in ("train", "val"):
         assert (tiny_run / "cache" / f"segmenter_body_{split}.features").is_file()
+    # self-training's relabelled images read the training split's cache, not one of their own
+    assert load_config(tiny_run / "config.yaml")["segmenter"]["rounds"] > 1
+    assert not list((tiny_run / "cache").glob("segmenter_body_train+*")) and not list(
+        (tiny_run / "cache").glob("segmenter_body_train_*"))
     # the default pseudo masks weigh objectness by the CAM agreement (pseudo.cam_overlap)
     pseudo = json.loads((tiny_run / "pseudo" / "pseudo.json").read_text())
     assert pseudo["wiseseg"]["settings"]["cam_overlap"] > 0

@@ -266,10 +266,10 @@ def _predict(ctx: RunContext, model_dir: Path, split: str, records=None,
 
     When the body is fixed up to c4 at least and the split's images share one size, the
     fixed levels' maps of the split are computed once per run
-    (``RUN/cache/segmenter_body_<split>.features``) and every Mask R-CNN predicts from
-    them — WISE's self-training and Table 3 on the training images, WISE and the reference
-    on the validation images (the same results as running the body each time:
-    :func:`~wiseseg.inference.predict.predict_from_body`)."""
+    (``RUN/cache/segmenter_body_<split>.features``, :func:`_body_pool`) and every Mask
+    R-CNN predicts from them — WISE's self-training and Table 3 on the training images, WISE
+    and the reference on the validation images (the same results as running the body each
+    time: :func:`~wiseseg.inference.predict.predict_from_body`)."""
     from wiseseg.inference.predict import (
         body_cache,
         predict,
@@ -285,21 +285,40 @@ def _predict(ctx: RunContext, model_dir: Path, split: str, records=None,
     pc = {**ctx.cfg["predict"], **settings}
     model, _, _, _ = load_segmenter(model_dir / "model.pt", dev)
     recs = list(ctx.dataset.records(split) if records is None else records)
-    if records is not None and len(recs) != len(ctx.dataset.records(split)):
-        split = f"{split}+{len(recs)}"  # its own body cache
     kw = dict(batch_size=int(pc["batch_size"]), mask_threshold=float(pc["mask_threshold"]),
               min_score=float(pc["min_score"]), progress=ctx.progress)
     if recs and cacheable(model) and uniform_size(recs) and not pc.get("flip"):
-        name = re.sub(r"[^\w.-]", "_", split)
-        cache = body_cache(model, recs, dev, ctx.run_dir / "cache" /
-                           f"segmenter_body_{name}", ctx.progress)
+        pool, name = _body_pool(ctx, split, recs)
+        name = re.sub(r"[^\w.-]", "_", name)
+        cache = body_cache(model, pool, dev, ctx.run_dir / "cache" / f"segmenter_body_{name}",
+                           ctx.progress)
+        where = {r.id: k for k, r in enumerate(pool)}
         return predict_from_body(model, recs, cache, ctx.dataset.category_ids, device=dev,
-                                 **kw)
+                                 positions=[where[r.id] for r in recs], **kw)
     # loaded to predict only, nothing trains: the same maps, 1.2–1.3× faster
     model.backbone.body = fold_batchnorm(model.backbone.body)
     # with flip: the image and its mirror, from the images (not the body cache)
     return predict(model, records_as_items(recs), ctx.dataset.category_ids, device=dev,
                    total=len(recs), flip=bool(pc.get("flip")), **kw)
+
+
+def _body_pool(ctx: RunContext, split: str, recs: list) -> tuple[list, str]:
+    """The images whose body maps one cache holds for predictions on ``recs`` of ``split``,
+    and the cache's name: on the training split every image Mask R-CNN trains on (the
+    pseudo masks' view), so that self-training's relabelled images and Table 3's images with
+    masks read one cache; else the split's images. ``recs`` alone (named ``split+N``) when
+    they are not all in it or its images differ in size."""
+    from wiseseg.inference.predict import uniform_size
+    from wiseseg.pseudo.labels import pseudo_view
+
+    labels = ctx.stage_dir("pseudo") / "pseudo.json"
+    pool = list(pseudo_view(labels, ctx.dataset, split).records
+                if split == ctx.train_split and labels.is_file()
+                else ctx.dataset.records(split))
+    ids = {r.id for r in pool}
+    if all(r.id in ids for r in recs) and uniform_size(pool):
+        return pool, split
+    return recs, f"{split}+{len(recs)}"
 
 
 def run_predict_wise(ctx: RunContext, d: Path) -> dict:

@@ -129,10 +129,12 @@ def body_cache(model, records: Sequence[ImageRecord], device, path: Path | None,
 def predict_from_body(model, records: Sequence[ImageRecord], cache,
                       category_ids: Sequence[int], device: torch.device | str = "cpu",
                       batch_size: int = 4, mask_threshold: float = 0.5, min_score: float = 0.0,
-                      progress: bool = True) -> list[dict]:
+                      progress: bool = True, positions: Sequence[int] | None = None
+                      ) -> list[dict]:
     """:func:`predict` on ``records`` from their cached body maps (:func:`body_cache`): the
     same results when the images share one size (:func:`uniform_size`), without running
-    the body."""
+    the body. ``positions``: each record's place in the cache (default: its own place in
+    ``records``), when the cache holds more images than are predicted."""
     from tqdm import tqdm
 
     from wiseseg.models.maskrcnn import detect_from_body
@@ -142,7 +144,7 @@ def predict_from_body(model, records: Sequence[ImageRecord], cache,
     bar = tqdm(total=len(records), desc="predict", unit="img", disable=not progress)
     for start in range(0, len(records), batch_size):
         idx = range(start, min(len(records), start + batch_size))
-        items = [cache.get(i) for i in idx]
+        items = [cache.get(i if positions is None else positions[i]) for i in idx]
         feats = [{k: v.to(device) for k, v in f.items() if k != "size"} for f in items]
         sizes = [tuple(int(v) for v in f["size"].tolist()) for f in items]
         with torch.no_grad():
